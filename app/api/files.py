@@ -1,0 +1,100 @@
+"""`/v1/files`: upload, list, read, download and delete teacher, student and dataset files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import FileResponse
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.errors import ApiError
+from app.schemas import Deleted, FilePublic, ListResponse, Purpose
+from app.services import files as service
+from app.uploads import receive_upload
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": [p.value for p in Purpose]},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=FilePublic, openapi_extra=_UPLOAD_BODY
+)
+async def upload_file(
+    request: Request,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+) -> FilePublic:
+    """Upload a file (multipart `file` and `purpose`); it streams to disk with a size cap."""
+    received, fields = await receive_upload(request, storage.tmp_dir, settings.max_upload_bytes)
+    try:
+        purpose = _purpose(fields.get("purpose"))
+        file = service.create_file(session, storage, tenant.id, purpose, received)
+    finally:
+        received.path.unlink(missing_ok=True)
+    return FilePublic.model_validate(file)
+
+
+def _purpose(value: str | None) -> str:
+    known = ", ".join(p.value for p in Purpose)
+    if value is None:
+        raise ApiError(f"Give the form field 'purpose' (one of: {known}).", code="invalid_upload")
+    if value not in {p.value for p in Purpose}:
+        raise ApiError(f"Unknown purpose {value!r}; use one of: {known}.", code="invalid_upload")
+    return value
+
+
+@router.get("", response_model=ListResponse[FilePublic])
+def list_files(
+    session: SessionDep, tenant: TenantDep, purpose: Purpose | None = None
+) -> ListResponse[FilePublic]:
+    """List your files, newest first."""
+    rows = service.list_files(session, tenant.id, purpose.value if purpose else None)
+    return ListResponse[FilePublic](data=[FilePublic.model_validate(f) for f in rows])
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FilePublic:
+    """Read one file's metadata."""
+    return FilePublic.model_validate(service.get_file(session, tenant.id, file_id))
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def download_file(
+    file_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
+) -> FileResponse:
+    """Download a file's bytes as uploaded."""
+    file = service.get_file(session, tenant.id, file_id)
+    return FileResponse(
+        service.file_path(storage, file),
+        filename=file.filename,
+        media_type="application/octet-stream",
+    )
+
+
+@router.delete("/{file_id}", response_model=Deleted)
+def delete_file(
+    file_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
+) -> Deleted:
+    """Delete a file no unfinished job uses."""
+    service.delete_file(session, storage, tenant.id, file_id)
+    return Deleted(id=file_id, object="file")

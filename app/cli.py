@@ -1,0 +1,182 @@
+"""`distillery`: run the service (up, api, worker, migrate) and manage API keys."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+cli = typer.Typer(help="Distillery: knowledge distillation as a service.", no_args_is_help=True)
+keys_cli = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+console = Console(stderr=True)
+
+LOCAL_TENANT = "local"
+LOCAL_KEY_FILE = "local-api-key"
+
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
+PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (safe to run again)."""
+    from app.migrate import upgrade_head
+
+    upgrade_head()
+    console.print("database is at the newest schema")
+
+
+@cli.command()
+def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@cli.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run one Celery worker process (one job at a time; run one per GPU)."""
+    import socket
+
+    from app.config import get_settings
+    from worker.celery_app import celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            f"--queues={get_settings().queue}",
+            f"--loglevel={loglevel}",
+            f"--hostname=distillery-{os.getpid()}@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key acts for; created if new.")],
+) -> None:
+    """Create an API key; the key is printed once, on the last line."""
+    from app.db import session_scope
+    from app.services.keys import create_key
+
+    with session_scope() as session:
+        key = create_key(session, tenant)
+    console.print(f"created a key for tenant {tenant!r}; keep it secret, it is shown once:")
+    print(key)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key, or its prefix as shown at creation.")],
+) -> None:
+    """Revoke an API key."""
+    from app.db import session_scope
+    from app.services.keys import revoke_key
+
+    with session_scope() as session:
+        count = revoke_key(session, key)
+    if count == 0:
+        console.print("no active key matches")
+        raise typer.Exit(1)
+    console.print(f"revoked {count} key(s)")
+
+
+def _local_key(data_dir: Path) -> str:
+    """The `local` tenant's key: created on the first run, kept (0600) in the data dir."""
+    from app.db import session_scope
+    from app.services.keys import create_key, tenant_for_key
+
+    path = data_dir / LOCAL_KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        with session_scope() as session:
+            if tenant_for_key(session, key) is not None:
+                return key
+    with session_scope() as session:
+        key = create_key(session, LOCAL_TENANT)
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+@cli.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="Where data, files and artifacts live.")] = Path(
+        "data"
+    ),
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+) -> None:
+    """Everything on one machine, no servers: migrate, then the API and one worker."""
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["DISTILLERY_DATA_DIR"] = str(data_dir)
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    from app.migrate import upgrade_head
+
+    upgrade_head()
+    key = _local_key(data_dir)
+    base = [sys.executable, "-m", "app.cli"]
+    children = [
+        subprocess.Popen([*base, "api", "--host", host, "--port", str(port)]),
+        subprocess.Popen([*base, "worker", "--loglevel", "WARNING"]),
+    ]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"Distillery is up at http://{shown}:{port} (data in {data_dir})")
+    console.print(f"API docs: http://{shown}:{port}/docs   Ctrl-C stops it.")
+    console.print(f"API key for tenant {LOCAL_TENANT!r}:")
+    print(key, flush=True)
+    _supervise(children)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until Ctrl-C, SIGTERM or a child's exit; then stop every child."""
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    failed = [c for c in children if c.returncode not in (0, -signal.SIGINT, None)]
+    if failed and not stopping:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""All configuration, read once from `DISTILLERY_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One settings object for the API, the worker and the CLI.
+
+    The embedded default needs no servers: SQLite for data and broker, files on disk under
+    `data_dir`. Production sets `database_url` to PostgreSQL and `broker_url` to Redis.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Uploaded files, artifacts, SQLite files.")
+    database_url: str | None = Field(None, description="Defaults to SQLite under data_dir.")
+    broker_url: str | None = Field(None, description="Defaults to SQLite (kombu) under data_dir.")
+    queue: str = Field("distillery", description="Celery queue that jobs are sent to.")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload.")
+    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    progress_flush_seconds: float = Field(
+        1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
+    )
+    cancel_poll_seconds: float = Field(0.5, ge=0.0, description="How often a job checks cancel.")
+    broker_check_timeout_seconds: float = Field(2.0, gt=0.0)
+    list_limit_max: int = Field(100, ge=1)
+    sse_poll_seconds: float = Field(0.5, gt=0.0)
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'distillery.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{self.resolved_data_dir / 'broker.db'}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.resolved_data_dir / "files"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.resolved_data_dir / "artifacts"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.resolved_data_dir / "work"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

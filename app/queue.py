@@ -1,0 +1,36 @@
+"""Handing job ids to the workers, and asking whether the broker answers."""
+
+from __future__ import annotations
+
+import logging
+
+from app.config import get_settings
+from worker.celery_app import RUN_JOB_TASK, celery_app
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_job(job_id: str) -> bool:
+    """Send the job to the queue; the job stays `queued` in the database if this fails."""
+    try:
+        celery_app.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=get_settings().queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception:
+        log.exception("could not enqueue job %s; it stays queued", job_id)
+        return False
+    return True
+
+
+def broker_reachable() -> bool:
+    timeout = get_settings().broker_check_timeout_seconds
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception:
+        return False
+    return True

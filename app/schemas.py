@@ -1,0 +1,119 @@
+"""Response and request schemas, kept apart from the database models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+T = TypeVar("T")
+
+
+class Purpose(StrEnum):
+    teacher = "teacher"
+    student = "student"
+    dataset = "dataset"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    validating = "validating"
+    running = "running"
+    cancelling = "cancelling"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_serializer("*", when_used="json")
+    def _utc(self, value: Any) -> Any:
+        # SQLite returns naive datetimes; every stored time is UTC.
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class FilePublic(_Public):
+    id: str
+    object: Literal["file"] = "file"
+    purpose: Purpose
+    filename: str
+    bytes: int
+    sha256: str
+    format: str = Field(description="What the content is, sniffed from its bytes.")
+    status: str
+    details: dict[str, Any] = Field(description="What the upload check found (arrays, shapes).")
+    created_at: datetime
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(_Public):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    progress: float
+    spec: dict[str, Any]
+    error: JobError | None
+    result: dict[str, Any] | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventPublic(_Public):
+    id: int
+    object: Literal["event"] = "event"
+    kind: str
+    message: str
+    data: dict[str, Any]
+    ts: datetime
+
+
+class MetricPublic(_Public):
+    name: str
+    step: int
+    epoch: int
+    value: float
+    ts: datetime
+
+
+class ArtifactPublic(_Public):
+    name: str
+    object: Literal["artifact"] = "artifact"
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class ListResponse(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool = False
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True

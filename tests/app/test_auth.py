@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from app.db import session_scope
+from app.services.keys import revoke_key
+from tests.factories import auth, new_key
+
+
+def test_missing_key_is_401_with_a_hint(client: TestClient) -> None:
+    response = client.get("/v1/jobs")
+    assert response.status_code == 401
+    body = response.json()["error"]
+    assert body["code"] == "unauthorized"
+    assert "Authorization: Bearer" in body["message"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_unknown_key_is_401(client: TestClient) -> None:
+    response = client.get("/v1/files", headers=auth("dk_not-a-real-key"))
+    assert response.status_code == 401
+    assert "unknown or revoked" in response.json()["error"]["message"]
+
+
+def test_revoked_key_stops_working(client: TestClient) -> None:
+    key = new_key()
+    assert client.get("/v1/files", headers=auth(key)).status_code == 200
+    with session_scope() as session:
+        assert revoke_key(session, key) == 1
+    assert client.get("/v1/files", headers=auth(key)).status_code == 401
+
+
+def test_keys_are_stored_hashed() -> None:
+    from sqlalchemy import select
+
+    from app.models import ApiKey
+    from app.security import hash_key
+
+    key = new_key()
+    with session_scope() as session:
+        stored = session.scalars(select(ApiKey.key_hash)).all()
+    assert key not in stored
+    assert hash_key(key) in stored
+
+
+def test_health_endpoints_need_no_key(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_unknown_route_uses_the_error_shape(client: TestClient) -> None:
+    response = client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from app.config import get_settings
+from tests.app.conftest import upload
+from tests.factories import npz_bytes, pickle_bytes, small_dataset
+
+
+def test_upload_dataset_reports_arrays_and_sha256(client: TestClient, headers: dict) -> None:
+    content = small_dataset(samples=30, features=5)
+    file = upload(client, headers, "dataset", content, "train.npz")
+    assert file["object"] == "file"
+    assert file["id"].startswith("file_")
+    assert file["purpose"] == "dataset"
+    assert file["format"] == "npz"
+    assert file["bytes"] == len(content)
+    assert file["sha256"] == hashlib.sha256(content).hexdigest()
+    assert file["details"]["samples"] == 30
+    assert file["details"]["arrays"]["x"] == {"shape": [30, 5], "dtype": "float32"}
+    assert file["created_at"].endswith(("Z", "+00:00"))
+
+
+def test_download_returns_the_same_bytes(client: TestClient, headers: dict) -> None:
+    content = small_dataset(seed=3)
+    file = upload(client, headers, "dataset", content)
+    response = client.get(f"/v1/files/{file['id']}/content", headers=headers)
+    assert response.status_code == 200
+    assert response.content == content
+
+
+def test_npz_without_x_is_refused_with_a_clear_message(client: TestClient, headers: dict) -> None:
+    content = npz_bytes(features=np.zeros((4, 2)), labels=np.zeros(4))
+    response = client.post(
+        "/v1/files",
+        headers=headers,
+        data={"purpose": "dataset"},
+        files={"file": ("d.npz", content)},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_file"
+    assert "no array named 'x'" in error["message"]
+    assert "features, labels" in error["message"]
+
+
+def test_object_arrays_are_refused_without_unpickling(client: TestClient, headers: dict) -> None:
+    content = npz_bytes(x=np.array([{"a": 1}, {"b": 2}], dtype=object))
+    response = client.post(
+        "/v1/files",
+        headers=headers,
+        data={"purpose": "dataset"},
+        files={"file": ("d.npz", content)},
+    )
+    assert response.status_code == 400
+    assert "never unpickles" in response.json()["error"]["message"]
+
+
+def test_label_count_must_match_samples(client: TestClient, headers: dict) -> None:
+    content = npz_bytes(x=np.zeros((5, 2), np.float32), y=np.zeros(4, np.int64))
+    response = client.post(
+        "/v1/files",
+        headers=headers,
+        data={"purpose": "dataset"},
+        files={"file": ("d.npz", content)},
+    )
+    assert response.status_code == 400
+    assert "5 samples" in response.json()["error"]["message"]
+
+
+def test_dataset_must_be_npz(client: TestClient, headers: dict) -> None:
+    response = client.post(
+        "/v1/files",
+        headers=headers,
+        data={"purpose": "dataset"},
+        files={"file": ("d.csv", b"a,b\n1,2\n")},
+    )
+    assert response.status_code == 400
+    assert "NPZ" in response.json()["error"]["message"]
+
+
+def test_pickled_teacher_is_stored_but_flagged(client: TestClient, headers: dict) -> None:
+    file = upload(client, headers, "teacher", pickle_bytes({"weights": [1, 2, 3]}), "t.pkl")
+    assert file["format"] == "pickle"
+    assert "never unpickles" in file["details"]["warning"]
+
+
+def test_unknown_or_missing_purpose_is_400(client: TestClient, headers: dict) -> None:
+    bad = client.post(
+        "/v1/files", headers=headers, data={"purpose": "weights"}, files={"file": ("a", b"123")}
+    )
+    assert bad.status_code == 400
+    assert "teacher, student, dataset" in bad.json()["error"]["message"]
+    missing = client.post("/v1/files", headers=headers, files={"file": ("a", b"123")})
+    assert missing.status_code == 400
+    assert "purpose" in missing.json()["error"]["message"]
+
+
+def test_not_multipart_is_400(client: TestClient, headers: dict) -> None:
+    response = client.post("/v1/files", headers=headers, json={"purpose": "teacher"})
+    assert response.status_code == 400
+    assert "multipart/form-data" in response.json()["error"]["message"]
+
+
+def test_upload_over_the_cap_is_413_and_leaves_nothing(client: TestClient, headers: dict) -> None:
+    settings = get_settings()
+    limit = settings.max_upload_bytes
+    settings.max_upload_bytes = 1000
+    try:
+        response = client.post(
+            "/v1/files",
+            headers=headers,
+            data={"purpose": "teacher"},
+            files={"file": ("big.bin", b"\x00" * 5000)},
+        )
+    finally:
+        settings.max_upload_bytes = limit
+    assert response.status_code == 413
+    assert "1000 bytes" in response.json()["error"]["message"]
+    tmp = settings.resolved_data_dir / "tmp"
+    assert not any(tmp.glob("upload-*"))
+
+
+def test_list_get_delete(client: TestClient, headers: dict) -> None:
+    first = upload(client, headers, "dataset", small_dataset(seed=1))
+    second = upload(client, headers, "teacher", b"model bytes")
+    listed = client.get("/v1/files", headers=headers).json()
+    assert [f["id"] for f in listed["data"]] == [second["id"], first["id"]]
+    only = client.get("/v1/files?purpose=teacher", headers=headers).json()
+    assert [f["id"] for f in only["data"]] == [second["id"]]
+    assert client.get(f"/v1/files/{first['id']}", headers=headers).json() == first
+    deleted = client.delete(f"/v1/files/{first['id']}", headers=headers)
+    assert deleted.json() == {"id": first["id"], "object": "file", "deleted": True}
+    assert client.get(f"/v1/files/{first['id']}", headers=headers).status_code == 404
+
+
+def test_file_in_use_by_an_unfinished_job_cannot_be_deleted(
+    client: TestClient, headers: dict, job_files: dict
+) -> None:
+    from tests.app.conftest import spec
+
+    assert client.post("/v1/jobs", headers=headers, json=spec(job_files)).status_code == 201
+    response = client.delete(f"/v1/files/{job_files['dataset']}", headers=headers)
+    assert response.status_code == 409
+    assert "has not finished" in response.json()["error"]["message"]
+
+
+def test_other_tenants_files_are_404_everywhere(
+    client: TestClient, headers: dict, other_headers: dict
+) -> None:
+    file = upload(client, headers, "dataset", small_dataset())
+    for method, path in (
+        ("GET", f"/v1/files/{file['id']}"),
+        ("GET", f"/v1/files/{file['id']}/content"),
+        ("DELETE", f"/v1/files/{file['id']}"),
+    ):
+        response = client.request(method, path, headers=other_headers)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] == "not_found"
+    assert client.get("/v1/files", headers=other_headers).json()["data"] == []

@@ -1,0 +1,115 @@
+"""`distillery up` (what `make run` runs): SQLite database, SQLite broker, files on disk."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    Api,
+    Processes,
+    check_distilled,
+    clean_env,
+    digits_spec,
+    free_port,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _key_from_log(log: Path, processes: Processes, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("dk_"):
+                return line.strip()
+        time.sleep(0.2)
+    raise AssertionError(f"`distillery up` printed no key\n{processes.logs()}")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("embedded")
+    processes = Processes(root)
+    port = free_port()
+    up = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "up",
+        "--data-dir",
+        str(root / "data"),
+        "--port",
+        str(port),
+    ]
+    processes.start("up", up, clean_env())
+    try:
+        key = _key_from_log(root / "up.log", processes)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, processes)
+        yield Api(base, key, processes)
+    finally:
+        processes.stop()
+    assert processes.children[0][0].returncode == 0, processes.logs()
+
+
+def test_make_run_path_distils_digits_end_to_end(
+    embedded: Api, digits: dict[str, Path], tmp_path: Path
+) -> None:
+    teacher = embedded.upload(digits["teacher"], "teacher")
+    dataset = embedded.upload(digits["dataset"], "dataset")
+    assert teacher["format"] == "torchscript"
+    job = embedded.submit(digits_spec(teacher["id"], dataset["id"]))
+    finished = embedded.wait(job["id"])
+    check_distilled(embedded, finished, digits["dataset"], tmp_path / "student.pt")
+
+
+class _WritesAFileWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["pickle", "garbage"])
+def test_bad_teacher_fails_at_validation(
+    embedded: Api, digits: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    marker = tmp_path / "unpickled"
+    bad = tmp_path / "teacher.pt"
+    if kind == "pickle":
+        bad.write_bytes(pickle.dumps(_WritesAFileWhenUnpickled(marker)))
+    else:
+        bad.write_bytes(os.urandom(4096))
+    teacher = embedded.upload(bad, "teacher")
+    dataset = embedded.upload(digits["dataset"], "dataset")
+    job = embedded.wait(embedded.submit(digits_spec(teacher["id"], dataset["id"]))["id"])
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "invalid_teacher"
+    assert "TorchScript" in job["error"]["message"]
+    assert "Traceback" not in job["error"]["message"]
+    kinds = [e["kind"] for e in embedded.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert kinds == ["queued", "validating", "failed"]
+    assert not marker.exists(), "the uploaded pickle was loaded"
+
+
+def test_cancel_stops_a_running_job(embedded: Api, digits: dict[str, Path]) -> None:
+    teacher = embedded.upload(digits["teacher"], "teacher")
+    dataset = embedded.upload(digits["dataset"], "dataset")
+    job = embedded.submit(digits_spec(teacher["id"], dataset["id"], epochs=500))
+    embedded.wait(job["id"], until={"running"})
+    with embedded.client as client:
+        asked = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert asked["status"] in {"cancelling", "cancelled"}
+    ended = embedded.wait(job["id"], timeout=60)
+    assert ended["status"] == "cancelled"
+    assert ended["progress"] < 0.5
+    assert embedded.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
