@@ -153,13 +153,13 @@ def student_accuracy(student_pt: Path, dataset: Path) -> float:
     return float((predictions == y).float().mean().item())
 
 
-def digits_spec(teacher_id: str, dataset_id: str, epochs: int = 4) -> dict[str, Any]:
+def digits_spec(teacher_id: str, dataset_id: str, epochs: int = 6) -> dict[str, Any]:
     return {
         "teacher": {"file_id": teacher_id},
         "student": {"arch": "cnn", "channels": [8, 16], "hidden": 32},
         "dataset": {"file_id": dataset_id},
         "distillation": {"temperature": 4.0, "alpha": 0.7},
-        "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.003, "seed": 0},
+        "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.01, "seed": 0},
     }
 
 
@@ -175,7 +175,7 @@ def check_distilled(api: Api, job: dict[str, Any], dataset: Path, download: Path
     download.write_bytes(response.content)
     assert student_accuracy(download, dataset) == report["student"]["accuracy"]
     assert job["result"]["student_accuracy"] == report["student"]["accuracy"]
-    assert report["student"]["accuracy"] > 0.8
+    assert report["student"]["accuracy"] > 0.85
     assert report["kd_gain"] is None  # no baseline was trained, so no gain is claimed
     report_file = api.get(f"/v1/jobs/{job['id']}/artifacts/report.json").json()
     assert report_file == report

@@ -40,9 +40,14 @@ class MLPStudent(_Strict):
 
 
 class CNNStudent(_Strict):
-    """A small convolutional net: 1-D for (C, L) inputs, 2-D for (C, H, W) or (H, W) inputs."""
+    """A small convolutional net, 1-D or 2-D by the rank of the samples.
+
+    `layout: auto` reads (L,) and (C, L) samples as sequences (Conv1d) and (C, H, W) as
+    images (Conv2d); `2d` reads (H, W) samples as one-channel images instead.
+    """
 
     arch: Literal["cnn"]
+    layout: Literal["auto", "1d", "2d"] = "auto"
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [16, 32], min_length=1, max_length=16
     )

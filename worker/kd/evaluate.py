@@ -1,0 +1,89 @@
+"""Measurements on the validation set: accuracy, agreement, KL, size and latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.kd.data import Splits
+
+# Large enough that validation sets of usual size run as one batch, as a user would run them.
+EVAL_BATCH = 8192
+
+
+@dataclass
+class ValidationSet:
+    """What every evaluation is measured against: fixed inputs, labels and teacher logits."""
+
+    x: torch.Tensor  # (M, *input_shape)
+    labels: torch.Tensor  # (M,) the dataset's labels, or the teacher's argmax without them
+    label_source: Literal["dataset", "teacher"]
+    teacher_logits: torch.Tensor  # (M, K)
+    source: Literal["x_val", "split"]
+
+    @classmethod
+    def build(cls, data: Splits, teacher: nn.Module, device: torch.device) -> ValidationSet:
+        teacher_logits = predict_logits(teacher, data.x_val, device)  # (M, K)
+        if data.y_val is not None:
+            return cls(data.x_val, data.y_val, "dataset", teacher_logits, data.source)
+        labels = teacher_logits.argmax(dim=1)  # (M,)
+        return cls(data.x_val, labels, "teacher", teacher_logits, data.source)
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Logits (N, K) as float32 on CPU, in eval mode, without autograd."""
+    model.eval()
+    with torch.inference_mode():
+        chunks = [model(x[i : i + EVAL_BATCH].to(device)) for i in range(0, len(x), EVAL_BATCH)]
+    return torch.cat(chunks).float().cpu()  # (N, K)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of logits (N, K) against labels (N,)."""
+    return (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Share of samples where student and teacher logits (N, K) pick the same class."""
+    return accuracy(student, teacher.argmax(dim=1))
+
+
+def kl_teacher_student(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Mean KL(softmax(teacher) || softmax(student)) per sample, at temperature 1."""
+    log_p_student = F.log_softmax(student.double(), dim=1)  # (N, K)
+    log_p_teacher = F.log_softmax(teacher.double(), dim=1)  # (N, K)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl.item()
+
+
+def latency_ms(
+    model: nn.Module, example: torch.Tensor, device: torch.device, runs: int = 30, warmup: int = 5
+) -> float:
+    """Median wall time (ms) of one forward pass on `example` (1, *input_shape)."""
+    model.eval()
+    example = example.to(device)
+    timings = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            _synchronize(device)
+            start = time.perf_counter()
+            model(example)
+            _synchronize(device)
+            if i >= warmup:
+                timings.append((time.perf_counter() - start) * 1000)
+    return statistics.median(timings)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
