@@ -14,11 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.errors import NotFound, describe_validation_errors
 from app.models import Artifact, Job, JobEvent, utcnow
 from app.schemas import JobStatus
 from app.services.files import get_file
@@ -28,6 +30,11 @@ from worker.kd.spec import JobSpec
 from worker.reporter import DatabaseReporter
 
 log = logging.getLogger(__name__)
+
+
+class FileMissing(KDError):
+    code = "file_missing"
+
 
 ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
 RESULT_KEYS = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
@@ -89,6 +96,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
     except KDError as exc:
         fail(job_id, exc.code, exc.message)
+    except ValidationError as exc:  # a spec stored under an older schema
+        fail(job_id, "invalid_spec", describe_validation_errors(list(exc.errors())))
     except Exception as exc:
         log.exception("job %s failed unexpectedly", job_id)
         fail(
@@ -106,9 +115,8 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
 
     spec = JobSpec.model_validate(job.spec)
     storage = Storage(settings)
-    with session_scope() as session:
-        teacher = storage.file_path(get_file(session, job.tenant_id, spec.teacher.file_id).path)
-        dataset = storage.file_path(get_file(session, job.tenant_id, spec.dataset.file_id).path)
+    teacher = _file_path(storage, job.tenant_id, "teacher", spec.teacher.file_id)
+    dataset = _file_path(storage, job.tenant_id, "dataset", spec.dataset.file_id)
     prepared = prepare(spec, teacher, dataset)
     with session_scope() as session:
         if not _transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
@@ -122,6 +130,19 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
     result = distill(prepared, work_dir, reporter)
     reporter.flush()
     _store_success(job.id, storage, result.artifacts, result.report)
+
+
+def _file_path(storage: Storage, tenant_id: str, role: str, file_id: str) -> Path:
+    with session_scope() as session:
+        try:
+            path = storage.file_path(get_file(session, tenant_id, file_id).path)
+        except NotFound:
+            path = None
+    if path is None or not path.exists():
+        raise FileMissing(
+            f"The {role} file {file_id!r} no longer exists; upload it again and submit a new job."
+        )
+    return path
 
 
 def summarize(report: dict[str, Any], artifact_names: list[str]) -> dict[str, Any]:

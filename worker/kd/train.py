@@ -40,10 +40,11 @@ class EpochTotals:
     steps: int = 0
 
     def add(self, parts: LossParts) -> None:
-        self.total = self.total + parts.total.detach().cpu()
-        self.kd = self.kd + parts.kd.detach().cpu()
+        # Zero-dim CPU starts combine with device tensors; no host sync per step.
+        self.total = self.total + parts.total.detach()
+        self.kd = self.kd + parts.kd.detach()
         if parts.ce is not None:
-            self.ce = self.ce + parts.ce.detach().cpu()
+            self.ce = self.ce + parts.ce.detach()
         self.steps += 1
 
 
