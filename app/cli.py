@@ -45,6 +45,7 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 @cli.command()
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    quiet: Annotated[bool, typer.Option(help="No start-up banner.")] = False,
 ) -> None:
     """Run one Celery worker process (one job at a time; run one per GPU)."""
     import socket
@@ -54,6 +55,7 @@ def worker(
 
     celery_app.worker_main(
         [
+            *(["--quiet"] if quiet else []),
             "worker",
             "--pool=solo",
             "--concurrency=1",
@@ -136,7 +138,7 @@ def up(
     base = [sys.executable, "-m", "app.cli"]
     children = [
         subprocess.Popen([*base, "api", "--host", host, "--port", str(port)]),
-        subprocess.Popen([*base, "worker", "--loglevel", "WARNING"]),
+        subprocess.Popen([*base, "worker", "--loglevel", "WARNING", "--quiet"]),
     ]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"Distillery is up at http://{shown}:{port} (data in {data_dir})")
@@ -154,23 +156,24 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
         nonlocal stopping
         stopping = True
 
+    # Handled explicitly: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.terminate()  # uvicorn and Celery both shut down gracefully on SIGTERM
     deadline = time.monotonic() + 15
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
-    failed = [c for c in children if c.returncode not in (0, -signal.SIGINT, None)]
+    failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM, None)]
     if failed and not stopping:
+        role = failed[0].args[3]  # type: ignore[index]
+        console.print(f"the {role} process exited with code {failed[0].returncode}; stopped all")
         raise typer.Exit(1)
 
 

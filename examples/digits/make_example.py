@@ -31,7 +31,7 @@ JOB_SPEC: dict[str, object] = {
     "student": {"arch": "cnn", "channels": [8, 16], "hidden": 32},
     "dataset": {"file_id": "<DATASET_FILE_ID>"},
     "distillation": {"temperature": 4.0, "alpha": 0.7},
-    "training": {"epochs": 15, "batch_size": 64, "learning_rate": 0.003, "seed": 0},
+    "training": {"epochs": 15, "batch_size": 64, "learning_rate": 0.01, "seed": 0},
 }
 
 
