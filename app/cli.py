@@ -136,10 +136,10 @@ def up(
     upgrade_head()
     key = _local_key(data_dir)
     base = [sys.executable, "-m", "app.cli"]
-    children = [
-        subprocess.Popen([*base, "api", "--host", host, "--port", str(port)]),
-        subprocess.Popen([*base, "worker", "--loglevel", "WARNING", "--quiet"]),
-    ]
+    children = {
+        "api": subprocess.Popen([*base, "api", "--host", host, "--port", str(port)]),
+        "worker": subprocess.Popen([*base, "worker", "--loglevel", "WARNING", "--quiet"]),
+    }
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"Distillery is up at http://{shown}:{port} (data in {data_dir})")
     console.print(f"API docs: http://{shown}:{port}/docs   Ctrl-C stops it.")
@@ -148,7 +148,7 @@ def up(
     _supervise(children)
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> None:
     """Wait until Ctrl-C, SIGTERM or a child's exit; then stop every child."""
     stopping = False
 
@@ -159,21 +159,20 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
     # Handled explicitly: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    while not stopping and all(child.poll() is None for child in children):
+    while not stopping and all(child.poll() is None for child in children.values()):
         time.sleep(0.2)
-    for child in children:
+    for child in children.values():
         if child.poll() is None:
             child.terminate()  # uvicorn and Celery both shut down gracefully on SIGTERM
     deadline = time.monotonic() + 15
-    for child in children:
+    for child in children.values():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
-    failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM, None)]
+    failed = {n: c.returncode for n, c in children.items() if c.returncode not in (0, -15, None)}
     if failed and not stopping:
-        role = failed[0].args[3]  # type: ignore[index]
-        console.print(f"the {role} process exited with code {failed[0].returncode}; stopped all")
+        console.print(f"stopped everything: a process exited early (exit codes {failed})")
         raise typer.Exit(1)
 
 
