@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -41,17 +41,38 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `distillery keys create`.")
 
 
+SESSION_COOKIE = "distillery_key"
+CSRF_HEADER = "X-Distillery-CSRF"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _key_from_request(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> str | None:
+    """The bearer key, or for the dashboard the sign-in cookie. A cookie alone never
+    authorises a change: state-changing calls must also carry the CSRF header, which a
+    page on another site cannot send without a CORS preflight we never grant."""
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        return credentials.credentials
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and (request.method in _SAFE_METHODS or request.headers.get(CSRF_HEADER)):
+        return cookie
+    return None
+
+
 def current_tenant(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    key = _key_from_request(request, credentials)
+    if key is None:
         raise Unauthorized(
             "Send your API key as 'Authorization: Bearer <key>'; "
             "create one with `distillery keys create --tenant NAME`.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant = tenant_for_key(session, credentials.credentials)
+    tenant = tenant_for_key(session, key)
     if tenant is None:
         raise Unauthorized(
             "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}

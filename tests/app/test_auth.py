@@ -54,3 +54,17 @@ def test_unknown_route_uses_the_error_shape(client: TestClient) -> None:
     response = client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_dashboard_cookie_reads_but_needs_the_csrf_header_to_change(client: TestClient) -> None:
+    from app.api.deps import CSRF_HEADER, SESSION_COOKIE
+
+    key = new_key()
+    cookies = {SESSION_COOKIE: key}
+    assert client.get("/v1/jobs", cookies=cookies).status_code == 200
+    job_id = "job_doesnotexist"
+    refused = client.post(f"/v1/jobs/{job_id}/cancel", cookies=cookies)
+    assert refused.status_code == 401
+    allowed = client.post(f"/v1/jobs/{job_id}/cancel", cookies=cookies, headers={CSRF_HEADER: "1"})
+    assert allowed.status_code == 404
+    client.cookies.clear()
