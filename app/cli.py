@@ -13,9 +13,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli_client import register as register_client_commands
+from app.cli_client import write_client_config
+
 cli = typer.Typer(help="Distillery: knowledge distillation as a service.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+register_client_commands(cli)
 console = Console(stderr=True)
 
 LOCAL_TENANT = "local"
@@ -141,7 +145,9 @@ def up(
         "worker": subprocess.Popen([*base, "worker", "--loglevel", "WARNING", "--quiet"]),
     }
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    config = write_client_config(f"http://{shown}:{port}", key)
     console.print(f"Distillery is up at http://{shown}:{port} (data in {data_dir})")
+    console.print(f"The CLI (distillery submit, watch, jobs, ...) reads URL and key from {config}")
     console.print(f"API docs: http://{shown}:{port}/docs   Ctrl-C stops it.")
     console.print(f"API key for tenant {LOCAL_TENANT!r}:")
     print(key, flush=True)

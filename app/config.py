@@ -31,6 +31,22 @@ class Settings(BaseSettings):
     broker_check_timeout_seconds: float = Field(2.0, gt=0.0)
     list_limit_max: int = Field(100, ge=1)
     sse_poll_seconds: float = Field(0.5, gt=0.0)
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts webhooks may reach even though they resolve to private, loopback "
+        "or link-local addresses (public addresses are always allowed).",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0.0)
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(2.0, ge=0.0, description="First retry delay; doubles.")
+
+    # Client side (the CLI's submit, watch, jobs, ...): flags win over these.
+    url: str | None = Field(None, description="Server URL for the CLI, e.g. http://host:8000.")
+    api_key: str | None = Field(None, description="API key for the CLI.")
+    client_config: Path = Field(
+        Path("~/.config/distillery/config.json"),
+        description="Where `distillery up` writes, and the CLI reads, the URL and key.",
+    )
 
     @property
     def resolved_data_dir(self) -> Path:

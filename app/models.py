@@ -62,6 +62,9 @@ class ApiKey(Base):
 
 class File(Base):
     __tablename__ = "files"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_files_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -73,6 +76,7 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(20), default="ready")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     path: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -94,6 +98,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
@@ -39,18 +40,24 @@ _UPLOAD_BODY: dict[str, Any] = {
 )
 async def upload_file(
     request: Request,
+    response: Response,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
     tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> FilePublic:
     """Upload a file (multipart `file` and `purpose`); it streams to disk with a size cap."""
     received, fields = await receive_upload(request, storage.tmp_dir, settings.max_upload_bytes)
     try:
         purpose = _purpose(fields.get("purpose"))
-        file = service.create_file(session, storage, tenant.id, purpose, received)
+        file, created = await run_in_threadpool(
+            service.create_file, session, storage, tenant.id, purpose, received, idempotency_key
+        )
     finally:
         received.path.unlink(missing_ok=True)
+    if not created:
+        response.status_code = status.HTTP_200_OK
     return FilePublic.model_validate(file)
 
 
@@ -65,10 +72,15 @@ def _purpose(value: str | None) -> str:
 
 @router.get("", response_model=ListResponse[FilePublic])
 def list_files(
-    session: SessionDep, tenant: TenantDep, purpose: Purpose | None = None
+    session: SessionDep,
+    tenant: TenantDep,
+    purpose: Purpose | None = None,
+    sha256: Annotated[
+        str | None, Query(pattern="^[0-9a-fA-F]{64}$", description="Only files with these bytes.")
+    ] = None,
 ) -> ListResponse[FilePublic]:
     """List your files, newest first."""
-    rows = service.list_files(session, tenant.id, purpose.value if purpose else None)
+    rows = service.list_files(session, tenant.id, purpose.value if purpose else None, sha256)
     return ListResponse[FilePublic](data=[FilePublic.model_validate(f) for f in rows])
 
 

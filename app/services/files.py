@@ -17,9 +17,28 @@ from app.uploads import ReceivedFile
 
 
 def create_file(
-    session: Session, storage: Storage, tenant_id: str, purpose: str, received: ReceivedFile
-) -> File:
-    """Check the received bytes, move them into place and record the file."""
+    session: Session,
+    storage: Storage,
+    tenant_id: str,
+    purpose: str,
+    received: ReceivedFile,
+    idempotency_key: str | None = None,
+) -> tuple[File, bool]:
+    """Check the received bytes, move them into place and record the file; returns
+    (file, created). A repeated idempotency key with the same bytes and purpose returns the
+    original file; with other bytes it is a conflict."""
+    if idempotency_key:
+        existing = session.scalar(
+            select(File).where(File.tenant_id == tenant_id, File.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            if (existing.sha256, existing.purpose) != (received.sha256, purpose):
+                raise Conflict(
+                    "This Idempotency-Key was already used for a different upload; "
+                    "use a new key for a new file.",
+                    code="idempotency_key_reused",
+                )
+            return existing, False
     fmt = sniff_format(received.path, received.head)
     details = inspect_upload(purpose, received.path, fmt)
     file_id = new_id("file")
@@ -35,10 +54,11 @@ def create_file(
         status="ready",
         details=details,
         path=relative,
+        idempotency_key=idempotency_key,
     )
     session.add(file)
     session.flush()
-    return file
+    return file, True
 
 
 def get_file(session: Session, tenant_id: str, file_id: str) -> File:
@@ -48,10 +68,14 @@ def get_file(session: Session, tenant_id: str, file_id: str) -> File:
     return file
 
 
-def list_files(session: Session, tenant_id: str, purpose: str | None) -> list[File]:
+def list_files(
+    session: Session, tenant_id: str, purpose: str | None, sha256: str | None = None
+) -> list[File]:
     query = select(File).where(File.tenant_id == tenant_id).order_by(File.id.desc())
     if purpose:
         query = query.where(File.purpose == purpose)
+    if sha256:
+        query = query.where(File.sha256 == sha256.lower())
     return list(session.scalars(query))
 
 

@@ -161,3 +161,34 @@ def test_other_tenants_files_are_404_everywhere(
         assert response.status_code == 404, (method, path)
         assert response.json()["error"]["code"] == "not_found"
     assert client.get("/v1/files", headers=other_headers).json()["data"] == []
+
+
+def test_upload_idempotency_key_replays_or_conflicts(client: TestClient, headers: dict) -> None:
+    keyed = {**headers, "Idempotency-Key": "upload-1"}
+    content = small_dataset(seed=7)
+    first = client.post(
+        "/v1/files", headers=keyed, data={"purpose": "dataset"}, files={"file": ("d.npz", content)}
+    )
+    again = client.post(
+        "/v1/files", headers=keyed, data={"purpose": "dataset"}, files={"file": ("d.npz", content)}
+    )
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    other = client.post(
+        "/v1/files",
+        headers=keyed,
+        data={"purpose": "dataset"},
+        files={"file": ("d.npz", small_dataset(seed=8))},
+    )
+    assert other.status_code == 409
+    assert len(client.get("/v1/files", headers=headers).json()["data"]) == 1
+
+
+def test_list_files_by_sha256(client: TestClient, headers: dict) -> None:
+    content = small_dataset(seed=9)
+    file = upload(client, headers, "dataset", content)
+    upload(client, headers, "dataset", small_dataset(seed=10))
+    digest = hashlib.sha256(content).hexdigest()
+    found = client.get(f"/v1/files?sha256={digest}", headers=headers).json()["data"]
+    assert [f["id"] for f in found] == [file["id"]]
+    assert client.get("/v1/files?sha256=xyz", headers=headers).status_code == 422

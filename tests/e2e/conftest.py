@@ -71,6 +71,7 @@ class Api:
     base: str
     key: str
     processes: Processes
+    root: Path | None = None
 
     @property
     def client(self) -> httpx.Client:
@@ -190,3 +191,39 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp_path)
     yield procs
     procs.stop()
+
+
+def _key_from_log(log: Path, processes: Processes, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("dk_"):
+                return line.strip()
+        time.sleep(0.2)
+    raise AssertionError(f"`distillery up` printed no key\n{processes.logs()}")
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("embedded")
+    processes = Processes(root)
+    port = free_port()
+    up = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "up",
+        "--data-dir",
+        str(root / "data"),
+        "--port",
+        str(port),
+    ]
+    processes.start("up", up, clean_env(DISTILLERY_CLIENT_CONFIG=str(root / "client.json")))
+    try:
+        key = _key_from_log(root / "up.log", processes)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, processes)
+        yield Api(base, key, processes, root)
+    finally:
+        processes.stop()
+    assert processes.children[0][0].returncode == 0, processes.logs()

@@ -4,60 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
-    Api,
-    Processes,
-    check_distilled,
-    clean_env,
-    digits_spec,
-    free_port,
-    wait_ready,
-)
+from tests.e2e.conftest import Api, check_distilled, digits_spec
 
 pytestmark = pytest.mark.e2e
-
-
-def _key_from_log(log: Path, processes: Processes, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if line.startswith("dk_"):
-                return line.strip()
-        time.sleep(0.2)
-    raise AssertionError(f"`distillery up` printed no key\n{processes.logs()}")
-
-
-@pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    root = tmp_path_factory.mktemp("embedded")
-    processes = Processes(root)
-    port = free_port()
-    up = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "up",
-        "--data-dir",
-        str(root / "data"),
-        "--port",
-        str(port),
-    ]
-    processes.start("up", up, clean_env())
-    try:
-        key = _key_from_log(root / "up.log", processes)
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, processes)
-        yield Api(base, key, processes)
-    finally:
-        processes.stop()
-    assert processes.children[0][0].returncode == 0, processes.logs()
 
 
 def test_make_run_path_distils_digits_end_to_end(

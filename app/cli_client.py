@@ -1,0 +1,287 @@
+"""The CLI's client commands: submit, watch, jobs, report, download, cancel.
+
+Server URL and key come from flags, else `DISTILLERY_URL` / `DISTILLERY_API_KEY`, else the
+config file `distillery up` writes (`~/.config/distillery/config.json`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app.client import Client, DistilleryError, load_spec_file
+from app.config import get_settings
+from app.schemas import JobPublic
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FILE_ROLES = {"teacher": "teacher", "dataset": "dataset"}
+
+out = Console()
+err = Console(stderr=True)
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL (or DISTILLERY_URL).")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", help="API key (or DISTILLERY_API_KEY).", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JobArg = Annotated[str, typer.Argument(help="The job id.")]
+
+
+def config_path() -> Path:
+    return get_settings().client_config.expanduser()
+
+
+def write_client_config(url: str, key: str) -> Path:
+    """Remember the server and key for the CLI (what `distillery up` calls)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({"url": url, "api_key": key}, indent=2) + "\n")
+    return path
+
+
+def make_client(url: str | None, key: str | None) -> Client:
+    settings = get_settings()
+    saved: dict[str, Any] = {}
+    if config_path().exists():
+        saved = json.loads(config_path().read_text())
+    resolved_key = key or settings.api_key or saved.get("api_key")
+    if not resolved_key:
+        err.print(
+            "No API key: pass --key, set DISTILLERY_API_KEY, or run `make run` once "
+            f"(it writes {config_path()})."
+        )
+        raise typer.Exit(2)
+    return Client(url or settings.url or saved.get("url") or DEFAULT_URL, resolved_key)
+
+
+def _fail(exc: DistilleryError) -> typer.Exit:
+    err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+    return typer.Exit(1)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def resolve_paths(client: Client, spec: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Replace `{"path": "./teacher.pt"}` by `{"file_id": ...}`, uploading each file once
+    (an earlier upload with the same sha256 is reused)."""
+    resolved = dict(spec)
+    for role, purpose in FILE_ROLES.items():
+        ref = resolved.get(role)
+        if isinstance(ref, dict) and "path" in ref:
+            local = (base / ref["path"]).expanduser()
+            if not local.is_file():
+                raise typer.BadParameter(f"{role}.path: no file at {local}")
+            uploaded = client.upload(local, purpose, reuse=True)
+            err.print(f"{role}: {local} -> {uploaded.id}")
+            resolved[role] = {k: v for k, v in ref.items() if k != "path"} | {
+                "file_id": uploaded.id
+            }
+    return resolved
+
+
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON.", exists=True)],
+    watch_job: Annotated[bool, typer.Option("--watch", help="Then watch it to the end.")] = False,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job; local files named by `path` are uploaded first."""
+    with make_client(url, key) as client:
+        try:
+            spec = resolve_paths(client, load_spec_file(spec_file), spec_file.parent)
+            job = client.submit(spec)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+        except ValueError as exc:
+            err.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(2) from exc
+        if as_json:
+            _print_json(job.model_dump(mode="json"))
+        else:
+            err.print(f"submitted; follow it with `distillery watch {job.id}`")
+            print(job.id)
+        if watch_job and _watch(client, job.id, quiet=as_json).status != "succeeded":
+            raise typer.Exit(1)
+
+
+def watch(job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """A live progress bar until the job ends; exits non-zero unless it succeeded."""
+    with make_client(url, key) as client:
+        job = _watch(client, job_id, quiet=as_json)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+def _watch(client: Client, job_id: str, *, quiet: bool) -> JobPublic:
+    columns = (
+        TextColumn("{task.fields[status]:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    state: dict[str, Any] = {"after": None, "detail": ""}
+    with Progress(*columns, console=err, disable=quiet) as progress:
+        task = progress.add_task(job_id, total=1.0, status="", detail="")
+
+        def update(job: JobPublic) -> None:
+            for event in client._json(  # the newest epoch summary, if any
+                "GET",
+                f"/v1/jobs/{job.id}/events",
+                params={} if state["after"] is None else {"after": state["after"]},
+            )["data"]:
+                state["after"] = event["id"]
+                if event["kind"] == "epoch_end":
+                    state["detail"] = _epoch_detail(job, event["data"])
+            progress.update(
+                task, completed=job.progress, status=str(job.status), detail=state["detail"]
+            )
+
+        try:
+            job = client.wait(job_id, on_progress=update)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+    if job.status == "failed" and job.error is not None:
+        err.print(f"[red]failed[/red] {job.error.code}: {job.error.message}")
+    elif job.status == "succeeded" and job.result:
+        r = job.result
+        err.print(
+            f"[green]succeeded[/green] student accuracy {r['student_accuracy']:.4f} "
+            f"(teacher {r['teacher_accuracy']:.4f}); `distillery report {job_id}`"
+        )
+    else:
+        err.print(f"{job.status}")
+    return job
+
+
+def _epoch_detail(job: JobPublic, data: dict[str, Any]) -> str:
+    epochs = job.spec.get("training", {}).get("epochs", "?")
+    return (
+        f"epoch {data.get('epoch')}/{epochs}  step {data.get('step')}  "
+        f"loss {data.get('train_loss_epoch', float('nan')):.4g}  "
+        f"val acc {data.get('val_accuracy', float('nan')):.4f}"
+    )
+
+
+def jobs(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List your jobs."""
+    with make_client(url, key) as client:
+        try:
+            rows, _ = client.jobs(limit=limit, status=status)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json([job.model_dump(mode="json") for job in rows])
+        return
+    table = Table("id", "status", "progress", "student", "accuracy", "created")
+    for job in rows:
+        accuracy = f"{job.result['student_accuracy']:.4f}" if job.result else ""
+        table.add_row(
+            job.id,
+            str(job.status),
+            f"{job.progress:.0%}",
+            str(job.spec.get("student", {}).get("arch", "")),
+            accuracy,
+            job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+
+
+REPORT_ROWS = (
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("parameters", "parameters", "{:,}"),
+    ("serialized bytes", "serialized_bytes", "{:,}"),
+    ("latency ms (batch 1)", "latency_ms_batch1", "{:.3f}"),
+)
+
+
+def report(
+    job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Teacher vs student (vs baseline) for a finished job."""
+    with make_client(url, key) as client:
+        try:
+            data = client.report(job_id)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json(data)
+        return
+    models = [name for name in ("teacher", "student", "baseline") if data.get(name)]
+    table = Table("", *models, title=f"report for {job_id}")
+    for label, field, fmt in REPORT_ROWS:
+        table.add_row(label, *[_fmt(fmt, data[m].get(field)) for m in models])
+    out.print(table)
+    for label, field, fmt in (
+        ("agreement with teacher", "agreement", "{:.4f}"),
+        ("quality retained", "quality_retained", "{:.2%}"),
+        ("size reduction", "size_reduction", "{:.2%}"),
+        ("speed-up", "speedup", "{:.2f}x"),
+        ("KD gain over baseline", "kd_gain", "{:+.4f}"),
+    ):
+        value = data.get(field)
+        out.print(f"{label:>24}: {_fmt(fmt, value) if value is not None else 'not measured'}")
+
+
+def _fmt(fmt: str, value: Any) -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def download(
+    job_id: JobArg,
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put the files.")] = Path("."),
+    name: Annotated[list[str] | None, typer.Option(help="Only these artifacts.")] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Download a job's artifacts (all, or those named)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with make_client(url, key) as client:
+        try:
+            names = name or [a.name for a in client.artifacts(job_id)]
+            if not names:
+                err.print(f"job {job_id} has no artifacts (yet)")
+                raise typer.Exit(1)
+            for artifact in names:
+                print(client.download(job_id, artifact, directory))
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+
+
+def cancel(
+    job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Cancel a job."""
+    with make_client(url, key) as client:
+        try:
+            job = client.cancel(job_id)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        err.print(f"{job.id}: {job.status}")
+
+
+def register(cli: typer.Typer) -> None:
+    for command in (submit, watch, jobs, report, download, cancel):
+        cli.command()(command)
