@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import files, health, jobs
+from app import web
+from app.api import files, health, jobs, webhooks
 from app.errors import ApiError, describe_validation_errors
 from app.schemas import ErrorResponse
 
@@ -70,6 +71,9 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from app.config import get_settings
-from worker.celery_app import RUN_JOB_TASK, celery_app
+from worker.celery_app import RUN_JOB_TASK, WEBHOOK_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,23 @@ def enqueue_job(job_id: str) -> bool:
         )
     except Exception:
         log.exception("could not enqueue job %s; it stays queued", job_id)
+        return False
+    return True
+
+
+def enqueue_webhook(
+    job_id: str, attempt: int = 1, delivery_id: str | None = None, countdown: float = 0.0
+) -> bool:
+    """Announce a job's end to its webhook from a worker (retries are tasks too)."""
+    try:
+        celery_app.send_task(
+            WEBHOOK_TASK,
+            args=[job_id, attempt, delivery_id],
+            queue=get_settings().queue,
+            countdown=countdown or None,
+        )
+    except Exception:
+        log.exception("could not enqueue the webhook of job %s", job_id)
         return False
     return True
 

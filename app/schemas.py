@@ -8,6 +8,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from worker.kd.spec import JobSpec
+
 T = TypeVar("T")
 
 
@@ -63,6 +65,16 @@ class FilePublic(_Public):
     created_at: datetime
 
 
+class JobCreate(JobSpec):
+    """A job spec, plus what the service does around it."""
+
+    webhook_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="POSTed the signed job object when the job ends (see README: Webhooks).",
+    )
+
+
 class JobError(BaseModel):
     code: str
     message: str
@@ -74,6 +86,7 @@ class JobPublic(_Public):
     status: JobStatus
     progress: float
     spec: dict[str, Any]
+    webhook_url: str | None = None
     error: JobError | None
     result: dict[str, Any] | None
     attempt: int

@@ -7,6 +7,7 @@ from celery import Celery
 from app.config import Settings, get_settings
 
 RUN_JOB_TASK = "distillery.run_job"
+WEBHOOK_TASK = "distillery.deliver_webhook"
 # Longest a job may run before Redis would hand its message to another worker; the
 # database claim makes a re-delivery harmless anyway.
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600

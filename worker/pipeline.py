@@ -22,7 +22,8 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import NotFound, describe_validation_errors
 from app.models import Artifact, Job, JobEvent, utcnow
-from app.schemas import JobStatus
+from app.queue import enqueue_webhook
+from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
 from app.storage import Storage
 from worker.kd.errors import Cancelled, KDError
@@ -108,6 +109,15 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    _announce_end(job_id)
+
+
+def _announce_end(job_id: str) -> None:
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        wanted = job.webhook_url is not None and job.status in TERMINAL_STATUSES
+    if wanted:
+        enqueue_webhook(job_id)
 
 
 def _run(job: Job, settings: Settings, work_dir: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from worker.celery_app import RUN_JOB_TASK, celery_app
+from app.config import get_settings
+from app.queue import enqueue_webhook
+from app.services.webhooks import attempt_delivery
+from worker.celery_app import RUN_JOB_TASK, WEBHOOK_TASK, celery_app
 from worker.pipeline import run_job as run_job_pipeline
 
 
@@ -10,3 +13,12 @@ from worker.pipeline import run_job as run_job_pipeline
 def run_job(job_id: str) -> None:
     """Run one distillation job; a second delivery of the same job does nothing."""
     run_job_pipeline(job_id)
+
+
+@celery_app.task(name=WEBHOOK_TASK, ignore_result=True)
+def deliver_webhook(job_id: str, attempt: int = 1, delivery_id: str | None = None) -> None:
+    """POST the ended job to its webhook; a failed attempt schedules the next with backoff."""
+    retry = attempt_delivery(job_id, attempt, delivery_id, get_settings())
+    if retry is not None:
+        next_id, delay = retry
+        enqueue_webhook(job_id, attempt + 1, next_id, countdown=delay)

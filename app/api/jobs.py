@@ -12,18 +12,18 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.db import get_sessionmaker
-from app.queue import enqueue_job
+from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
     TERMINAL_STATUSES,
     ArtifactPublic,
     EventPublic,
+    JobCreate,
     JobPublic,
     JobStatus,
     ListResponse,
     MetricPublic,
 )
 from app.services import jobs as service
-from worker.kd.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -42,14 +42,15 @@ _EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def create_job(
-    spec: JobSpec,
+    spec: JobCreate,
     response: Response,
     session: SessionDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Submit a distillation job; it is queued and runs on a worker."""
-    job, created = service.create_job(session, tenant.id, spec, idempotency_key)
+    job, created = service.create_job(session, tenant.id, spec, idempotency_key, settings)
     if not created:
         response.status_code = status.HTTP_200_OK
         return JobPublic.model_validate(job)
@@ -84,7 +85,11 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Cancel a job; a running job stops after its current training step."""
-    return JobPublic.model_validate(service.cancel_job(session, tenant.id, job_id))
+    job = service.cancel_job(session, tenant.id, job_id)
+    if job.status == JobStatus.cancelled and job.webhook_url:
+        session.commit()  # the worker reads the ended job; commit before it hears of it
+        enqueue_webhook(job.id)
+    return JobPublic.model_validate(job)
 
 
 @router.get(

@@ -9,22 +9,23 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.errors import ApiError, Conflict, NotFound, Unprocessable
 from app.ids import new_id
 from app.models import Artifact, Job, JobEvent, Metric, utcnow
-from app.schemas import TERMINAL_STATUSES, JobStatus
+from app.schemas import TERMINAL_STATUSES, JobCreate, JobStatus
 from app.services.files import get_file
-from worker.kd.spec import JobSpec
+from app.webhooks import check_target
 
 FILE_ROLES = {"teacher": "teacher", "dataset": "dataset"}
 
 
-def _request_hash(spec: JobSpec) -> str:
+def _request_hash(spec: JobCreate) -> str:
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
+def _check_files(session: Session, tenant_id: str, spec: JobCreate) -> None:
     for role, purpose in FILE_ROLES.items():
         file_id = getattr(spec, role).file_id
         file = get_file(session, tenant_id, file_id)
@@ -36,7 +37,11 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
 
 
 def create_job(
-    session: Session, tenant_id: str, spec: JobSpec, idempotency_key: str | None
+    session: Session,
+    tenant_id: str,
+    spec: JobCreate,
+    idempotency_key: str | None,
+    settings: Settings,
 ) -> tuple[Job, bool]:
     """Record a queued job; returns (job, created). A repeated idempotency key returns the
     original job when the body is the same and is a conflict when it is not."""
@@ -46,11 +51,14 @@ def create_job(
         if existing is not None:
             return _replay(existing, request_hash), False
     _check_files(session, tenant_id, spec)
+    if spec.webhook_url:
+        check_target(spec.webhook_url, settings)
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,
         status=JobStatus.queued,
-        spec=spec.model_dump(mode="json"),
+        spec=spec.model_dump(mode="json", exclude={"webhook_url"}),
+        webhook_url=spec.webhook_url,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )

@@ -218,7 +218,12 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         "--port",
         str(port),
     ]
-    processes.start("up", up, clean_env(DISTILLERY_CLIENT_CONFIG=str(root / "client.json")))
+    env = clean_env(
+        DISTILLERY_CLIENT_CONFIG=str(root / "client.json"),
+        DISTILLERY_WEBHOOK_ALLOW_HOSTS='["127.0.0.1"]',
+        DISTILLERY_WEBHOOK_BACKOFF_SECONDS="0.2",
+    )
+    processes.start("up", up, env)
     try:
         key = _key_from_log(root / "up.log", processes)
         base = f"http://127.0.0.1:{port}"

@@ -1,0 +1,109 @@
+"""Webhooks: where a job's end is announced, how it is signed, and how delivery is tried.
+
+A job spec may name `webhook_url`. When the job ends (succeeded, failed or cancelled) the
+service POSTs the job object as JSON with these headers:
+
+    Distillery-Event: job.succeeded
+    Distillery-Delivery: <unique id of this delivery, the same across its retries>
+    Distillery-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{body}")>
+
+The secret is the tenant's (GET /v1/webhook_secret). Verify by recomputing the HMAC over
+the timestamp, a dot and the raw body, comparing in constant time, and refusing old `t`.
+Targets that resolve to private, loopback or link-local addresses are refused unless their
+host is in DISTILLERY_WEBHOOK_ALLOW_HOSTS; redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.config import Settings
+from app.errors import Unprocessable
+
+SECRET_PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, tolerance_seconds: int = 300) -> bool:
+    """What a receiver does: check the signature and that it is recent."""
+    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+    try:
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_seconds:
+        return False
+    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def check_target(url: str, settings: Settings) -> None:
+    """Refuse URLs a webhook must not reach; raises Unprocessable with the reason."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unprocessable("webhook_url: give an absolute http:// or https:// URL.")
+    host = parts.hostname
+    if host in settings.webhook_allow_hosts:
+        return
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Unprocessable(f"webhook_url: the host {host!r} does not resolve.") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise Unprocessable(
+                f"webhook_url: {host!r} resolves to {address}, a non-public address. Ask the "
+                "operator to add the host to DISTILLERY_WEBHOOK_ALLOW_HOSTS if it is meant."
+            )
+
+
+@dataclass
+class DeliveryOutcome:
+    ok: bool
+    detail: str
+
+
+def deliver(
+    url: str, secret: str, event: str, delivery_id: str, body: bytes, settings: Settings
+) -> DeliveryOutcome:
+    """One POST attempt; a 2xx answer counts as delivered."""
+    try:
+        check_target(url, settings)
+    except Unprocessable as exc:
+        return DeliveryOutcome(False, exc.message)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Distillery-Webhooks/1",
+        "Distillery-Event": event,
+        "Distillery-Delivery": delivery_id,
+        "Distillery-Signature": sign(secret, int(time.time()), body),
+    }
+    try:
+        response = httpx.post(
+            url,
+            content=body,
+            headers=headers,
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        return DeliveryOutcome(False, f"{type(exc).__name__}: {str(exc)[:200]}")
+    return DeliveryOutcome(response.is_success, f"HTTP {response.status_code}")
