@@ -170,7 +170,15 @@ def check_distilled(api: Api, job: dict[str, Any], dataset: Path, download: Path
     assert job["progress"] == 1.0
     report = api.get(f"/v1/jobs/{job['id']}/report").json()
     names = {a["name"] for a in api.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
-    assert {"student.pt", "student.safetensors", "report.json", "metrics.csv"} <= names
+    assert {
+        "student.pt",
+        "student.safetensors",
+        "config.json",
+        "report.json",
+        "metrics.csv",
+        "curves.png",
+        "README.md",
+    } <= names
     response = api.get(f"/v1/jobs/{job['id']}/artifacts/student.pt")
     assert response.status_code == 200
     download.write_bytes(response.content)

@@ -20,6 +20,8 @@ from worker.kd.evaluate import ValidationSet, count_parameters
 from worker.kd.export import save_student, student_config
 from worker.kd.history import RecordingReporter
 from worker.kd.losses import get_loss
+from worker.kd.model_card import model_card
+from worker.kd.plots import plot_curves
 from worker.kd.report import ModelUnderTest, build_report
 from worker.kd.reporting import Reporter
 from worker.kd.spec import JobSpec
@@ -138,6 +140,13 @@ def distill(prepared: Prepared, out_dir: Path, reporter: Reporter) -> DistillRes
     artifacts["report.json"].write_text(json.dumps(report, indent=2) + "\n")
     artifacts["metrics.csv"] = out_dir / "metrics.csv"
     recorder.write_csv(artifacts["metrics.csv"])
+    artifacts["curves.png"] = plot_curves(
+        out_dir / "curves.png", recorder.metrics, report["teacher"]["accuracy"]
+    )
+    artifacts["README.md"] = out_dir / "README.md"
+    artifacts["README.md"].write_text(
+        model_card(report, prepared.teacher_path.name, prepared.dataset_path.name)
+    )
     recorder.event("training_finished", summarize(report), _headline(report))
     return DistillResult(report=report, artifacts=artifacts)
 

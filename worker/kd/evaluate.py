@@ -62,22 +62,29 @@ def kl_teacher_student(student: torch.Tensor, teacher: torch.Tensor) -> float:
     return kl.item()
 
 
-def latency_ms(
-    model: nn.Module, example: torch.Tensor, device: torch.device, runs: int = 30, warmup: int = 5
-) -> float:
-    """Median wall time (ms) of one forward pass on `example` (1, *input_shape)."""
-    model.eval()
+def paired_latency_ms(
+    models: list[nn.Module],
+    example: torch.Tensor,
+    device: torch.device,
+    runs: int = 31,
+    warmup: int = 5,
+) -> list[float]:
+    """Median wall time (ms) of one forward pass of each model on `example`, the models
+    timed in turn within each round so that all of them meet the same machine load."""
     example = example.to(device)
-    timings = []
+    timings: list[list[float]] = [[] for _ in models]
+    for model in models:
+        model.eval()
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            _synchronize(device)
-            start = time.perf_counter()
-            model(example)
-            _synchronize(device)
-            if i >= warmup:
-                timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
+        for round_ in range(warmup + runs):
+            for model, times in zip(models, timings, strict=True):
+                _synchronize(device)
+                start = time.perf_counter()
+                model(example)
+                _synchronize(device)
+                if round_ >= warmup:
+                    times.append((time.perf_counter() - start) * 1000)
+    return [statistics.median(times) for times in timings]
 
 
 def _synchronize(device: torch.device) -> None:

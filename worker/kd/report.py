@@ -15,7 +15,7 @@ from worker.kd.evaluate import (
     agreement,
     count_parameters,
     kl_teacher_student,
-    latency_ms,
+    paired_latency_ms,
     predict_logits,
 )
 from worker.kd.spec import JobSpec
@@ -42,8 +42,9 @@ def build_report(
 ) -> dict[str, Any]:
     """report.json; accuracies are on `val`, against `val.label_source` labels."""
     student_logits = predict_logits(student.module, val.x, device)  # (M, K)
-    t = model_summary(teacher, val.teacher_logits, val, device)
-    s = model_summary(student, student_logits, val, device)
+    latencies = paired_latency_ms([teacher.module, student.module], val.x[:1], device)
+    t = model_summary(teacher, val.teacher_logits, val, latencies[0])
+    s = model_summary(student, student_logits, val, latencies[1])
     validation = {"source": val.source, "samples": len(val.x), "labels": val.label_source}
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -69,13 +70,13 @@ def build_report(
 
 
 def model_summary(
-    model: ModelUnderTest, logits: torch.Tensor, val: ValidationSet, device: torch.device
+    model: ModelUnderTest, logits: torch.Tensor, val: ValidationSet, latency_ms: float
 ) -> dict[str, Any]:
     return {
         "accuracy": accuracy(logits, val.labels),
         "parameters": count_parameters(model.module),
         "serialized_bytes": model.path.stat().st_size,
-        "latency_ms_batch1": latency_ms(model.module, val.x[:1], device),
+        "latency_ms_batch1": latency_ms,
     }
 
 

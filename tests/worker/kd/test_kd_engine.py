@@ -83,7 +83,8 @@ def test_report_has_every_field(distilled: Distilled) -> None:
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
     assert json.loads((distilled.out_dir / "report.json").read_text()) == report
     assert set(distilled.result.artifacts) == {
-        "student.pt", "student.safetensors", "config.json", "report.json", "metrics.csv"
+        "student.pt", "student.safetensors", "config.json", "report.json", "metrics.csv",
+        "curves.png", "README.md",
     }  # fmt: skip
 
 
@@ -200,3 +201,46 @@ def test_cnn_student_on_images_with_explicit_validation(
         tmp_path / "out" / "config.json", tmp_path / "out" / "student.safetensors"
     )
     assert rebuilt(torch.from_numpy(images[:2])).shape == (2, 10)
+
+
+def test_model_card_and_curves_describe_the_run(tmp_path: Path) -> None:
+    from worker.kd.model_card import model_card
+    from worker.kd.plots import plot_curves
+
+    metrics = [("train_loss", s, 1, 1.0 / s) for s in range(1, 11)]
+    metrics += [("val_accuracy", 10, 1, 0.5), ("val_accuracy", 20, 2, 0.8)]
+    png = plot_curves(tmp_path / "curves.png", metrics, teacher_accuracy=0.9)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = {
+        "teacher": {
+            "accuracy": 0.9,
+            "parameters": 1000,
+            "serialized_bytes": 4000,
+            "latency_ms_batch1": 2.0,
+        },
+        "student": {
+            "arch": "mlp",
+            "accuracy": 0.8,
+            "parameters": 100,
+            "serialized_bytes": 900,
+            "latency_ms_batch1": 1.0,
+        },
+        "validation": {"source": "split", "samples": 50, "labels": "dataset"},
+        "input_shape": [4],
+        "num_classes": 3,
+        "device": "cpu",
+        "quality_retained": 0.8 / 0.9,
+        "size_reduction": 0.9,
+        "speedup": 2.0,
+        "agreement": 0.85,
+        "kd_gain": None,
+        "recipe": {"loss": "hinton"},
+        "epochs": 2,
+        "steps": 20,
+        "train_seconds": 1.5,
+    }
+    card = model_card(report, "teacher.pt", "data.npz")
+    assert "| accuracy | 0.9000 | 0.8000 |" in card
+    assert "Quality retained (student / teacher accuracy): 88.9%" in card
+    assert "KD gain: not measured" in card
+    assert "![training curves](curves.png)" in card
