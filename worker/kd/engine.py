@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.checkpoint import Checkpointing, fingerprint
 from worker.kd.data import Splits, load_dataset
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.evaluate import ValidationSet, count_parameters
@@ -108,8 +109,17 @@ def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes:
         )
 
 
-def distill(prepared: Prepared, out_dir: Path, reporter: Reporter) -> DistillResult:
-    """Train the student, save its files, and measure the saved student against the teacher."""
+def distill(
+    prepared: Prepared,
+    out_dir: Path,
+    reporter: Reporter,
+    checkpointing: Checkpointing | None = None,
+) -> DistillResult:
+    """Train the student, save its files, and measure the saved student against the teacher.
+
+    With `checkpointing`, training resumes from the checkpoint there if one matches the
+    recipe, refreshes it as it goes, and saves it when stopped (then `Cancelled` is raised).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec, device = prepared.spec, prepared.device
@@ -121,7 +131,17 @@ def distill(prepared: Prepared, out_dir: Path, reporter: Reporter) -> DistillRes
         "hinton", temperature=spec.distillation.temperature, alpha=spec.distillation.alpha
     )
     trainer = Trainer(
-        student, prepared.teacher, loss_fn, prepared.data, val, spec.training, device, recorder
+        student,
+        prepared.teacher,
+        loss_fn,
+        prepared.data,
+        val,
+        spec.training,
+        device,
+        recorder,
+        history=recorder.metrics,
+        checkpointing=checkpointing,
+        fingerprint=fingerprint(spec),
     )
     _announce(recorder, prepared, student, trainer.total_steps)
     outcome = trainer.fit()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from worker.kd.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
 from worker.kd.data import Splits
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.evaluate import ValidationSet, accuracy, agreement, predict_logits
@@ -39,6 +40,14 @@ class EpochTotals:
     ce: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     steps: int = 0
 
+    def state(self) -> list[float]:
+        return [self.total.item(), self.kd.item(), self.ce.item(), float(self.steps)]
+
+    @classmethod
+    def from_state(cls, values: list[float]) -> EpochTotals:
+        total, kd, ce, steps = values
+        return cls(torch.tensor(total), torch.tensor(kd), torch.tensor(ce), int(steps))
+
     def add(self, parts: LossParts) -> None:
         # Zero-dim CPU starts combine with device tensors; no host sync per step.
         self.total = self.total + parts.total.detach()
@@ -46,6 +55,54 @@ class EpochTotals:
         if parts.ce is not None:
             self.ce = self.ce + parts.ce.detach()
         self.steps += 1
+
+
+@dataclass
+class _LoopState:
+    """Where the loop is: the epoch, how many of its batches are done, the running sums,
+    and the shuffling generator as it was when the epoch drew its order."""
+
+    generator: torch.Generator
+    epoch: int = 1
+    batches_done: int = 0
+    epoch_generator_state: torch.Tensor | None = None
+    totals: EpochTotals = field(default_factory=EpochTotals)
+    window: EpochTotals = field(default_factory=EpochTotals)
+
+    def begin_epoch(self, epoch: int, resumed: bool) -> None:
+        self.epoch = epoch
+        if resumed and self.epoch_generator_state is not None:
+            self.generator.set_state(self.epoch_generator_state)
+        else:
+            self.batches_done = 0
+            self.totals = EpochTotals()
+        self.epoch_generator_state = self.generator.get_state()
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done = 0
+        self.totals = EpochTotals()
+        self.epoch_generator_state = self.generator.get_state()
+
+    def state(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_generator_state": self.epoch_generator_state
+            if self.epoch_generator_state is not None
+            else self.generator.get_state(),
+            "totals": self.totals.state(),
+            "window": self.window.state(),
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
+        self.batches_done = int(state["batches_done"])  # type: ignore[call-overload]
+        generator_state = state["epoch_generator_state"]
+        assert isinstance(generator_state, torch.Tensor)
+        self.epoch_generator_state = generator_state
+        self.totals = EpochTotals.from_state(state["totals"])  # type: ignore[arg-type]
+        self.window = EpochTotals.from_state(state["window"])  # type: ignore[arg-type]
 
 
 def seed_everything(seed: int) -> None:
@@ -80,6 +137,9 @@ class Trainer:
     training: TrainingSpec
     device: torch.device
     reporter: Reporter
+    history: list[tuple[str, int, int, float]] = field(default_factory=list)
+    checkpointing: Checkpointing | None = None
+    fingerprint: str = ""
     step: int = 0
 
     @property
@@ -96,25 +156,30 @@ class Trainer:
             weight_decay=self.training.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps)
-        generator = torch.Generator().manual_seed(self.training.seed)
+        loop = _LoopState(torch.Generator().manual_seed(self.training.seed))
+        resumed = self._resume(optimizer, scheduler, loop)
         self.teacher.eval()
-        for epoch in range(1, self.training.epochs + 1):
-            totals = self._epoch(epoch, optimizer, scheduler, generator)
-            self._end_epoch(epoch, totals, float(scheduler.get_last_lr()[0]))
+        for epoch in range(loop.epoch, self.training.epochs + 1):
+            loop.begin_epoch(epoch, resumed)
+            resumed = False
+            self._epoch(optimizer, scheduler, loop)
+            self._end_epoch(epoch, loop.totals, float(scheduler.get_last_lr()[0]))
+            loop.end_epoch()
+            self._save(optimizer, scheduler, loop)
         seconds = time.perf_counter() - start
         return TrainOutcome(self.training.epochs, self.step, seconds, self.data.y_train is not None)
 
     def _epoch(
         self,
-        epoch: int,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        generator: torch.Generator,
-    ) -> EpochTotals:
+        loop: _LoopState,
+    ) -> None:
         self.student.train()
-        totals, window = EpochTotals(), EpochTotals()
-        for idx in batch_indices(len(self.data.x_train), self.training.batch_size, generator):
+        batches = batch_indices(len(self.data.x_train), self.training.batch_size, loop.generator)
+        for idx in batches[loop.batches_done :]:
             if self.reporter.should_stop():
+                self._save(optimizer, scheduler, loop)
                 raise Cancelled()
             parts = self._loss(idx)
             parts.total.backward()
@@ -123,12 +188,60 @@ class Trainer:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            totals.add(parts)
-            window.add(parts)
+            loop.batches_done += 1
+            loop.totals.add(parts)
+            loop.window.add(parts)
             if self.step % LOG_EVERY == 0:
-                self._log_window(epoch, window)
-                window = EpochTotals()
-        return totals
+                self._log_window(loop.epoch, loop.window)
+                loop.window = EpochTotals()
+            every = self.checkpointing.every_steps if self.checkpointing else 0
+            if every and self.step % every == 0:
+                self._save(optimizer, scheduler, loop)
+
+    def _save(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loop: _LoopState,
+    ) -> None:
+        if self.checkpointing is None:
+            return
+        state = {
+            "fingerprint": self.fingerprint,
+            "student": self.student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+            "history": list(self.history),
+            **loop.state(),
+        }
+        save_checkpoint(self.checkpointing.path, state)
+
+    def _resume(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loop: _LoopState,
+    ) -> bool:
+        if self.checkpointing is None:
+            return False
+        state = load_checkpoint(self.checkpointing.path, self.fingerprint)
+        if state is None:
+            return False
+        self.student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.history[:] = [tuple(row) for row in state["history"]]
+        loop.restore(state)
+        self.reporter.event(
+            "resumed",
+            f"Resumed from a checkpoint at epoch {loop.epoch}, step {self.step}.",
+            {"epoch": loop.epoch, "step": self.step},
+        )
+        return True
 
     def _loss(self, idx: torch.Tensor) -> LossParts:
         x = self.data.x_train[idx].to(self.device)  # (B, *input_shape)
