@@ -29,6 +29,18 @@ class Settings(BaseSettings):
     )
     cancel_poll_seconds: float = Field(0.5, ge=0.0, description="How often a job checks cancel.")
     broker_check_timeout_seconds: float = Field(2.0, gt=0.0)
+    heartbeat_seconds: float = Field(10.0, gt=0.0, description="How often a running job says so.")
+    lease_seconds: float = Field(
+        60.0, gt=0.0, description="A job whose heartbeat is older is taken to have lost its worker."
+    )
+    max_attempts: int = Field(3, ge=1, description="Runs of a job before it fails worker_lost.")
+    requeue_after_seconds: float = Field(
+        600.0, gt=0.0, description="A job queued this long is sent to the broker again."
+    )
+    maintenance_seconds: float = Field(15.0, gt=0.0, description="How often workers sweep.")
+    checkpoint_every_steps: int = Field(
+        500, ge=0, description="Checkpoint this often (and at every epoch end); 0: epochs only."
+    )
     list_limit_max: int = Field(100, ge=1)
     sse_poll_seconds: float = Field(0.5, gt=0.0)
     webhook_allow_hosts: list[str] = Field(
@@ -75,6 +87,10 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.resolved_data_dir / "work"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.resolved_data_dir / "checkpoints"
 
 
 @lru_cache

@@ -1,7 +1,9 @@
 """One job from claim to result: validate, train, store artifacts, record the outcome.
 
 The database is the source of truth: every status change is a guarded update, so a job
-is run by one worker only and a duplicate delivery finds nothing to claim.
+is run by one worker only and a duplicate delivery finds nothing to claim. While a job
+runs, its worker renews a lease (`heartbeat_at`); a job whose lease lapses is taken back
+by `worker.maintenance` and resumes from its last checkpoint on another worker.
 """
 
 from __future__ import annotations
@@ -10,78 +12,153 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import NotFound, describe_validation_errors
 from app.models import Artifact, Job, JobEvent, utcnow
-from app.queue import enqueue_webhook
+from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
 from app.storage import Storage
 from worker.kd.errors import Cancelled, KDError
 from worker.kd.spec import JobSpec
+from worker.lifecycle import SHUTTING_DOWN
 from worker.reporter import DatabaseReporter
 
 log = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
+RESULT_KEYS = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
 
 
 class FileMissing(KDError):
     code = "file_missing"
 
 
-ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
-RESULT_KEYS = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _transition(session: Session, job_id: str, source: Iterable[str], **values: Any) -> bool:
+def transition(
+    session: Session,
+    job_id: str,
+    source: Iterable[str],
+    *conditions: ColumnElement[bool],
+    **values: Any,
+) -> bool:
+    """Change the job only if it is in one of `source` (and meets `conditions`); True if
+    it changed. This guarded update is how every status change stays single-owner."""
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(list(source))).values(**values)
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(list(source)), *conditions)
+        .values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def _event(session: Session, job_id: str, kind: str, message: str, **data: Any) -> None:
+def add_event(session: Session, job_id: str, kind: str, message: str, **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data))
 
 
 def claim(job_id: str) -> Job | None:
     """`queued → validating` for this worker; None if another delivery got there first."""
     with session_scope() as session:
-        claimed = _transition(
+        now = utcnow()
+        claimed = transition(
             session,
             job_id,
             [JobStatus.queued],
             status=JobStatus.validating,
             worker=worker_name(),
-            started_at=utcnow(),
+            started_at=now,
+            heartbeat_at=now,
             attempt=Job.attempt + 1,
         )
         if not claimed:
             return None
-        _event(session, job_id, "validating", "Checking the teacher and the dataset.")
-        return session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
+        add_event(
+            session,
+            job_id,
+            "validating",
+            "Checking the teacher and the dataset.",
+            attempt=job.attempt,
+            worker=job.worker,
+        )
+        return job
 
 
 def _finish(job_id: str, status: JobStatus, event: str, **values: Any) -> None:
     with session_scope() as session:
-        if _transition(session, job_id, ACTIVE, status=status, finished_at=utcnow(), **values):
-            _event(session, job_id, str(status), event)
+        if transition(session, job_id, ACTIVE, status=status, finished_at=utcnow(), **values):
+            add_event(session, job_id, str(status), event)
 
 
 def fail(job_id: str, code: str, message: str) -> None:
     _finish(job_id, JobStatus.failed, message, error={"code": code, "message": message})
+
+
+def hand_back(job_id: str, reason: str) -> None:
+    """Put a running job back in the queue (this run does not count as an attempt)."""
+    with session_scope() as session:
+        handed = transition(
+            session,
+            job_id,
+            [JobStatus.validating, JobStatus.running],
+            status=JobStatus.queued,
+            worker=None,
+            heartbeat_at=None,
+            enqueued_at=utcnow(),
+            attempt=Job.attempt - 1,
+        )
+        if handed:
+            add_event(session, job_id, "requeued", reason)
+    if handed:
+        enqueue_job(job_id)
+
+
+@contextmanager
+def heartbeat(job_id: str, every: float) -> Iterator[None]:
+    """Renew the job's lease from a thread while the body runs (validation, training and
+    evaluation alike), so a busy step never looks like a dead worker."""
+    stop = threading.Event()
+    me = worker_name()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                with session_scope() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.worker == me, Job.status.in_(ACTIVE))
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception:  # the database may be restarting; the next beat retries
+                log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
+
+
+def checkpoint_path(settings: Settings, job_id: str) -> Path:
+    return settings.checkpoints_dir / job_id / "checkpoint.pt"
 
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
@@ -92,9 +169,10 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         return
     work_dir = settings.work_dir / job_id
     try:
-        _run(job, settings, work_dir)
-    except Cancelled:
-        _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
+        with heartbeat(job_id, settings.heartbeat_seconds):
+            _run(job, settings, work_dir)
+    except Stopped as stop:
+        _stopped(job_id, stop.reason, settings)
     except KDError as exc:
         fail(job_id, exc.code, exc.message)
     except ValidationError as exc:  # a spec stored under an older schema
@@ -109,35 +187,81 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    _announce_end(job_id)
+    if announce_end(job_id):
+        shutil.rmtree(checkpoint_path(settings, job_id).parent, ignore_errors=True)
 
 
-def _announce_end(job_id: str) -> None:
+class Stopped(Exception):
+    """The loop stopped on request; `reason` is the reporter's stop reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stopped(job_id: str, reason: str, settings: Settings) -> None:
+    if reason == "shutdown":
+        hand_back(
+            job_id,
+            "The worker is shutting down; the job goes back to the queue and "
+            "resumes from its checkpoint.",
+        )
+    elif reason == "max_runtime":
+        with session_scope() as session:
+            job = session.get_one(Job, job_id)
+            limit = job.spec.get("training", {}).get("max_runtime_seconds")
+        fail(
+            job_id,
+            "max_runtime_exceeded",
+            f"The job ran longer than training.max_runtime_seconds ({limit} s) and was stopped "
+            "after a final checkpoint. Raise the limit or shorten training.",
+        )
+    else:
+        _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
+
+
+def announce_end(job_id: str) -> bool:
+    """If the job has ended, send its webhook (if any); True when it has ended."""
     with session_scope() as session:
         job = session.get_one(Job, job_id)
-        wanted = job.webhook_url is not None and job.status in TERMINAL_STATUSES
+        ended = job.status in TERMINAL_STATUSES
+        wanted = ended and job.webhook_url is not None
     if wanted:
         enqueue_webhook(job_id)
+    return ended
 
 
 def _run(job: Job, settings: Settings, work_dir: Path) -> None:
-    from worker.kd.engine import distill, prepare  # torch loads here, in the worker only
+    from worker.kd.checkpoint import Checkpointing  # torch loads here, in the worker only
+    from worker.kd.engine import distill, prepare
 
+    started = time.monotonic()
     spec = JobSpec.model_validate(job.spec)
     storage = Storage(settings)
     teacher = _file_path(storage, job.tenant_id, "teacher", spec.teacher.file_id)
     dataset = _file_path(storage, job.tenant_id, "dataset", spec.dataset.file_id)
     prepared = prepare(spec, teacher, dataset)
     with session_scope() as session:
-        if not _transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
-            raise Cancelled()
-        _event(session, job.id, "running", "Inputs are valid; training started.")
+        if not transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
+            raise Stopped("cancelled")
+        add_event(session, job.id, "running", "Inputs are valid; training started.")
+    limit = spec.training.max_runtime_seconds
     reporter = DatabaseReporter(
-        job.id, settings.progress_flush_seconds, settings.cancel_poll_seconds
+        job.id,
+        settings.progress_flush_seconds,
+        settings.cancel_poll_seconds,
+        deadline=None if limit is None else started + limit,
+        shutdown=SHUTTING_DOWN,
     )
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    result = distill(prepared, work_dir, reporter)
+    checkpointing = Checkpointing(
+        checkpoint_path(settings, job.id), settings.checkpoint_every_steps
+    )
+    try:
+        result = distill(prepared, work_dir, reporter, checkpointing)
+    except Cancelled as exc:
+        raise Stopped(reporter.stop_reason or "cancelled") from exc
     reporter.flush()
     _store_success(job.id, storage, result.artifacts, result.report)
 
@@ -171,11 +295,13 @@ def _store_success(
 ) -> None:
     stored = {name: storage.put_artifact(job_id, name, path) for name, path in artifacts.items()}
     with session_scope() as session:
+        # An attempt that died after storing its files leaves rows behind: replace them.
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
         for name, (relative, size, sha256) in stored.items():
             session.add(
                 Artifact(job_id=job_id, name=name, bytes=size, sha256=sha256, path=relative)
             )
-        done = _transition(
+        done = transition(
             session,
             job_id,
             ACTIVE,
@@ -189,4 +315,4 @@ def _store_success(
             storage.delete_job_artifacts(job_id)
             return
         student = report["student"]["accuracy"]
-        _event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")
+        add_event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")

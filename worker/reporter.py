@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 
 from app.db import session_scope
 from app.models import Job, JobEvent, Metric
 from app.schemas import JobStatus
 
+log = logging.getLogger(__name__)
+
+StopReason = Literal["cancelled", "shutdown", "max_runtime"]
+
 
 class DatabaseReporter:
     """Buffers metrics and progress and writes them at most once per `flush_seconds`;
     events are written at once (there are few). Cancel is read at most once per
-    `cancel_poll_seconds`, so a long run costs a handful of queries a second at most."""
+    `cancel_poll_seconds`, so a long run costs a handful of queries a second at most.
 
-    def __init__(self, job_id: str, flush_seconds: float, cancel_poll_seconds: float) -> None:
+    The loop is asked to stop for a cancel, a worker shutdown or the job's time limit;
+    `stop_reason` says which."""
+
+    def __init__(
+        self,
+        job_id: str,
+        flush_seconds: float,
+        cancel_poll_seconds: float,
+        *,
+        deadline: float | None = None,
+        shutdown: threading.Event | None = None,
+    ) -> None:
         self.job_id = job_id
         self.flush_seconds = flush_seconds
         self.cancel_poll_seconds = cancel_poll_seconds
+        self.deadline = deadline
+        self.shutdown = shutdown
+        self.stop_reason: StopReason | None = None
         self._metrics: list[Metric] = []
+        self._events: list[JobEvent] = []
         self._progress: float | None = None
         self._last_flush = time.monotonic()
         self._last_cancel_check = 0.0
-        self._stop = False
         self.writes = 0
 
     def progress(self, fraction: float, *, epoch: int, step: int) -> None:
@@ -42,13 +63,27 @@ class DatabaseReporter:
         self.flush(event=JobEvent(job_id=self.job_id, kind=kind, message=message, data=data or {}))
 
     def should_stop(self) -> bool:
+        if self.stop_reason is None:
+            self.stop_reason = self._reason()
+        return self.stop_reason is not None
+
+    def _reason(self) -> StopReason | None:
+        if self.shutdown is not None and self.shutdown.is_set():
+            return "shutdown"
         now = time.monotonic()
-        if not self._stop and now - self._last_cancel_check >= self.cancel_poll_seconds:
+        if self.deadline is not None and now >= self.deadline:
+            return "max_runtime"
+        if now - self._last_cancel_check >= self.cancel_poll_seconds:
             self._last_cancel_check = now
-            with session_scope() as session:
-                status = session.scalar(select(Job.status).where(Job.id == self.job_id))
-            self._stop = status in (JobStatus.cancelling, JobStatus.cancelled)
-        return self._stop
+            try:
+                with session_scope() as session:
+                    status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+            except DBAPIError:  # the database is away for a moment: ask again next poll
+                log.warning("cancel check of job %s failed", self.job_id, exc_info=True)
+                return None
+            if status in (JobStatus.cancelling, JobStatus.cancelled):
+                return "cancelled"
+        return None
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -56,17 +91,25 @@ class DatabaseReporter:
 
     def flush(self, event: JobEvent | None = None) -> None:
         """Write what is buffered in one transaction."""
-        if not self._metrics and self._progress is None and event is None:
+        if event is not None:
+            self._events.append(event)
+        if not self._metrics and self._progress is None and not self._events:
             return
-        with session_scope() as session:
-            session.add_all(self._metrics)
-            if event is not None:
-                session.add(event)
-            if self._progress is not None:
-                session.execute(
-                    update(Job).where(Job.id == self.job_id).values(progress=self._progress)
-                )
+        try:
+            with session_scope() as session:
+                session.add_all([*self._events, *self._metrics])
+                if self._progress is not None:
+                    session.execute(
+                        update(Job).where(Job.id == self.job_id).values(progress=self._progress)
+                    )
+        except DBAPIError:
+            # The database is restarting or unreachable: keep everything and write it with
+            # the next flush, so training goes on and nothing is lost.
+            log.warning("progress write of job %s failed; will retry", self.job_id, exc_info=True)
+            self._last_flush = time.monotonic()
+            return
         self.writes += 1
+        self._events = []
         self._metrics = []
         self._progress = None
         self._last_flush = time.monotonic()

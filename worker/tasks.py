@@ -1,12 +1,21 @@
-"""Celery tasks: thin wrappers that hand a job id to the pipeline."""
+"""Celery tasks: thin wrappers that hand a job id to the pipeline; and the worker's hooks."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.config import get_settings
 from app.queue import enqueue_webhook
 from app.services.webhooks import attempt_delivery
 from worker.celery_app import RUN_JOB_TASK, WEBHOOK_TASK, celery_app
+from worker.lifecycle import SHUTTING_DOWN
+from worker.maintenance import start_sweeper
 from worker.pipeline import run_job as run_job_pipeline
+
+_STOP_SWEEPER = threading.Event()
 
 
 @celery_app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -22,3 +31,16 @@ def deliver_webhook(job_id: str, attempt: int = 1, delivery_id: str | None = Non
     if retry is not None:
         next_id, delay = retry
         enqueue_webhook(job_id, attempt + 1, next_id, countdown=delay)
+
+
+@worker_ready.connect
+def _start_maintenance(**_: Any) -> None:
+    """Each worker sweeps for jobs whose worker died and for jobs whose message was lost."""
+    start_sweeper(get_settings(), _STOP_SWEEPER)
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    """SIGTERM (a deploy): the running job checkpoints and goes back to the queue."""
+    SHUTTING_DOWN.set()
+    _STOP_SWEEPER.set()

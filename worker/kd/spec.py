@@ -88,6 +88,9 @@ class TrainingSpec(_Strict):
         0.2, gt=0.0, lt=1.0, description="Held-out share when the dataset has no x_val."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_runtime_seconds: int | None = Field(
+        None, ge=1, description="Stop and fail the job (max_runtime_exceeded) after this long."
+    )
 
 
 class JobSpec(_Strict):
