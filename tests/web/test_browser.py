@@ -1,0 +1,241 @@
+"""The dashboard in real headless Chromium against `distillery up` (API, worker, SQLite):
+sign in, upload and submit from the form, watch the job finish, read the report; cancel."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from app.web.render import format_percent
+from tests.e2e.conftest import (
+    ROOT,
+    Api,
+    Processes,
+    clean_env,
+    digits_spec,
+    free_port,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+JOB_TIMEOUT_MS = 150_000
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The README's digits example with a briefly trained teacher (about 97% accurate):
+    these tests are about the page, not the teacher."""
+    out = tmp_path_factory.mktemp("digits")
+    script = ROOT / "examples/digits/make_example.py"
+    command = [sys.executable, str(script), "--out", str(out), "--epochs", "2"]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    return {"teacher": out / "teacher.pt", "dataset": out / "digits.npz"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`distillery up` on a free port; its `local` key is kept in the data dir."""
+    root = tmp_path_factory.mktemp("dashboard")
+    processes = Processes(root)
+    port = free_port()
+    data = root / "data"
+    up = [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data), "--port", str(port)]
+    processes.start("up", up, clean_env())
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, processes)
+        yield Api(base, (data / "local-api-key").read_text().strip(), processes)
+    finally:
+        processes.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard tests need it "
+            "(apt-get install -y chromium; `playwright install` is not used)."
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Api) -> Iterator[Page]:
+    context = browser.new_context(base_url=server.base, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    errors: list[str] = []
+    context.on("weberror", lambda error: errors.append(str(error.error)))
+    # Blocked scripts or styles (the pages' CSP) show only here; answered 4xx are expected.
+    context.on(
+        "console",
+        lambda message: (
+            errors.append(message.text)
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None
+        ),
+    )
+    yield context.new_page()
+    context.close()
+    assert not errors, f"the page reported errors: {errors}"
+
+
+def sign_in(page: Page, key: str) -> None:
+    page.goto("/")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Jobs")
+
+
+def test_sign_in_with_a_bad_key_then_a_good_one(page: Page, server: Api) -> None:
+    page.goto("/")
+    page.fill("#key", "dk_wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".alert")).to_have_text("That API key is unknown or was revoked.")
+    sign_in(page, server.key)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "distillery_key")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.click("text=Sign out")
+    expect(page.locator("h1")).to_have_text("Sign in")
+
+
+def test_distil_digits_from_the_browser(
+    page: Page, server: Api, digits: dict[str, Path], tmp_path: Path
+) -> None:
+    sign_in(page, server.key)
+    page.click("nav >> text=New job")
+    page.set_input_files("#teacher-upload", digits["teacher"])
+    page.set_input_files("#dataset-upload", digits["dataset"])
+    page.select_option("#arch", "cnn")
+    page.fill("#cnn-channels", "8, 16")
+    page.fill("#cnn-hidden", "32")
+    page.fill("#epochs", "4")
+    page.fill("#learning-rate", "0.01")
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#report")).to_be_visible()
+    expect(page.locator("#job")).to_have_attribute("data-live", "done")
+    report = server.get(f"/v1/jobs/{job_id}/report").json()
+
+    student = page.locator('[data-field="student-accuracy"]')
+    expect(student).to_have_text(format_percent(report["student"]["accuracy"]))
+    teacher = page.locator('[data-field="teacher-accuracy"]')
+    expect(teacher).to_have_text(format_percent(report["teacher"]["accuracy"]))
+    expect(page.locator('[data-field="kd-gain"]')).to_have_text("not measured (no baseline)")
+    expect(page.locator("#job-progress-text")).to_have_text("100%")
+
+    loss_points = page.locator("#chart-loss polyline.series").get_attribute("points") or ""
+    assert len(loss_points.split()) >= 4, loss_points
+    accuracy_points = page.locator("#chart-accuracy polyline.series").get_attribute("points")
+    assert len((accuracy_points or "").split()) == 4  # one per epoch
+    expect(page.locator("#chart-accuracy line.reference")).to_have_count(1)
+
+    links = page.locator("#artifacts a")
+    names = {link.get_attribute("download") for link in links.all()}
+    assert {"student.pt", "student.safetensors", "report.json", "metrics.csv"} <= names
+    href = page.locator('#artifacts a[download="report.json"]').get_attribute("href")
+    assert href == f"/v1/jobs/{job_id}/artifacts/report.json"
+    downloaded = page.request.get(href)  # the browser's cookie, no bearer header
+    assert downloaded.ok and downloaded.json() == report
+    expect(page.locator('#events li[data-kind="succeeded"]')).to_have_count(1)
+    expect(page.locator("#cancel")).to_be_hidden()
+
+    shot = tmp_path / "job.png"
+    page.screenshot(path=shot, full_page=True)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width == 1280 and 900 <= height <= 6000, (width, height)
+    assert len(png) > 30_000
+
+    page.goto("/")
+    row = page.locator("tr", has=page.locator(f'a[href="/jobs/{job_id}"]'))
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    expect(row.locator("td.num")).to_have_text(format_percent(report["student"]["accuracy"]))
+    page.screenshot(path=tmp_path / "jobs.png", full_page=True)
+
+
+def test_form_checks_values_and_shows_the_apis_message(
+    page: Page, server: Api, tmp_path: Path
+) -> None:
+    sign_in(page, server.key)
+    page.goto("/new")
+    page.select_option("#teacher-existing", "")
+    page.fill("#temperature", "0")
+    page.fill("#alpha", "1.5")
+    page.fill("#epochs", "0")
+    page.fill("#cnn-channels", "8, x")
+    page.click("#submit")
+    errors = page.locator("#form-errors")
+    expect(errors).to_be_visible()
+    for message in (
+        "Temperature must be greater than 0.",
+        "Alpha must be at most 1.",
+        "Epochs must be at least 1.",
+        "Channels must be whole numbers",
+        "Choose a teacher file",
+    ):
+        expect(errors).to_contain_text(message)
+    assert page.url.endswith("/new")
+    page.screenshot(path=tmp_path / "new.png", full_page=True)
+
+    bad = tmp_path / "not-a-dataset.npz"
+    bad.write_bytes(b"this is not an npz file at all")
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {server.key}"}) as c:
+        answer = c.post("/v1/files", data={"purpose": "dataset"}, files={"file": bad.open("rb")})
+    assert answer.status_code == 400
+    page.fill("#temperature", "4")
+    page.fill("#alpha", "0.7")
+    page.fill("#epochs", "3")
+    page.fill("#cnn-channels", "8")
+    page.set_input_files("#teacher-upload", bad)  # any bytes: teachers are checked later
+    page.set_input_files("#dataset-upload", bad)
+    page.click("#submit")
+    expect(errors).to_have_text(answer.json()["error"]["message"])
+    assert page.url.endswith("/new")
+
+
+def test_cancel_button_stops_a_long_job(page: Page, server: Api, digits: dict[str, Path]) -> None:
+    teacher = server.upload(digits["teacher"], "teacher")
+    dataset = server.upload(digits["dataset"], "dataset")
+    job = server.submit(digits_spec(teacher["id"], dataset["id"], epochs=500))
+    sign_in(page, server.key)  # lands on the jobs table, which follows the job by itself
+    page.evaluate("window.notReloaded = true")
+    row = page.locator("tr", has=page.locator(f'a[href="/jobs/{job["id"]}"]'))
+
+    job_page = page.context.new_page()
+    job_page.goto(f"/jobs/{job['id']}")
+    expect(job_page.locator("#job-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    expect(row.locator(".badge")).to_have_text("running")
+    job_page.click("#cancel")
+    expect(job_page.locator("#job-status")).to_have_text("cancelled", timeout=60_000)
+    expect(job_page.locator("#cancel")).to_be_hidden()
+    expect(job_page.locator('#events li[data-kind="cancelled"]')).to_have_count(1)
+    expect(job_page.locator("#report")).to_be_hidden()
+    assert server.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    assert page.evaluate("window.notReloaded") is True

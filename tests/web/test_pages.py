@@ -1,0 +1,177 @@
+"""The dashboard's server side: sign-in, sign-out, and which jobs a tenant sees."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.deps import SESSION_COOKIE
+from app.web import routes
+from app.web.render import format_percent
+from tests.app.conftest import upload
+from tests.factories import auth, new_key, small_dataset
+from tests.web.conftest import mark_succeeded, sign_in, submit_job
+
+
+def test_signed_out_home_is_the_sign_in_form(web: TestClient) -> None:
+    response = web.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<form method="post" action="/login"' in response.text
+    assert 'name="key"' in response.text
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_bad_key_is_401_with_a_message_and_no_cookie(web: TestClient) -> None:
+    response = web.post("/login", data={"key": "dk_not-a-real-key"})
+    assert response.status_code == 401
+    assert "That API key is unknown or was revoked." in response.text
+    assert 'name="key"' in response.text
+    assert "set-cookie" not in response.headers
+
+
+def test_empty_key_is_401_asking_for_one(web: TestClient) -> None:
+    response = web.post("/login", data={"key": "  "})
+    assert response.status_code == 401
+    assert "Paste your API key." in response.text
+
+
+def test_good_key_sets_a_strict_http_only_cookie_and_redirects(web: TestClient, key: str) -> None:
+    response = web.post("/login", data={"key": key})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}={key};")
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/" in cookie
+    assert "Secure" not in cookie  # plain http on localhost; set behind https
+
+
+def test_sign_in_returns_to_the_page_asked_for_but_never_off_site(
+    web: TestClient, key: str
+) -> None:
+    asked = web.get("/new")
+    assert asked.status_code == 303
+    assert asked.headers["location"] == "/?next=%2Fnew"
+    assert 'name="next" value="/new"' in web.get(asked.headers["location"]).text
+    assert web.post("/login", data={"key": key, "next": "/new"}).headers["location"] == "/new"
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        response = web.post("/login", data={"key": key, "next": target})
+        assert response.headers["location"] == "/"
+
+
+def test_jobs_page_lists_only_this_tenants_jobs(web: TestClient, key: str) -> None:
+    mine = submit_job(web, key)
+    theirs = submit_job(web, new_key())
+    sign_in(web, key)
+    page = web.get("/")
+    assert page.status_code == 200
+    assert f'href="/jobs/{mine["id"]}"' in page.text
+    assert theirs["id"] not in page.text
+    assert '<span class="badge badge-queued">queued</span>' in page.text
+    assert "mlp (16)" in page.text
+
+
+def test_jobs_page_shows_student_accuracy_of_succeeded_jobs(web: TestClient, key: str) -> None:
+    job = submit_job(web, key)
+    mark_succeeded(job["id"], {"student_accuracy": 0.98055, "teacher_accuracy": 0.99})
+    sign_in(web, key)
+    page = web.get("/").text
+    assert '<span class="badge badge-succeeded">succeeded</span>' in page
+    assert format_percent(0.98055) == "98.06%"
+    assert "98.06%" in page
+
+
+def test_jobs_page_pages_with_after(
+    web: TestClient, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routes, "JOBS_PER_PAGE", 2)
+    links = [f'href="/jobs/{submit_job(web, key)["id"]}"' for _ in range(3)]
+    sign_in(web, key)
+    first = web.get("/").text
+    assert links[2] in first and links[1] in first and links[0] not in first
+    after = links[1].removeprefix('href="/jobs/').removesuffix('"')
+    assert f'href="/?after={after}"' in first
+    second = web.get(f"/?after={after}").text
+    assert links[0] in second and links[1] not in second
+    assert "Older" not in second and "Newest" in second
+
+
+def test_job_page_shows_own_job(web: TestClient, key: str) -> None:
+    job = submit_job(web, key)
+    sign_in(web, key)
+    page = web.get(f"/jobs/{job['id']}")
+    assert page.status_code == 200
+    assert f'data-job-id="{job["id"]}"' in page.text
+    assert 'id="chart-loss"' in page.text and 'id="chart-accuracy"' in page.text
+    assert 'id="cancel"' in page.text
+
+
+def test_another_tenants_job_and_an_unknown_id_are_404_pages(web: TestClient, key: str) -> None:
+    theirs = submit_job(web, new_key())
+    sign_in(web, key)
+    for job_id in (theirs["id"], "job_doesnotexist"):
+        page = web.get(f"/jobs/{job_id}")
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Not found" in page.text
+        assert "There is no job" in page.text
+
+
+def test_job_page_signed_out_goes_to_sign_in(web: TestClient, key: str) -> None:
+    job = submit_job(web, key)
+    response = web.get(f"/jobs/{job['id']}")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/?next=%2Fjobs%2F{job['id']}"
+
+
+def test_new_job_page_offers_uploaded_files_escaped(web: TestClient, key: str) -> None:
+    dataset = upload(web, auth(key), "dataset", small_dataset(), "<img src=x onerror=alert(1)>.npz")
+    upload(web, auth(new_key()), "dataset", small_dataset(), "someone-elses.npz")
+    sign_in(web, key)
+    page = web.get("/new")
+    assert page.status_code == 200
+    assert f'<option value="{dataset["id"]}" selected>' in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;.npz" in page.text
+    assert "<img" not in page.text
+    assert "someone-elses.npz" not in page.text
+
+
+def test_logout_clears_the_cookie(web: TestClient, key: str) -> None:
+    sign_in(web, key)
+    assert 'action="/logout"' in web.get("/").text
+    response = web.post("/logout")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f'{SESSION_COOKIE}="";') or cookie.startswith(f"{SESSION_COOKIE}=;")
+    assert "Max-Age=0" in cookie
+    assert web.cookies.get(SESSION_COOKIE) is None
+    assert 'action="/login"' in web.get("/").text
+
+
+def test_revoked_key_in_the_cookie_shows_the_sign_in_form(web: TestClient) -> None:
+    from app.db import session_scope
+    from app.services.keys import revoke_key
+
+    key = new_key()
+    sign_in(web, key)
+    with session_scope() as session:
+        revoke_key(session, key)
+    assert 'action="/login"' in web.get("/").text
+
+
+def test_static_files_are_served_and_versioned(web: TestClient) -> None:
+    page = web.get("/").text
+    assert '<script src="/static/app.js?v=' in page
+    script = web.get("/static/app.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert web.get("/static/app.css").status_code == 200
+
+
+def test_pages_stay_out_of_the_api_schema(web: TestClient) -> None:
+    paths = web.get("/openapi.json").json()["paths"]
+    assert not {"/", "/login", "/logout", "/new", "/jobs/{job_id}"} & set(paths)
