@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from app.config import get_settings
-from app.db import make_engine
+from app.db import get_engine
 from app.models import Base
 
 target_metadata = Base.metadata
@@ -39,12 +39,10 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(get_settings().sqlalchemy_url)
-    with engine.connect() as conn:
+    with get_engine().connect() as conn:  # get_engine makes the SQLite data dir if needed
         _configure(conn)
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
 
 
 if context.is_offline_mode():
