@@ -23,7 +23,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Defaults to SQLite (kombu) under data_dir.")
     queue: str = Field("distillery", description="Celery queue that jobs are sent to.")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload.")
-    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    tenant_quota_bytes: int = Field(
+        100 * 1024**3, ge=0, description="Most bytes of uploads one tenant may keep; 0: no cap."
+    )
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="Requests per API key per minute; 0 turns the limit off."
+    )
     progress_flush_seconds: float = Field(
         1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
     )

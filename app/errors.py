@@ -44,6 +44,11 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class Unprocessable(ApiError):
     status_code = 422
     code = "invalid_request"

@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import get_sessionmaker
-from app.errors import Unauthorized
+from app.errors import TooManyRequests, Unauthorized
 from app.models import Tenant
+from app.ratelimit import get_limiter
+from app.security import hash_key
 from app.services.keys import tenant_for_key
 from app.storage import Storage
 
@@ -72,6 +74,14 @@ def current_tenant(
             "create one with `distillery keys create --tenant NAME`.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    limiter = get_limiter()
+    if limiter is not None:
+        retry_after = limiter.hit(hash_key(key)[:32])
+        if retry_after is not None:
+            raise TooManyRequests(
+                f"Too many requests for this API key; retry in {retry_after:.0f} s.",
+                headers={"Retry-After": f"{retry_after:.0f}"},
+            )
     tenant = tenant_for_key(session, key)
     if tenant is None:
         raise Unauthorized(

@@ -52,7 +52,14 @@ async def upload_file(
     try:
         purpose = _purpose(fields.get("purpose"))
         file, created = await run_in_threadpool(
-            service.create_file, session, storage, tenant.id, purpose, received, idempotency_key
+            service.create_file,
+            session,
+            storage,
+            tenant.id,
+            purpose,
+            received,
+            idempotency_key,
+            settings.tenant_quota_bytes,
         )
     finally:
         received.path.unlink(missing_ok=True)

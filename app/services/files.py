@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, PayloadTooLarge
 from app.formats import inspect_upload, sniff_format
 from app.ids import new_id
 from app.models import File, Job
@@ -23,6 +23,7 @@ def create_file(
     purpose: str,
     received: ReceivedFile,
     idempotency_key: str | None = None,
+    quota: int = 0,
 ) -> tuple[File, bool]:
     """Check the received bytes, move them into place and record the file; returns
     (file, created). A repeated idempotency key with the same bytes and purpose returns the
@@ -39,6 +40,7 @@ def create_file(
                     code="idempotency_key_reused",
                 )
             return existing, False
+    check_quota(session, tenant_id, received.size, quota)
     fmt = sniff_format(received.path, received.head)
     details = inspect_upload(purpose, received.path, fmt)
     file_id = new_id("file")
@@ -59,6 +61,24 @@ def create_file(
     session.add(file)
     session.flush()
     return file, True
+
+
+def check_quota(session: Session, tenant_id: str, incoming: int, quota: int) -> None:
+    """Refuse an upload that would take the tenant past its storage quota (0: no quota)."""
+    if not quota:
+        return
+    used = (
+        session.scalar(
+            select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)
+        )
+        or 0
+    )
+    if used + incoming > quota:
+        raise PayloadTooLarge(
+            f"This upload ({incoming} bytes) would take your files to {used + incoming} bytes, "
+            f"over your quota of {quota} bytes; delete files you no longer need.",
+            code="quota_exceeded",
+        )
 
 
 def get_file(session: Session, tenant_id: str, file_id: str) -> File:
