@@ -69,7 +69,8 @@ class _Collector:
 
     def on_header_end(self) -> None:
         key = self._part.header_field.decode("latin-1").lower()
-        self._part.headers[key] = self._part.header_value.decode("utf-8", "replace")
+        # Latin-1 keeps the raw bytes; a UTF-8 filename is decoded from them below.
+        self._part.headers[key] = self._part.header_value.decode("latin-1")
         self._part.header_field.clear()
         self._part.header_value.clear()
 

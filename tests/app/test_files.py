@@ -192,3 +192,13 @@ def test_list_files_by_sha256(client: TestClient, headers: dict) -> None:
     found = client.get(f"/v1/files?sha256={digest}", headers=headers).json()["data"]
     assert [f["id"] for f in found] == [file["id"]]
     assert client.get("/v1/files?sha256=xyz", headers=headers).status_code == 422
+
+
+def test_non_ascii_filenames_survive(client: TestClient, headers: dict) -> None:
+    file = upload(client, headers, "teacher", b"weights", "modèle-Ā.pt")
+    assert file["filename"] == "modèle-Ā.pt"
+
+
+def test_path_parts_of_a_filename_are_dropped(client: TestClient, headers: dict) -> None:
+    file = upload(client, headers, "teacher", b"weights", "../../etc/evil.pt")
+    assert file["filename"] == "evil.pt"
