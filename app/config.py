@@ -46,7 +46,6 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = Field(
         500, ge=0, description="Checkpoint this often (and at every epoch end); 0: epochs only."
     )
-    list_limit_max: int = Field(100, ge=1)
     sse_poll_seconds: float = Field(0.5, gt=0.0)
     webhook_allow_hosts: list[str] = Field(
         default_factory=list,
