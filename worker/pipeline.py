@@ -31,6 +31,7 @@ from app.models import Artifact, Job, JobEvent, utcnow
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
+from app.services.jobs import file_refs
 from app.storage import Storage
 from worker.kd.errors import Cancelled, KDError
 from worker.kd.spec import JobSpec
@@ -238,9 +239,11 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
     started = time.monotonic()
     spec = JobSpec.model_validate(job.spec)
     storage = Storage(settings)
-    teacher = _file_path(storage, job.tenant_id, "teacher", spec.teacher.file_id)
-    dataset = _file_path(storage, job.tenant_id, "dataset", spec.dataset.file_id)
-    prepared = prepare(spec, teacher, dataset)
+    paths = {
+        role: _file_path(storage, job.tenant_id, role, file_id)
+        for role, file_id in file_refs(spec).items()
+    }
+    prepared = prepare(spec, paths["teacher"], paths.get("dataset"), paths.get("student"))
     with session_scope() as session:
         if not transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
             raise Stopped("cancelled")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,14 @@ def get_storage(settings: Annotated[Settings, Depends(get_settings)]) -> Storage
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="Printable ASCII, at most 255 characters: a retry with the same key and "
+        "body returns the original object; the same key with another body is a 409.",
+    ),
+]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.errors import ApiError
 from app.schemas import Deleted, FilePublic, ListResponse, Purpose
 from app.services import files as service
@@ -45,7 +45,7 @@ async def upload_file(
     storage: StorageDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> FilePublic:
     """Upload a file (multipart `file` and `purpose`); it streams to disk with a size cap."""
     received, fields = await receive_upload(request, storage.tmp_dir, settings.max_upload_bytes)

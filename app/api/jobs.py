@@ -7,10 +7,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.db import get_sessionmaker
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
@@ -47,7 +47,7 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Submit a distillation job; it is queued and runs on a worker."""
     job, created = service.create_job(session, tenant.id, spec, idempotency_key, settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, PayloadTooLarge
@@ -29,17 +30,9 @@ def create_file(
     (file, created). A repeated idempotency key with the same bytes and purpose returns the
     original file; with other bytes it is a conflict."""
     if idempotency_key:
-        existing = session.scalar(
-            select(File).where(File.tenant_id == tenant_id, File.idempotency_key == idempotency_key)
-        )
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
-            if (existing.sha256, existing.purpose) != (received.sha256, purpose):
-                raise Conflict(
-                    "This Idempotency-Key was already used for a different upload; "
-                    "use a new key for a new file.",
-                    code="idempotency_key_reused",
-                )
-            return existing, False
+            return _replay(existing, received, purpose), False
     check_quota(session, tenant_id, received.size, quota)
     fmt = sniff_format(received.path, received.head)
     details = inspect_upload(purpose, received.path, fmt)
@@ -59,8 +52,33 @@ def create_file(
         idempotency_key=idempotency_key,
     )
     session.add(file)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent upload with the same key won; this request wrote nothing else.
+        session.rollback()
+        storage.delete_file(relative)
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, received, purpose), False
     return file, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> File | None:
+    return session.scalar(
+        select(File).where(File.tenant_id == tenant_id, File.idempotency_key == key)
+    )
+
+
+def _replay(existing: File, received: ReceivedFile, purpose: str) -> File:
+    if (existing.sha256, existing.purpose) != (received.sha256, purpose):
+        raise Conflict(
+            "This Idempotency-Key was already used for a different upload; "
+            "use a new key for a new file.",
+            code="idempotency_key_reused",
+        )
+    return existing
 
 
 def check_quota(session: Session, tenant_id: str, incoming: int, quota: int) -> None:
@@ -105,7 +123,7 @@ def delete_file(session: Session, storage: Storage, tenant_id: str, file_id: str
         select(Job).where(Job.tenant_id == tenant_id, Job.status.not_in(TERMINAL_STATUSES))
     )
     for job in active:
-        refs = {job.spec.get(role, {}).get("file_id") for role in ("teacher", "dataset")}
+        refs = {job.spec.get(role, {}).get("file_id") for role in ("teacher", "dataset", "student")}
         if file_id in refs:
             raise Conflict(f"File {file_id!r} is used by job {job.id!r}, which has not finished.")
     session.delete(file)

@@ -16,8 +16,7 @@ from app.models import Artifact, Job, JobEvent, Metric, utcnow
 from app.schemas import TERMINAL_STATUSES, JobCreate, JobStatus
 from app.services.files import get_file
 from app.webhooks import check_target
-
-FILE_ROLES = {"teacher": "teacher", "dataset": "dataset"}
+from worker.kd.spec import FileStudent, JobSpec
 
 
 def _request_hash(spec: JobCreate) -> str:
@@ -25,9 +24,19 @@ def _request_hash(spec: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def file_refs(spec: JobSpec) -> dict[str, str]:
+    """The uploaded files a spec names, by role (teacher, dataset, student)."""
+    refs = {"teacher": spec.teacher.file_id}
+    if spec.dataset.file_id is not None:
+        refs["dataset"] = spec.dataset.file_id
+    if isinstance(spec.student, FileStudent):
+        refs["student"] = spec.student.file_id
+    return refs
+
+
 def _check_files(session: Session, tenant_id: str, spec: JobCreate) -> None:
-    for role, purpose in FILE_ROLES.items():
-        file_id = getattr(spec, role).file_id
+    for role, file_id in file_refs(spec).items():
+        purpose = role
         file = get_file(session, tenant_id, file_id)
         if file.purpose != purpose:
             raise Unprocessable(

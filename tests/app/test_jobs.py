@@ -17,8 +17,10 @@ def test_submit_returns_a_queued_job(client: TestClient, headers: dict, job_file
     assert job["status"] == "queued"
     assert job["progress"] == 0.0
     assert job["error"] is None and job["result"] is None
-    assert job["spec"]["distillation"] == {"temperature": 4.0, "alpha": 0.7}
+    assert job["spec"]["distillation"]["temperature"] == 4.0
+    assert job["spec"]["distillation"]["alpha"] == 0.7
     assert job["spec"]["student"] == {"arch": "mlp", "hidden": [16], "dropout": 0.0}
+    assert job["spec"]["baseline"] is False
     fetched = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
     assert fetched == job
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers).json()["data"]
@@ -34,7 +36,7 @@ def test_unknown_student_arch_is_422_listing_the_known(
     error = response.json()["error"]
     assert error["code"] == "invalid_request"
     assert "unknown student arch 'transformer'" in error["message"]
-    assert "cnn, mlp" in error["message"]
+    assert "cnn, file, mlp, resnet" in error["message"]
 
 
 def test_bad_values_are_422_naming_the_field(

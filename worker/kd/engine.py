@@ -52,10 +52,18 @@ class DistillResult:
     artifacts: dict[str, Path]  # artifact name -> file in out_dir
 
 
-def prepare(spec: JobSpec, teacher_path: Path, dataset_path: Path) -> Prepared:
-    """Load and check teacher and dataset against each other and the spec."""
+def prepare(
+    spec: JobSpec,
+    teacher_path: Path,
+    dataset_path: Path | None,
+    student_path: Path | None = None,
+) -> Prepared:
+    """Load and check teacher and dataset against each other and the spec. `dataset_path`
+    is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
     device = resolve_device(spec.training.device)
     teacher = load_teacher(Path(teacher_path)).to(device)
+    if dataset_path is None:
+        raise InvalidSpec("Builtin datasets are not available in this version; upload the data.")
     data = load_dataset(Path(dataset_path), spec.training.val_fraction, spec.training.seed)
     num_classes = probe_teacher(teacher, data.x_train[:2].to(device))
     check_labels_fit(data, num_classes)

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-STUDENT_ARCHS: tuple[str, ...] = ("cnn", "mlp")
+STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet")
+TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors")
+DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip")
+BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
+# The names registered in worker.kd.losses (a test keeps the two in step).
+LOSS_KINDS: tuple[str, ...] = (
+    "attention", "ce", "cosine", "dkd", "hint", "hinton", "kd", "logit_mse", "pkt",
+    "rkd_angle", "rkd_distance", "sp",
+)  # fmt: skip
+LAYER_LOSSES: tuple[str, ...] = (
+    "attention", "cosine", "hint", "pkt", "rkd_angle", "rkd_distance", "sp",
+)  # fmt: skip
 
 
 class _Strict(BaseModel):
@@ -22,11 +33,66 @@ class FileRef(_Strict):
 
 
 class TeacherSpec(FileRef):
-    """The teacher: an uploaded TorchScript module mapping a batch of inputs to logits."""
+    """The teacher: an uploaded model mapping a batch of inputs to logits.
+
+    `format` is sniffed from the file when `auto`: TorchScript, a `torch.export` program
+    (`.pt2`), ONNX, or safetensors weights, which need the architecture they belong to,
+    given inline as a student-registry arch: `{"file_id": ..., "arch": "cnn", ...}`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["auto", "torchscript", "torch_export", "onnx", "safetensors"] = "auto"
+    arch: str | None = Field(None, description="For safetensors weights: the architecture.")
+
+    @model_validator(mode="after")
+    def _architecture(self) -> TeacherSpec:
+        extra = dict(self.model_extra or {})
+        if self.arch is None:
+            if extra:
+                raise ValueError(
+                    f"unknown teacher fields {sorted(extra)}; architecture fields are only "
+                    "allowed with 'arch' (safetensors weights)"
+                )
+            return self
+        _check_arch({"arch": self.arch})
+        if self.arch == "file":
+            raise ValueError("a safetensors teacher needs a registry arch (mlp, cnn, resnet)")
+        return self
+
+    def architecture(self) -> dict[str, Any] | None:
+        """The inline architecture as a student spec dict, or None."""
+        if self.arch is None:
+            return None
+        return {"arch": self.arch, **(self.model_extra or {})}
 
 
-class DatasetSpec(FileRef):
-    """The dataset: an uploaded NPZ with `x`, optional `y`, and optional `x_val`, `y_val`."""
+class DatasetSpec(_Strict):
+    """The dataset: an uploaded file (`file_id`) or a bundled one (`builtin`).
+
+    Formats: NPZ (`x`, optional `y`, `x_val`, `y_val`), CSV (numeric feature columns and a
+    label column, `label_column`; no such column means unlabeled), an image-folder ZIP
+    (one folder per class, PNG/JPEG, resized to `image_size`). Labels are optional
+    everywhere: without them the student learns from the teacher alone.
+    """
+
+    file_id: str | None = Field(None, min_length=1, max_length=64)
+    builtin: Literal["digits"] | None = None
+    format: Literal["auto", "npz", "csv", "image_zip"] = "auto"
+    label_column: str = Field("label", min_length=1, max_length=200)
+    image_size: tuple[
+        Annotated[int, Field(ge=4, le=1024)], Annotated[int, Field(ge=4, le=1024)]
+    ] = (
+        32,
+        32,
+    )
+    grayscale: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.file_id is None) == (self.builtin is None):
+            raise ValueError("give exactly one of dataset.file_id (an upload) or dataset.builtin")
+        return self
 
 
 class MLPStudent(_Strict):
@@ -56,6 +122,27 @@ class CNNStudent(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class ResNetStudent(_Strict):
+    """A CIFAR-style ResNet (He et al. 2016): depth 6n+2, basic blocks, widths w, 2w, 4w."""
+
+    arch: Literal["resnet"]
+    depth: int = Field(8, ge=8, le=110, description="6n+2: 8, 14, 20, 32, 44, 56, 110.")
+    width: int = Field(16, ge=4, le=256)
+
+    @model_validator(mode="after")
+    def _depth(self) -> ResNetStudent:
+        if (self.depth - 2) % 6:
+            raise ValueError(f"resnet depth must be 6n+2 (8, 14, 20, 32, ...), not {self.depth}")
+        return self
+
+
+class FileStudent(_Strict):
+    """A student brought as a TorchScript file: its architecture and initial weights."""
+
+    arch: Literal["file"]
+    file_id: str = Field(min_length=1, max_length=64)
+
+
 def _check_arch(value: Any) -> Any:
     if isinstance(value, dict):
         arch = value.get("arch")
@@ -67,15 +154,58 @@ def _check_arch(value: Any) -> Any:
 
 
 StudentSpec = Annotated[
-    MLPStudent | CNNStudent, BeforeValidator(_check_arch), Field(discriminator="arch")
+    MLPStudent | CNNStudent | ResNetStudent | FileStudent,
+    BeforeValidator(_check_arch),
+    Field(discriminator="arch"),
 ]
 
 
+class LossTerm(_Strict):
+    """One weighted term of the loss; layers are module paths (see the teacher file's
+    `details.layers`)."""
+
+    kind: str
+    weight: float = Field(1.0, ge=0.0, le=1e6)
+    params: dict[str, float | int | bool] = Field(default_factory=dict)
+    teacher_layer: str | None = Field(None, max_length=500)
+    student_layer: str | None = Field(None, max_length=500)
+
+    @model_validator(mode="after")
+    def _known(self) -> LossTerm:
+        if self.kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss kind {self.kind!r}; known: {', '.join(LOSS_KINDS)}")
+        if self.kind in LAYER_LOSSES and not (self.teacher_layer and self.student_layer):
+            raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")
+        if self.kind not in LAYER_LOSSES and (self.teacher_layer or self.student_layer):
+            raise ValueError(f"loss {self.kind!r} works on logits; it takes no layers")
+        return self
+
+
+class AugmentSpec(_Strict):
+    """Consistent teaching (Beyer et al. 2022): one augmented batch that teacher and
+    student both see."""
+
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="Beta(a, a) mixing; 0: off.")
+    noise: float = Field(0.0, ge=0.0, le=10.0, description="Gaussian noise std; 0: off.")
+    crop: int = Field(0, ge=0, le=64, description="Images: random crop after this padding.")
+    flip: bool = Field(False, description="Images: random horizontal flip.")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.mixup or self.noise or self.crop or self.flip)
+
+
 class DistillationSpec(_Strict):
-    """Hinton's response-based KD: alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE(labels)."""
+    """What the student learns from. Without `losses`, Hinton's response-based KD:
+    alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE(labels)."""
 
     temperature: float = Field(4.0, gt=0.0, le=100.0)
     alpha: float = Field(0.7, ge=0.0, le=1.0)
+    losses: list[LossTerm] | None = Field(None, min_length=1, max_length=16)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    cache_teacher: bool = Field(
+        True, description="Reuse teacher outputs across epochs and jobs when inputs are fixed."
+    )
 
 
 class TrainingSpec(_Strict):
@@ -91,6 +221,15 @@ class TrainingSpec(_Strict):
     max_runtime_seconds: int | None = Field(
         None, ge=1, description="Stop and fail the job (max_runtime_exceeded) after this long."
     )
+    schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"] = "warmup_cosine"
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0, le=1e6)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better val accuracy."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
 
 
 class JobSpec(_Strict):
@@ -101,3 +240,6 @@ class JobSpec(_Strict):
     dataset: DatasetSpec
     distillation: DistillationSpec = Field(default_factory=DistillationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    baseline: bool = Field(
+        False, description="Also train the student without the teacher, same budget and seed."
+    )

@@ -38,9 +38,8 @@ def get_student(name: str) -> StudentBuilder:
     return STUDENTS[name]
 
 
-def build_student(
-    spec: MLPStudent | CNNStudent, input_shape: tuple[int, ...], num_classes: int
-) -> nn.Module:
+def build_student(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The registered builder for `spec.arch`, applied to the data's shapes."""
     return get_student(spec.arch)(spec, input_shape, num_classes)
 
 

@@ -68,3 +68,11 @@ def test_mlp_flattens_any_rank() -> None:
 def test_registry_lists_known_archs() -> None:
     with pytest.raises(ValueError, match="known archs: cnn, mlp"):
         get_student("resnet")
+
+
+def test_spec_lists_every_registered_loss() -> None:
+    from worker.kd.losses import LOSSES, loss_info
+    from worker.kd.spec import LAYER_LOSSES, LOSS_KINDS
+
+    assert set(LOSS_KINDS) == set(LOSSES)
+    assert {name for name in LOSSES if loss_info(name).needs_layers} == set(LAYER_LOSSES)
