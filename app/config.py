@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         600.0, gt=0.0, description="A job queued this long is sent to the broker again."
     )
     maintenance_seconds: float = Field(15.0, gt=0.0, description="How often workers sweep.")
+    teacher_cache_bytes: int = Field(
+        20 * 1024**3, ge=0, description="Disk for teacher outputs reused across jobs; 0: off."
+    )
     checkpoint_every_steps: int = Field(
         500, ge=0, description="Checkpoint this often (and at every epoch end); 0: epochs only."
     )
@@ -91,6 +94,10 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.resolved_data_dir / "work"
+
+    @property
+    def teacher_cache_dir(self) -> Path:
+        return self.resolved_data_dir / "teacher-cache"
 
     @property
     def checkpoints_dir(self) -> Path:

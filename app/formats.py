@@ -1,7 +1,10 @@
-"""Cheap content checks at upload time: sniff the format by magic bytes, read NPZ headers.
+"""Cheap content checks at upload time: sniff the format by its bytes (never the file's
+name), read NPZ headers, sample a CSV's first rows, list an image ZIP's classes.
 
-Nothing here loads an array's data or unpickles anything; deep checks (loading the teacher,
-running it on the data) happen in the worker's `validating` stage.
+Nothing here loads an array's data, decodes an image or unpickles anything; deep checks
+(loading the teacher, running it on the data) happen in the worker's `validating` stage.
+The dataset rules are the worker's own (`worker.kd.datasets`: sniff, table, layout), which
+import neither torch nor Pillow.
 """
 
 from __future__ import annotations
@@ -13,9 +16,17 @@ from typing import Any
 import numpy as np
 
 from app.errors import ApiError
+from worker.kd.archives import check_archive
+from worker.kd.datasets.base import DatasetLimits, image_archive_limits
+from worker.kd.datasets.layout import image_layout
+from worker.kd.datasets.sniff import ACCEPTED, NPY_MAGIC, ZIP_MAGICS, looks_like_csv, sniff_zip
+from worker.kd.datasets.table import DEFAULT_LABEL_COLUMN, sample_csv
+from worker.kd.errors import InvalidDataset
 
 MAX_NPZ_MEMBERS = 64
-ZIP_MAGIC = b"PK\x03\x04"
+MAX_LISTED = 1000  # column and class names shown in a file's details
+IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+IMAGES_PROBED = 64
 
 
 class InvalidFile(ApiError):
@@ -24,25 +35,24 @@ class InvalidFile(ApiError):
 
 
 def sniff_format(path: Path, head: bytes) -> str:
-    """Name what the bytes are: `npz`, `torchscript`, `zip`, `pickle` or `unknown`."""
-    if head.startswith(ZIP_MAGIC):
-        return _sniff_zip(path)
+    """Name what the bytes are: `npz`, `image_zip`, `torchscript`, `zip`, `npy`, `pickle`,
+    `csv` or `unknown`."""
+    if head.startswith(ZIP_MAGICS):
+        kind = sniff_zip(path)
+        return "torchscript" if kind == "zip" and _is_torchscript(path) else kind
+    if head.startswith(NPY_MAGIC):
+        return "npy"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
+    if looks_like_csv(head):
+        return "csv"
     return "unknown"
 
 
-def _sniff_zip(path: Path) -> str:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile:
-        return "unknown"
-    if names and all(name.endswith(".npy") for name in names):
-        return "npz"
-    if any(name.endswith("/data.pkl") for name in names) and any("/code/" in n for n in names):
-        return "torchscript"
-    return "zip"
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.endswith("/data.pkl") for name in names) and any("/code/" in n for n in names)
 
 
 def inspect_npz(path: Path) -> dict[str, Any]:
@@ -108,14 +118,93 @@ def _check_dataset_arrays(arrays: dict[str, dict[str, Any]]) -> None:
         )
 
 
+def inspect_csv(path: Path) -> dict[str, Any]:
+    """The columns and an estimate of the rows, from the header and the first rows."""
+    sample = sample_csv(path)
+    text = sample.text_columns
+    if len(text) > 1:
+        shown = "; ".join(f"{name!r} has {where}" for name, where in list(text.items())[:5])
+        raise InvalidFile(
+            f"The CSV has {len(text)} columns that are not numeric ({shown}); every column but "
+            "the label column must hold numbers."
+        )
+    if sample.rows_estimate < 2:
+        raise InvalidFile(f"The CSV has {sample.rows_estimate} data row; at least 2 are needed.")
+    details: dict[str, Any] = {
+        "format": "csv",
+        "columns": sample.columns[:MAX_LISTED],
+        "num_columns": len(sample.columns),
+        "has_label_column": DEFAULT_LABEL_COLUMN in sample.columns,
+        "text_columns": text,
+        "rows": sample.rows_estimate,
+        "rows_exact": sample.complete,
+        "rows_checked": sample.rows_sampled,
+    }
+    name = next(iter(text), DEFAULT_LABEL_COLUMN)
+    if name != DEFAULT_LABEL_COLUMN:
+        details["warning"] = (
+            f"Column {name!r} holds text ({text[name]}), so it can only be the label column: "
+            f"give jobs dataset.label_column={name!r}."
+        )
+    return details
+
+
+def inspect_image_zip(path: Path) -> dict[str, Any]:
+    """Classes (the folders) and images per class, from the archive's entries."""
+    limits = DatasetLimits()
+    infos = check_archive(path, image_archive_limits(limits))
+    layout = image_layout(info.filename for info in infos)
+    if len(layout.members) > limits.max_images:
+        raise InvalidFile(
+            f"The ZIP holds {len(layout.members):,} images; at most {limits.max_images:,} are "
+            "accepted."
+        )
+    _probe_images(path, layout.members)
+    classes = layout.classes or []
+    return {
+        "format": "image_zip",
+        "images": len(layout.members),
+        "labeled": layout.classes is not None,
+        "num_classes": len(classes),
+        "classes": classes[:MAX_LISTED],
+        "images_per_class": dict(list(layout.counts().items())[:MAX_LISTED]),
+        "ignored_files": len(layout.ignored),
+    }
+
+
+def _probe_images(path: Path, members: list[str]) -> None:
+    """Refuse files named as images that are not PNG or JPEG, from a spread of samples."""
+    step = max(1, len(members) // IMAGES_PROBED)
+    with zipfile.ZipFile(path) as archive:
+        for name in members[::step]:
+            try:
+                with archive.open(name) as handle:
+                    head = handle.read(8)
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, OSError) as exc:
+                raise InvalidFile(f"The archive entry {name!r} cannot be read ({exc}).") from exc
+            if not head.startswith(IMAGE_MAGICS):
+                raise InvalidFile(f"{name!r} in the ZIP is not a PNG or JPEG image.")
+
+
+def inspect_dataset(path: Path, fmt: str) -> dict[str, Any]:
+    """Check a dataset upload by its sniffed format; the file object's `details`."""
+    try:
+        if fmt == "npz":
+            return {"format": "npz", **inspect_npz(path)}
+        if fmt == "csv":
+            return inspect_csv(path)
+        if fmt in ("image_zip", "zip"):  # a ZIP without images: the layout check says so
+            return inspect_image_zip(path)
+    except InvalidDataset as exc:
+        raise InvalidFile(exc.message) from exc
+    hint = " (a single array: save x and y together with np.savez)" if fmt == "npy" else ""
+    raise InvalidFile(f"A dataset must be {ACCEPTED}; this upload looks like {fmt!r}{hint}.")
+
+
 def inspect_upload(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     """What the file object reports; raises InvalidFile for uploads no job could use."""
     if purpose == "dataset":
-        if fmt != "npz":
-            raise InvalidFile(
-                f"A dataset must be an NPZ file (np.savez); this upload looks like {fmt!r}."
-            )
-        return inspect_npz(path)
+        return inspect_dataset(path, fmt)
     if fmt == "pickle":
         return {
             "warning": "This looks like a Python pickle. Distillery never unpickles uploads, "

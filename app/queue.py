@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from app.config import get_settings
-from worker.celery_app import RUN_JOB_TASK, WEBHOOK_TASK, celery_app
+from worker.celery_app import RUN_JOB_TASK, VALIDATE_FILE_TASK, WEBHOOK_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def enqueue_webhook(
         )
     except Exception:
         log.exception("could not enqueue the webhook of job %s", job_id)
+        return False
+    return True
+
+
+def enqueue_file_validation(file_id: str) -> bool:
+    """Ask a worker to load the file for real; it stays `validating` until one does."""
+    try:
+        celery_app.send_task(VALIDATE_FILE_TASK, args=[file_id], queue=get_settings().queue)
+    except Exception:
+        log.exception("could not enqueue the validation of file %s", file_id)
         return False
     return True
 

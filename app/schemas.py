@@ -60,7 +60,10 @@ class FilePublic(_Public):
     bytes: int
     sha256: str
     format: str = Field(description="What the content is, sniffed from its bytes.")
-    status: str
+    status: str = Field(
+        description="validating (a worker is loading it), ready, or invalid "
+        "(details.error says why)."
+    )
     details: dict[str, Any] = Field(description="What the upload check found (arrays, shapes).")
     created_at: datetime
 

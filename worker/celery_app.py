@@ -8,6 +8,7 @@ from app.config import Settings, get_settings
 
 RUN_JOB_TASK = "distillery.run_job"
 WEBHOOK_TASK = "distillery.deliver_webhook"
+VALIDATE_FILE_TASK = "distillery.validate_file"
 # Longest a job may run before Redis would hand its message to another worker; the
 # database claim makes a re-delivery harmless anyway.
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600

@@ -233,7 +233,8 @@ def announce_end(job_id: str) -> bool:
 
 
 def _run(job: Job, settings: Settings, work_dir: Path) -> None:
-    from worker.kd.checkpoint import Checkpointing  # torch loads here, in the worker only
+    from worker.kd.cache import TeacherCache  # torch loads here, in the worker only
+    from worker.kd.checkpoint import Checkpointing
     from worker.kd.engine import distill, prepare
 
     started = time.monotonic()
@@ -262,7 +263,10 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         checkpoint_path(settings, job.id), settings.checkpoint_every_steps
     )
     try:
-        result = distill(prepared, work_dir, reporter, checkpointing)
+        cache = None
+        if settings.teacher_cache_bytes:
+            cache = TeacherCache(settings.teacher_cache_dir, settings.teacher_cache_bytes)
+        result = distill(prepared, work_dir, reporter, checkpointing, cache)
     except Cancelled as exc:
         raise Stopped(reporter.stop_reason or "cancelled") from exc
     reporter.flush()

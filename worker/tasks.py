@@ -10,7 +10,8 @@ from celery.signals import worker_ready, worker_shutting_down
 from app.config import get_settings
 from app.queue import enqueue_webhook
 from app.services.webhooks import attempt_delivery
-from worker.celery_app import RUN_JOB_TASK, WEBHOOK_TASK, celery_app
+from worker.celery_app import RUN_JOB_TASK, VALIDATE_FILE_TASK, WEBHOOK_TASK, celery_app
+from worker.file_validation import validate_file as validate_file_now
 from worker.lifecycle import SHUTTING_DOWN
 from worker.maintenance import start_sweeper
 from worker.pipeline import run_job as run_job_pipeline
@@ -31,6 +32,12 @@ def deliver_webhook(job_id: str, attempt: int = 1, delivery_id: str | None = Non
     if retry is not None:
         next_id, delay = retry
         enqueue_webhook(job_id, attempt + 1, next_id, countdown=delay)
+
+
+@celery_app.task(name=VALIDATE_FILE_TASK, ignore_result=True)
+def validate_file(file_id: str) -> None:
+    """Load an uploaded file for real and record what it is (or why it is unusable)."""
+    validate_file_now(file_id, get_settings())
 
 
 @worker_ready.connect

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.errors import ApiError
+from app.queue import enqueue_file_validation
 from app.schemas import Deleted, FilePublic, ListResponse, Purpose
 from app.services import files as service
 from app.uploads import receive_upload
@@ -65,6 +66,9 @@ async def upload_file(
         received.path.unlink(missing_ok=True)
     if not created:
         response.status_code = status.HTTP_200_OK
+    elif file.status == "validating":
+        session.commit()  # the worker reads the file row: commit before it hears of it
+        enqueue_file_validation(file.id)
     return FilePublic.model_validate(file)
 
 

@@ -46,7 +46,7 @@ def create_file(
         bytes=received.size,
         sha256=received.sha256,
         format=fmt,
-        status="ready",
+        status="validating" if purpose in VALIDATED else "ready",
         details=details,
         path=relative,
         idempotency_key=idempotency_key,
@@ -79,6 +79,10 @@ def _replay(existing: File, received: ReceivedFile, purpose: str) -> File:
             code="idempotency_key_reused",
         )
     return existing
+
+
+# Purposes whose files a worker loads for real after upload (see worker/file_validation.py).
+VALIDATED = frozenset({"teacher", "student", "dataset"})
 
 
 def check_quota(session: Session, tenant_id: str, incoming: int, quota: int) -> None:

@@ -71,12 +71,12 @@ def test_label_count_must_match_samples(client: TestClient, headers: dict) -> No
     assert "5 samples" in response.json()["error"]["message"]
 
 
-def test_dataset_must_be_npz(client: TestClient, headers: dict) -> None:
+def test_dataset_must_be_a_known_format(client: TestClient, headers: dict) -> None:
     response = client.post(
         "/v1/files",
         headers=headers,
         data={"purpose": "dataset"},
-        files={"file": ("d.csv", b"a,b\n1,2\n")},
+        files={"file": ("d.npz", b"\x00\x01garbage" * 50)},
     )
     assert response.status_code == 400
     assert "NPZ" in response.json()["error"]["message"]

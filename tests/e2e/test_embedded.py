@@ -66,3 +66,36 @@ def test_cancel_stops_a_running_job(embedded: Api, digits: dict[str, Path]) -> N
     assert ended["status"] == "cancelled"
     assert ended["progress"] < 0.5
     assert embedded.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
+
+
+def _validated(api: Api, file_id: str, timeout: float = 120) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        file = api.get(f"/v1/files/{file_id}").json()
+        if file["status"] != "validating":
+            return dict(file)
+        time.sleep(0.3)
+    raise AssertionError(f"file {file_id} is still validating")
+
+
+def test_uploads_are_validated_by_a_worker(
+    embedded: Api, digits: dict[str, Path], tmp_path: Path
+) -> None:
+    teacher = embedded.upload(digits["teacher"], "teacher")
+    dataset = embedded.upload(digits["dataset"], "dataset")
+    assert teacher["status"] == "validating"
+    checked = _validated(embedded, teacher["id"])
+    assert checked["status"] == "ready"
+    assert checked["details"]["format"] == "torchscript"
+    assert checked["details"]["parameters"] > 100_000
+    data = _validated(embedded, dataset["id"])
+    assert data["status"] == "ready"
+    assert data["details"]["samples"] == 1797 and data["details"]["sample_shape"] == [1, 8, 8]
+    assert data["details"]["classes"] == 10
+    garbage = tmp_path / "teacher.pt"
+    garbage.write_bytes(os.urandom(2048))
+    bad = _validated(embedded, embedded.upload(garbage, "teacher")["id"])
+    assert bad["status"] == "invalid"
+    assert bad["details"]["error"]["code"] == "invalid_teacher"

@@ -1,22 +1,31 @@
-"""Dataset loading: an NPZ of arrays in, checked tensors split into train and validation out.
+"""Dataset loading: a file (NPZ, CSV or image-folder ZIP) or a builtin dataset in, checked
+tensors split into train and validation out.
 
-Files are read with `allow_pickle=False`: an uploaded file is never unpickled.
+`format: auto` is decided by the file's bytes, never its name. Uploaded files are never
+unpickled (NPZ arrays are read with `allow_pickle=False`), and every format is read within
+`DatasetLimits`, checked before the bulk of the data is decoded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from worker.kd.datasets.base import Arrays, DatasetLimits, check_file_size
+from worker.kd.datasets.builtin import load_builtin
+from worker.kd.datasets.images import read_image_zip
+from worker.kd.datasets.npz import SAVE_HINT, read_npz
+from worker.kd.datasets.sniff import ACCEPTED, sniff_dataset
+from worker.kd.datasets.table import read_csv
 from worker.kd.errors import InvalidDataset
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.spec import DatasetSpec
+from worker.kd.text import fmt_shape
 
-SAVE_HINT = "Save it with np.savez(path, x=features, y=labels)."
-KNOWN_ARRAYS = ("x", "y", "x_val", "y_val")
+__all__ = ["DatasetLimits", "Splits", "load_dataset", "split", "split_indices"]
 
 
 @dataclass
@@ -28,6 +37,7 @@ class Splits:
     x_val: torch.Tensor  # (M, *input_shape) float32
     y_val: torch.Tensor | None  # (M,) int64
     source: Literal["x_val", "split"]
+    class_names: list[str] | None = None  # label index -> name, where the dataset names them
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -39,50 +49,53 @@ class Splits:
         return max(int(y.max()) for y in present) if present else None
 
 
-def load_dataset(path: Path, val_fraction: float, seed: int) -> Splits:
-    """Read and check an NPZ; split off `val_fraction` (seeded) when it has no `x_val`."""
-    arrays = read_npz(path)
-    x = check_features("x", arrays["x"])
-    y = check_labels("y", arrays["y"], len(x)) if "y" in arrays else None
-    if "x_val" not in arrays:
-        if "y_val" in arrays:
+def load_dataset(
+    spec: DatasetSpec,
+    path: Path | None,
+    val_fraction: float,
+    seed: int,
+    limits: DatasetLimits = DatasetLimits(),
+) -> Splits:
+    """Read and check the dataset `spec` names (`path` is its file, None for a builtin);
+    split off `val_fraction` (seeded) when it has no `x_val`."""
+    arrays = read_arrays(spec, path, limits)
+    x = check_features("x", arrays.x)
+    y = check_labels("y", arrays.y, len(x)) if arrays.y is not None else None
+    if arrays.x_val is None:
+        if arrays.y_val is not None:
             raise InvalidDataset("The dataset has 'y_val' but no 'x_val'. " + SAVE_HINT)
-        return split(x, y, val_fraction, seed)
-    x_val = check_features("x_val", arrays["x_val"])
+        return replace(split(x, y, val_fraction, seed), class_names=arrays.class_names)
+    x_val = check_features("x_val", arrays.x_val)
     if x_val.shape[1:] != x.shape[1:]:
         raise InvalidDataset(
             f"'x_val' samples have shape {fmt_shape(x_val.shape[1:])} but 'x' samples have shape "
             f"{fmt_shape(x.shape[1:])}; they must match."
         )
-    y_val = check_labels("y_val", arrays["y_val"], len(x_val)) if "y_val" in arrays else None
-    return Splits(x, y, x_val, y_val, source="x_val")
+    y_val = check_labels("y_val", arrays.y_val, len(x_val)) if arrays.y_val is not None else None
+    return Splits(x, y, x_val, y_val, source="x_val", class_names=arrays.class_names)
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The known arrays of an NPZ file, loaded without unpickling anything."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InvalidDataset(
-            f"The dataset file is not a readable .npz archive ({shorten(exc)}). {SAVE_HINT}"
-        ) from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
+def read_arrays(spec: DatasetSpec, path: Path | None, limits: DatasetLimits) -> Arrays:
+    """The dataset's arrays, by the reader for its format."""
+    if spec.builtin is not None:
+        return load_builtin(spec.builtin)
+    if path is None:
+        raise InvalidDataset("The dataset names an uploaded file, but no file was given.")
+    path = Path(path)
+    check_file_size(path, limits)
+    fmt = spec.format if spec.format != "auto" else sniff_dataset(path)
+    if fmt == "npz":
+        return read_npz(path, limits)
+    if fmt == "csv":
+        return read_csv(path, spec.label_column, limits)
+    if fmt in ("image_zip", "zip"):  # a ZIP of neither arrays nor images: the reader says so
+        return read_image_zip(path, spec.image_size, spec.grayscale, limits)
+    if fmt == "npy":
         raise InvalidDataset(f"The dataset file is a single .npy array, not an .npz. {SAVE_HINT}")
-    with loaded:
-        if "x" not in loaded.files:
-            found = ", ".join(loaded.files) or "no arrays"
-            raise InvalidDataset(f"The dataset has no array named 'x'; found: {found}. {SAVE_HINT}")
-        return {name: _read_array(loaded, name) for name in KNOWN_ARRAYS if name in loaded.files}
-
-
-def _read_array(archive: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
-    try:
-        return np.asarray(archive[name])
-    except ValueError as exc:
-        raise InvalidDataset(
-            f"Array '{name}' cannot be read without unpickling ({shorten(exc)}). Object arrays "
-            f"are refused; store plain numeric arrays. {SAVE_HINT}"
-        ) from exc
+    raise InvalidDataset(
+        f"The dataset file is not a readable .npz archive, CSV file or image ZIP; a dataset "
+        f"is {ACCEPTED}."
+    )
 
 
 def check_features(name: str, array: np.ndarray) -> torch.Tensor:
@@ -96,7 +109,7 @@ def check_features(name: str, array: np.ndarray) -> torch.Tensor:
         )
     if len(array) < 2:
         raise InvalidDataset(f"Array '{name}' has {len(array)} sample(s); at least 2 are needed.")
-    x = array.astype(np.float32)
+    x = array.astype(np.float32, copy=False)
     _check_finite(name, x)
     return torch.from_numpy(x)
 

@@ -6,7 +6,6 @@ says what to fix, before any training starts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.checkpoint import Checkpointing, fingerprint
+from worker.kd.cache import TeacherCache
+from worker.kd.checkpoint import Checkpointing
 from worker.kd.data import Splits, load_dataset
 from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.evaluate import ValidationSet, count_parameters
-from worker.kd.export import save_student, student_config
-from worker.kd.history import RecordingReporter
-from worker.kd.losses import get_loss
-from worker.kd.model_card import model_card
-from worker.kd.plots import plot_curves
-from worker.kd.report import ModelUnderTest, build_report
 from worker.kd.reporting import Reporter
+from worker.kd.runner import run_training
 from worker.kd.spec import JobSpec
-from worker.kd.students import build_student
+from worker.kd.students import build_student, load_file_student
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.text import fmt_shape, shorten
-from worker.kd.train import Trainer, seed_everything
 
 
 @dataclass
@@ -43,7 +36,13 @@ class Prepared:
     num_classes: int
     device: torch.device
     teacher_path: Path
-    dataset_path: Path
+    dataset_path: Path | None
+    student_path: Path | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        builtin = self.spec.dataset.builtin
+        return f"builtin:{builtin}" if builtin else Path(str(self.dataset_path)).name
 
 
 @dataclass
@@ -61,13 +60,17 @@ def prepare(
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
     is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
     device = resolve_device(spec.training.device)
-    teacher = load_teacher(Path(teacher_path)).to(device)
-    if dataset_path is None:
-        raise InvalidSpec("Builtin datasets are not available in this version; upload the data.")
-    data = load_dataset(Path(dataset_path), spec.training.val_fraction, spec.training.seed)
-    num_classes = probe_teacher(teacher, data.x_train[:2].to(device))
+    data = load_dataset(spec.dataset, dataset_path, spec.training.val_fraction, spec.training.seed)
+    example = data.x_train[:2]  # (2, *input_shape)
+    teacher = load_teacher(Path(teacher_path), spec.teacher, example=example).to(device)
+    num_classes = probe_teacher(teacher, example.to(device))
     check_labels_fit(data, num_classes)
-    check_student_fits(spec, data.input_shape, num_classes)
+    if spec.student.arch == "file":
+        if student_path is None:
+            raise InvalidSpec("student.file_id: the student file was not given to the engine.")
+        load_file_student(Path(student_path), example=example, num_classes=num_classes)
+    else:
+        check_student_fits(spec, data.input_shape, num_classes)
     return Prepared(
         spec=spec,
         teacher=teacher,
@@ -76,7 +79,8 @@ def prepare(
         num_classes=num_classes,
         device=device,
         teacher_path=Path(teacher_path),
-        dataset_path=Path(dataset_path),
+        dataset_path=None if dataset_path is None else Path(dataset_path),
+        student_path=None if student_path is None else Path(student_path),
     )
 
 
@@ -122,109 +126,21 @@ def distill(
     out_dir: Path,
     reporter: Reporter,
     checkpointing: Checkpointing | None = None,
+    cache: TeacherCache | None = None,
 ) -> DistillResult:
-    """Train the student, save its files, and measure the saved student against the teacher.
+    """Train the student (and the baseline when asked), save its files, and measure the
+    saved student against the teacher.
 
     With `checkpointing`, training resumes from the checkpoint there if one matches the
     recipe, refreshes it as it goes, and saves it when stopped (then `Cancelled` is raised).
+    With `cache`, teacher outputs on fixed inputs are reused across jobs.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec, device = prepared.spec, prepared.device
-    recorder = RecordingReporter(reporter)
-    seed_everything(spec.training.seed)
-    student = build_student(spec.student, prepared.input_shape, prepared.num_classes).to(device)
-    val = ValidationSet.build(prepared.data, prepared.teacher, device)
-    loss_fn = get_loss(
-        "hinton", temperature=spec.distillation.temperature, alpha=spec.distillation.alpha
-    )
-    trainer = Trainer(
-        student,
-        prepared.teacher,
-        loss_fn,
-        prepared.data,
-        val,
-        spec.training,
-        device,
-        recorder,
-        history=recorder.metrics,
-        checkpointing=checkpointing,
-        fingerprint=fingerprint(spec),
-    )
-    _announce(recorder, prepared, student, trainer.total_steps)
-    outcome = trainer.fit()
-    config = student_config(spec.student, prepared.input_shape, prepared.num_classes)
-    artifacts = save_student(student, config, out_dir)
-    downloaded = torch.jit.load(str(artifacts["student.pt"]), map_location=device)
-    report = build_report(
-        spec,
-        ModelUnderTest(prepared.teacher, prepared.teacher_path),
-        ModelUnderTest(downloaded, artifacts["student.pt"]),
-        val,
-        outcome,
-        device,
-    )
-    artifacts["report.json"] = out_dir / "report.json"
-    artifacts["report.json"].write_text(json.dumps(report, indent=2) + "\n")
-    artifacts["metrics.csv"] = out_dir / "metrics.csv"
-    recorder.write_csv(artifacts["metrics.csv"])
-    artifacts["curves.png"] = plot_curves(
-        out_dir / "curves.png", recorder.metrics, report["teacher"]["accuracy"]
-    )
-    artifacts["README.md"] = out_dir / "README.md"
-    artifacts["README.md"].write_text(
-        model_card(report, prepared.teacher_path.name, prepared.dataset_path.name)
-    )
-    recorder.event("training_finished", summarize(report), _headline(report))
+    report, artifacts = run_training(prepared, Path(out_dir), reporter, checkpointing, cache)
     return DistillResult(report=report, artifacts=artifacts)
 
 
 def run(
-    spec: JobSpec, teacher_path: Path, dataset_path: Path, out_dir: Path, reporter: Reporter
+    spec: JobSpec, teacher_path: Path, dataset_path: Path | None, out_dir: Path, reporter: Reporter
 ) -> DistillResult:
     """prepare, then distill."""
     return distill(prepare(spec, teacher_path, dataset_path), out_dir, reporter)
-
-
-def _announce(reporter: Reporter, prepared: Prepared, student: nn.Module, steps: int) -> None:
-    spec, data = prepared.spec, prepared.data
-    labels = "labels and teacher" if data.y_train is not None else "teacher only (no labels)"
-    reporter.event(
-        "training_started",
-        f"Training a {spec.student.arch} student ({count_parameters(student):,} parameters) "
-        f"for {spec.training.epochs} epochs ({steps} steps) on {prepared.device.type}, "
-        f"from {labels}.",
-        {
-            "student_parameters": count_parameters(student),
-            "teacher_parameters": count_parameters(prepared.teacher),
-            "epochs": spec.training.epochs,
-            "steps": steps,
-            "train_samples": len(data.x_train),
-            "val_samples": len(data.x_val),
-            "labels_used": data.y_train is not None,
-            "device": prepared.device.type,
-        },
-    )
-
-
-def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("agreement", "quality_retained", "size_reduction", "speedup")
-    return {
-        "student_accuracy": report["student"]["accuracy"],
-        "teacher_accuracy": report["teacher"]["accuracy"],
-        **{key: report[key] for key in keys},
-    }
-
-
-def summarize(report: dict[str, Any]) -> str:
-    """One sentence for the event log: accuracy kept, size and speed."""
-    labels = "" if report["validation"]["labels"] == "dataset" else " (against teacher labels)"
-    parts = [
-        f"Student accuracy {report['student']['accuracy']:.4f} vs teacher "
-        f"{report['teacher']['accuracy']:.4f}{labels}"
-    ]
-    if report["size_reduction"] is not None:
-        parts.append(f"{report['size_reduction']:.1%} fewer parameters")
-    if report["speedup"] is not None:
-        parts.append(f"{report['speedup']:.2f}x the teacher's speed at batch 1")
-    return "; ".join(parts) + "."

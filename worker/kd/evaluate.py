@@ -49,6 +49,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
+def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of samples whose label is among the k highest logits (N, K)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (N, k)
+    return (top == labels.unsqueeze(1)).any(dim=1).float().mean().item()
+
+
 def agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
     """Share of samples where student and teacher logits (N, K) pick the same class."""
     return accuracy(student, teacher.argmax(dim=1))

@@ -1,22 +1,28 @@
-"""Student files: TorchScript (`student.pt`), weights (`student.safetensors`) and the
-`config.json` that rebuilds the architecture, so the weights reload without pickle."""
+"""Student files: TorchScript (`student.pt`), weights (`student.safetensors`), the
+`config.json` that rebuilds the architecture, so the weights reload without pickle, and
+`student.onnx`, checked against the torch student with onnxruntime."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from pydantic import TypeAdapter
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worker.kd.spec import StudentSpec
-from worker.kd.students import build_student
+from worker.kd.students import STUDENT_SPEC, build_student
 
 CONFIG_SCHEMA_VERSION = 1
-STUDENT_SPEC: TypeAdapter[Any] = TypeAdapter(StudentSpec)
+ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
+
+__all__ = ["STUDENT_SPEC", "export_onnx", "load_student", "save_student", "student_config"]
 
 
 def save_student(
@@ -57,6 +63,71 @@ def load_student(config_path: Path, safetensors_path: Path) -> nn.Module:
             f"this version of Distillery reads {CONFIG_SCHEMA_VERSION}."
         )
     spec = STUDENT_SPEC.validate_python(config["student"])
+    if spec.arch == "file":
+        raise ValueError(
+            f"{config_path} is for an uploaded (arch 'file') student, whose architecture lives "
+            "in student.pt: load that with torch.jit.load instead."
+        )
     student = build_student(spec, tuple(config["input_shape"]), int(config["num_classes"]))
     student.load_state_dict(load_file(str(safetensors_path)), strict=True)
     return student.eval()
+
+
+def export_onnx(student: nn.Module, example: torch.Tensor, path: Path) -> float:
+    """Write the student as ONNX with a dynamic batch dimension (input "input", output
+    "logits"), run the file with onnxruntime on `example` (B, *input_shape), and return the
+    largest absolute difference from the torch student's logits. The student ends on CPU, in
+    eval mode. ScriptModule students (arch "file") go through the TorchScript-based exporter,
+    as does any model the torch.export-based one cannot take."""
+    student = student.cpu().eval()
+    example = example.detach().cpu()
+    traced = example if len(example) >= 2 else torch.cat([example, example])  # batch >= 2
+    if isinstance(student, torch.jit.ScriptModule):
+        _export_scripted(student, traced[:2], Path(path))
+    else:
+        try:
+            _export_dynamo(student, traced[:2], Path(path))
+        except Exception:  # e.g. a model torch.export cannot capture
+            _export_scripted(student, traced[:2], Path(path))
+    ort = importlib.import_module("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})
+    with torch.no_grad():
+        torch_logits = student(example).float().numpy()  # (B, K)
+    return float(np.abs(np.asarray(onnx_logits, dtype=np.float32) - torch_logits).max())
+
+
+def _export_dynamo(student: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet():
+        torch.onnx.export(
+            student,
+            (example,),
+            str(path),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+
+
+def _export_scripted(student: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet():
+        torch.onnx.export(
+            student,
+            (example,),
+            str(path),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            dynamo=False,
+        )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters warn about their own deprecations: keep the job's logs clean."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -11,7 +11,7 @@ def _pct(value: float | None) -> str:
 
 
 def _num(value: float | None, fmt: str = "{:.4f}") -> str:
-    return "not measured" if value is None else fmt.format(value)
+    return "n/a" if value is None else fmt.format(value)
 
 
 def model_card(report: dict[str, Any], teacher_name: str, dataset_name: str) -> str:
@@ -28,21 +28,26 @@ def model_card(report: dict[str, Any], teacher_name: str, dataset_name: str) -> 
         if gain is not None
         else "- KD gain: not measured (no baseline was trained in this job)"
     )
+    models = [("teacher", teacher), ("student", student)]
+    if report.get("baseline"):
+        models.append(("baseline (no teacher)", report["baseline"]))
     rows = [
-        ("accuracy", _num(teacher["accuracy"]), _num(student["accuracy"])),
-        ("parameters", f"{teacher['parameters']:,}", f"{student['parameters']:,}"),
-        (
-            "serialized bytes",
-            f"{teacher['serialized_bytes']:,}",
-            f"{student['serialized_bytes']:,}",
-        ),
-        (
-            "latency, batch 1 (ms)",
-            _num(teacher["latency_ms_batch1"], "{:.3f}"),
-            _num(student["latency_ms_batch1"], "{:.3f}"),
-        ),
+        ("accuracy", "accuracy", "{:.4f}"),
+        ("top-5 accuracy", "top5_accuracy", "{:.4f}"),
+        ("parameters", "parameters", "{:,}"),
+        ("serialized bytes", "serialized_bytes", "{:,}"),
+        ("latency, batch 1 (ms)", "latency_ms_batch1", "{:.3f}"),
+        ("latency, batch 64 (ms)", "latency_ms_batch64", "{:.3f}"),
+        ("throughput (samples/s)", "throughput_per_s", "{:,.0f}"),
     ]
-    table = "\n".join(f"| {name} | {t} | {s} |" for name, t, s in rows)
+    header = "| | " + " | ".join(name for name, _ in models) + " |\n"
+    header += "| --- |" + " --- |" * len(models) + "\n"
+    lines = [
+        f"| {label} | " + " | ".join(_num(m.get(key), fmt) for _, m in models) + " |"
+        for label, key, fmt in rows
+        if any(m.get(key) is not None for _, m in models)
+    ]
+    table = header + "\n".join(lines)
     return f"""# Distilled student: {student["arch"]}
 
 A `{student["arch"]}` student distilled from the teacher `{teacher_name}` on `{dataset_name}`
@@ -54,14 +59,13 @@ outputs: {report["num_classes"]} logits.
 Measured on {validation["samples"]} validation samples ({validation["source"]}) against
 {labels}, on the worker's {report["device"]}:
 
-| | teacher | student |
-| --- | --- | --- |
 {table}
 
 - Quality retained (student / teacher accuracy): {_pct(report["quality_retained"])}
 - Size reduction (parameters): {_pct(report["size_reduction"])}
 - Speed-up at batch 1: {_num(report["speedup"], "{:.2f}x")}
 - Top-1 agreement with the teacher: {_num(report["agreement"])}
+- ONNX export, max abs difference from torch: {_num(report.get("onnx_max_abs_diff"), "{:.2e}")}
 {gain_line}
 
 ![training curves](curves.png)

@@ -17,11 +17,13 @@ from worker.kd.evaluate import (
     kl_teacher_student,
     paired_latency_ms,
     predict_logits,
+    top_k_accuracy,
 )
 from worker.kd.spec import JobSpec
-from worker.kd.train import GRAD_CLIP, TrainOutcome
+from worker.kd.train import TrainOutcome
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+THROUGHPUT_BATCH = 64
 
 
 @dataclass
@@ -39,69 +41,104 @@ def build_report(
     val: ValidationSet,
     outcome: TrainOutcome,
     device: torch.device,
+    *,
+    baseline: tuple[ModelUnderTest, TrainOutcome] | None = None,
+    onnx_max_abs_diff: float | None = None,
 ) -> dict[str, Any]:
-    """report.json; accuracies are on `val`, against `val.label_source` labels."""
-    student_logits = predict_logits(student.module, val.x, device)  # (M, K)
-    latencies = paired_latency_ms([teacher.module, student.module], val.x[:1], device)
-    t = model_summary(teacher, val.teacher_logits, val, latencies[0])
-    s = model_summary(student, student_logits, val, latencies[1])
-    validation = {"source": val.source, "samples": len(val.x), "labels": val.label_source}
-    return {
+    """report.json; accuracies are on `val`, against `val.label_source` labels. Teacher,
+    student (and baseline) are timed in turn, so all meet the same machine load."""
+    models = [teacher, student] + ([baseline[0]] if baseline else [])
+    logits = [val.teacher_logits] + [
+        predict_logits(m.module, val.x, device) for m in models[1:]
+    ]  # each (M, K)
+    batch1 = paired_latency_ms([m.module for m in models], val.x[:1], device)
+    big = val.x[:THROUGHPUT_BATCH]
+    batch64 = paired_latency_ms([m.module for m in models], big, device, runs=11)
+    summaries = [
+        model_summary(m, out, val, b1, b64, len(big))
+        for m, out, b1, b64 in zip(models, logits, batch1, batch64, strict=True)
+    ]
+    t, s = summaries[0], summaries[1]
+    report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
-        "validation": validation,
+        "validation": {"source": val.source, "samples": len(val.x), "labels": val.label_source},
         "input_shape": list(val.x.shape[1:]),
         "num_classes": int(val.teacher_logits.shape[1]),
         "teacher": t,
         "student": {"arch": spec.student.arch, **s},
-        "agreement": agreement(student_logits, val.teacher_logits),
-        "kl_teacher_student": kl_teacher_student(student_logits, val.teacher_logits),
+        "agreement": agreement(logits[1], val.teacher_logits),
+        "kl_teacher_student": kl_teacher_student(logits[1], val.teacher_logits),
         "quality_retained": _ratio(s["accuracy"], t["accuracy"]),
         "size_reduction": _reduction(s["parameters"], t["parameters"]),
         "speedup": _ratio(t["latency_ms_batch1"], s["latency_ms_batch1"]),
+        "speedup_batch64": _ratio(t["latency_ms_batch64"], s["latency_ms_batch64"]),
         "device": device.type,
         "epochs": outcome.epochs,
         "steps": outcome.steps,
+        "best_epoch": outcome.best_epoch,
+        "stopped_early": outcome.stopped_early,
         "train_seconds": round(outcome.seconds, 3),
         "recipe": recipe(spec, outcome.used_labels),
-        # No student was trained without the teacher in this run, so no gain is claimed.
+        "onnx_max_abs_diff": onnx_max_abs_diff,
+        # A gain is claimed only when the baseline was trained and measured in this job.
         "baseline": None,
         "kd_gain": None,
     }
+    if baseline is not None:
+        b = summaries[2]
+        report["baseline"] = {
+            **b,
+            "agreement": agreement(logits[2], val.teacher_logits),
+            "epochs": baseline[1].epochs,
+            "train_seconds": round(baseline[1].seconds, 3),
+        }
+        report["kd_gain"] = s["accuracy"] - b["accuracy"]
+    return report
 
 
 def model_summary(
-    model: ModelUnderTest, logits: torch.Tensor, val: ValidationSet, latency_ms: float
+    model: ModelUnderTest,
+    logits: torch.Tensor,
+    val: ValidationSet,
+    latency_batch1: float,
+    latency_batch64: float,
+    batch: int,
 ) -> dict[str, Any]:
-    return {
+    parameters = int(getattr(model.module, "num_parameters", 0)) or count_parameters(model.module)
+    summary: dict[str, Any] = {
         "accuracy": accuracy(logits, val.labels),
-        "parameters": count_parameters(model.module),
+        "parameters": parameters,
         "serialized_bytes": model.path.stat().st_size,
-        "latency_ms_batch1": latency_ms,
+        "latency_ms_batch1": latency_batch1,
+        "latency_ms_batch64": latency_batch64,
+        "throughput_per_s": batch / (latency_batch64 / 1000) if latency_batch64 else None,
     }
+    if logits.shape[1] > 5:
+        summary["top5_accuracy"] = top_k_accuracy(logits, val.labels, 5)
+    return summary
 
 
 def recipe(spec: JobSpec, used_labels: bool) -> dict[str, Any]:
     """How the student was trained, enough to reproduce it."""
+    distillation = spec.distillation
     return {
-        "loss": "hinton",
-        "temperature": spec.distillation.temperature,
-        "alpha": spec.distillation.alpha if used_labels else 1.0,
+        "losses": [term.model_dump(exclude_none=True) for term in distillation.losses]
+        if distillation.losses
+        else "default",
+        "temperature": distillation.temperature,
+        "alpha": distillation.alpha if used_labels else 1.0,
+        "augment": distillation.augment.model_dump(),
         "labels_used": used_labels,
         "student": spec.student.model_dump(mode="json"),
         "optimizer": "adamw",
-        "learning_rate": spec.training.learning_rate,
-        "weight_decay": spec.training.weight_decay,
-        "schedule": "cosine",
-        "grad_clip": GRAD_CLIP,
-        "batch_size": spec.training.batch_size,
-        "epochs": spec.training.epochs,
-        "seed": spec.training.seed,
-        "val_fraction": spec.training.val_fraction,
+        **spec.training.model_dump(mode="json", exclude={"device", "max_runtime_seconds"}),
     }
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
 
 
 def _reduction(student: int, teacher: int) -> float | None:

@@ -2,24 +2,38 @@
 
 A builder takes (student spec, input shape without batch, class count) and returns a module
 mapping (B, *input_shape) to logits (B, K). Every student must be `torch.jit.script`-able.
+
+`arch: file` students are not built: they arrive as TorchScript files holding architecture
+and initial weights, and the engine loads them with `load_file_student(path)` instead of
+`build_student` (whose "file" entry only says so).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import nn
 
-from worker.kd.errors import IncompatibleModels
-from worker.kd.spec import CNNStudent, MLPStudent
-from worker.kd.text import fmt_shape
+from worker.kd.errors import IncompatibleModels, InvalidSpec
+from worker.kd.spec import CNNStudent, FileStudent, MLPStudent, ResNetStudent, StudentSpec
+from worker.kd.text import fmt_shape, shorten
 
 StudentBuilder = Callable[[Any, tuple[int, ...], int], nn.Module]
 
 STUDENTS: dict[str, StudentBuilder] = {}
+STUDENT_SPEC: TypeAdapter[Any] = TypeAdapter(StudentSpec)
+SPEC_CLASSES: dict[str, type[BaseModel]] = {
+    "mlp": MLPStudent,
+    "cnn": CNNStudent,
+    "resnet": ResNetStudent,
+    "file": FileStudent,
+}
 
 
 def register_student(name: str) -> Callable[[StudentBuilder], StudentBuilder]:
@@ -41,6 +55,19 @@ def get_student(name: str) -> StudentBuilder:
 def build_student(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The registered builder for `spec.arch`, applied to the data's shapes."""
     return get_student(spec.arch)(spec, input_shape, num_classes)
+
+
+def parse_student_spec(raw: dict[str, Any], where: str = "student") -> Any:
+    """A student spec (MLPStudent, CNNStudent, ...) from its dict, or InvalidSpec."""
+    spec_class = SPEC_CLASSES.get(raw.get("arch"))  # type: ignore[arg-type]
+    if spec_class is None:
+        known = ", ".join(sorted(SPEC_CLASSES))
+        raise InvalidSpec(f"{where}: unknown arch {raw.get('arch')!r}; known archs: {known}")
+    try:
+        return spec_class.model_validate(raw)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidSpec(f"{where}: {errors}") from exc
 
 
 @register_student("mlp")
@@ -106,3 +133,124 @@ def build_cnn(spec: CNNStudent, input_shape: tuple[int, ...], num_classes: int) 
     layers += [nn.Dropout(spec.dropout)] if spec.dropout > 0 else []
     layers.append(nn.Linear(spec.hidden, num_classes))
     return nn.Sequential(*layers)
+
+
+@register_student("resnet")
+def build_resnet(spec: ResNetStudent, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3:
+        raise IncompatibleModels(
+            f"The resnet student reads images (C, H, W), not samples of shape "
+            f"{fmt_shape(input_shape)}. Reshape 'x' to (N, C, H, W), or use arch 'cnn' "
+            "(sequences and images) or 'mlp' (any shape)."
+        )
+    return ResNet(input_shape[0], num_classes, depth=spec.depth, width=spec.width)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and a shortcut: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:  # 1x1 projection (option B of the paper)
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))  # (B, C', H', W')
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016, section 4.2): a 3x3 stem, three stages of n basic
+    blocks at widths w, 2w, 4w (the last two halve H and W), global average pooling, a linear
+    head; depth 6n+2. Layers for feature losses: stem, layer1, layer2, layer3 (and their
+    blocks, layer2.0, ...), pool, fc."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 8, width: int = 16):
+        super().__init__()
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        self.layer1 = self._stage(width, width, blocks, stride=1)
+        self.layer2 = self._stage(width, 2 * width, blocks, stride=2)
+        self.layer3 = self._stage(2 * width, 4 * width, blocks, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    @staticmethod
+    def _stage(in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(in_channels, channels, stride)]
+        layers += [BasicBlock(channels, channels, 1) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (B, w, H, W)
+        x = self.layer3(self.layer2(self.layer1(x)))  # (B, 4w, H/4, W/4)
+        return self.fc(torch.flatten(self.pool(x), 1))  # (B, K)
+
+
+@register_student("file")
+def build_file_student(spec: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    raise InvalidSpec(
+        "An arch 'file' student is not built from the spec: it is the uploaded TorchScript "
+        "file, loaded with load_file_student(path)."
+    )
+
+
+def load_file_student(
+    path: Path, example: torch.Tensor | None = None, num_classes: int | None = None
+) -> nn.Module:
+    """The TorchScript student in `path`, trainable, on CPU, in train mode.
+
+    Given a batch of dataset inputs `example` (B, *input_shape) and the teacher's class count,
+    also checks that it maps the batch to logits (B, num_classes). Read by TorchScript's own
+    loader: nothing is unpickled.
+    """
+    try:
+        student = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise InvalidSpec(
+            f"The student file is not a TorchScript module (torch.jit.load failed: "
+            f"{shorten(exc)}). Save it with torch.jit.script(model).save('student.pt'); "
+            "its weights are the starting point of training."
+        ) from exc
+    parameters = [p for p in student.parameters() if p.is_floating_point()]
+    if not parameters:
+        raise InvalidSpec("The student file has no floating-point parameters to train.")
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    if example is not None and num_classes is not None:
+        _check_file_student(student, example, num_classes)
+    return student.train()
+
+
+def _check_file_student(student: nn.Module, example: torch.Tensor, num_classes: int) -> None:
+    student.eval()
+    try:
+        with torch.no_grad():
+            out = student(example)
+    except Exception as exc:
+        raise IncompatibleModels(
+            f"The student file failed on dataset inputs of shape {fmt_shape(example.shape)}: "
+            f"{shorten(exc)}"
+        ) from exc
+    expected = (len(example), num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = fmt_shape(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise IncompatibleModels(
+            f"The student file returned {got} on a batch of {len(example)}; it must return "
+            f"logits {fmt_shape(expected)} for the teacher's {num_classes} classes."
+        )

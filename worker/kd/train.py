@@ -1,108 +1,92 @@
-"""The training loop: seeded, AdamW with a cosine schedule, nanoGPT's step order."""
+"""The training loop: seeded, AdamW with a schedule, nanoGPT's step order, checkpoints.
+
+One loop serves distillation and the teacher-free baseline: an `Objective` says which loss
+terms to compute and what they need (teacher logits, layer outputs, labels); a
+`TeacherSource` gives the teacher's outputs for a batch, either by running the teacher
+(online, needed when inputs are augmented) or from outputs computed once (cached).
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from worker.kd.augment import Augmenter
 from worker.kd.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
 from worker.kd.data import Splits
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.evaluate import ValidationSet, accuracy, agreement, predict_logits
-from worker.kd.losses import LossParts
+from worker.kd.features import module_features
+from worker.kd.losses import CompositeLoss
 from worker.kd.reporting import Reporter
 from worker.kd.spec import TrainingSpec
 
-GRAD_CLIP = 1.0
 LOG_EVERY = 10
+
+TeacherBatch = tuple[torch.Tensor, dict[str, torch.Tensor]]  # logits (B, K), layer -> (B, *S)
+
+
+class TeacherSource(Protocol):
+    def __call__(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool) -> TeacherBatch: ...
+
+
+@dataclass
+class Objective:
+    """The loss and what it needs each step."""
+
+    loss: CompositeLoss
+    needs_teacher: bool
+
+    @property
+    def student_layers(self) -> tuple[str, ...]:
+        return self.loss.student_layers
 
 
 @dataclass
 class TrainOutcome:
-    epochs: int
+    epochs: int  # epochs actually run
     steps: int
     seconds: float
     used_labels: bool
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 @dataclass
-class EpochTotals:
-    """Sums of the loss parts over an epoch, kept as tensors to avoid a sync per step."""
+class RunningSums:
+    """Sums of the loss parts over a span of steps, kept on the device (no sync per step)."""
 
-    total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    kd: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    ce: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
     steps: int = 0
 
-    def state(self) -> list[float]:
-        return [self.total.item(), self.kd.item(), self.ce.item(), float(self.steps)]
-
-    @classmethod
-    def from_state(cls, values: list[float]) -> EpochTotals:
-        total, kd, ce, steps = values
-        return cls(torch.tensor(total), torch.tensor(kd), torch.tensor(ce), int(steps))
-
-    def add(self, parts: LossParts) -> None:
-        # Zero-dim CPU starts combine with device tensors; no host sync per step.
-        self.total = self.total + parts.total.detach()
-        self.kd = self.kd + parts.kd.detach()
-        if parts.ce is not None:
-            self.ce = self.ce + parts.ce.detach()
+    def add(self, total: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in {"total": total, **parts}.items():
+            previous = self.sums.get(name)
+            value = value.detach().float()
+            self.sums[name] = value if previous is None else previous + value
         self.steps += 1
 
-
-@dataclass
-class _LoopState:
-    """Where the loop is: the epoch, how many of its batches are done, the running sums,
-    and the shuffling generator as it was when the epoch drew its order."""
-
-    generator: torch.Generator
-    epoch: int = 1
-    batches_done: int = 0
-    epoch_generator_state: torch.Tensor | None = None
-    totals: EpochTotals = field(default_factory=EpochTotals)
-    window: EpochTotals = field(default_factory=EpochTotals)
-
-    def begin_epoch(self, epoch: int, resumed: bool) -> None:
-        self.epoch = epoch
-        if resumed and self.epoch_generator_state is not None:
-            self.generator.set_state(self.epoch_generator_state)
-        else:
-            self.batches_done = 0
-            self.totals = EpochTotals()
-        self.epoch_generator_state = self.generator.get_state()
-
-    def end_epoch(self) -> None:
-        self.epoch += 1
-        self.batches_done = 0
-        self.totals = EpochTotals()
-        self.epoch_generator_state = self.generator.get_state()
+    def means(self) -> dict[str, float]:
+        return {name: value.item() / max(self.steps, 1) for name, value in self.sums.items()}
 
     def state(self) -> dict[str, object]:
-        return {
-            "epoch": self.epoch,
-            "batches_done": self.batches_done,
-            "epoch_generator_state": self.epoch_generator_state
-            if self.epoch_generator_state is not None
-            else self.generator.get_state(),
-            "totals": self.totals.state(),
-            "window": self.window.state(),
-        }
+        return {"sums": {k: v.item() for k, v in self.sums.items()}, "steps": self.steps}
 
-    def restore(self, state: dict[str, object]) -> None:
-        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
-        self.batches_done = int(state["batches_done"])  # type: ignore[call-overload]
-        generator_state = state["epoch_generator_state"]
-        assert isinstance(generator_state, torch.Tensor)
-        self.epoch_generator_state = generator_state
-        self.totals = EpochTotals.from_state(state["totals"])  # type: ignore[arg-type]
-        self.window = EpochTotals.from_state(state["window"])  # type: ignore[arg-type]
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> RunningSums:
+        sums = state["sums"]
+        assert isinstance(sums, dict)
+        return cls({k: torch.tensor(float(v)) for k, v in sums.items()}, int(state["steps"]))  # type: ignore[call-overload]
 
 
 def seed_everything(seed: int) -> None:
@@ -125,21 +109,121 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
+def lr_multiplier(training: TrainingSpec, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at a step, for the schedule the spec names."""
+    warmup = int(training.warmup_fraction * total_steps) if training.schedule != "cosine" else 0
+
+    def factor(step: int) -> float:
+        if training.schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, training: TrainingSpec, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if training.schedule == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=training.learning_rate,
+            total_steps=max(total_steps, 1),
+            pct_start=max(training.warmup_fraction, 0.01),
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(training, total_steps))
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """bf16 autocast on CUDA for `auto`, wherever asked for `bf16`; fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class _LoopState:
+    """Where the loop is: the epoch, how many of its batches are done, the running sums,
+    and the shuffling generator as it was when the epoch drew its order."""
+
+    generator: torch.Generator
+    epoch: int = 1
+    batches_done: int = 0
+    epoch_generator_state: torch.Tensor | None = None
+    totals: RunningSums = field(default_factory=RunningSums)
+    window: RunningSums = field(default_factory=RunningSums)
+    best_accuracy: float = -1.0
+    best_epoch: int | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    stale_epochs: int = 0
+
+    def begin_epoch(self, epoch: int, resumed: bool) -> None:
+        self.epoch = epoch
+        if resumed and self.epoch_generator_state is not None:
+            self.generator.set_state(self.epoch_generator_state)
+        else:
+            self.batches_done = 0
+            self.totals = RunningSums()
+        self.epoch_generator_state = self.generator.get_state()
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_done = 0
+        self.totals = RunningSums()
+        self.epoch_generator_state = self.generator.get_state()
+
+    def state(self) -> dict[str, object]:
+        generator_state = self.epoch_generator_state
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_generator_state": generator_state
+            if generator_state is not None
+            else self.generator.get_state(),
+            "totals": self.totals.state(),
+            "window": self.window.state(),
+            "best_accuracy": self.best_accuracy,
+            "best_epoch": -1 if self.best_epoch is None else self.best_epoch,
+            "best_weights": self.best_weights or {},
+            "stale_epochs": self.stale_epochs,
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.epoch = int(state["epoch"])  # type: ignore[call-overload]
+        self.batches_done = int(state["batches_done"])  # type: ignore[call-overload]
+        generator_state = state["epoch_generator_state"]
+        assert isinstance(generator_state, torch.Tensor)
+        self.epoch_generator_state = generator_state
+        self.totals = RunningSums.from_state(state["totals"])  # type: ignore[arg-type]
+        self.window = RunningSums.from_state(state["window"])  # type: ignore[arg-type]
+        self.best_accuracy = float(state["best_accuracy"])  # type: ignore[arg-type]
+        best_epoch = int(state["best_epoch"])  # type: ignore[call-overload]
+        self.best_epoch = None if best_epoch < 0 else best_epoch
+        self.best_weights = state["best_weights"] or None  # type: ignore[assignment]
+        self.stale_epochs = int(state["stale_epochs"])  # type: ignore[call-overload]
+
+
 @dataclass
 class Trainer:
-    """Trains `student` to match `teacher` on `data`; the validation targets are fixed."""
+    """Trains `student` on `data` against `objective`; validation targets are fixed."""
 
     student: nn.Module
-    teacher: nn.Module
-    loss_fn: nn.Module
+    objective: Objective
+    teacher: TeacherSource | None
     data: Splits
     val: ValidationSet
     training: TrainingSpec
     device: torch.device
     reporter: Reporter
+    augmenter: Augmenter | None = None
     history: list[tuple[str, int, int, float]] = field(default_factory=list)
     checkpointing: Checkpointing | None = None
     fingerprint: str = ""
+    metric_prefix: str = ""
     step: int = 0
 
     @property
@@ -148,26 +232,58 @@ class Trainer:
             len(self.data.x_train), self.training.batch_size
         )
 
+    def parameters(self) -> list[nn.Parameter]:
+        return [*self.student.parameters(), *self.objective.loss.parameters()]
+
     def fit(self) -> TrainOutcome:
         start = time.perf_counter()
         optimizer = torch.optim.AdamW(
-            self.student.parameters(),
+            self.parameters(),
             lr=self.training.learning_rate,
             weight_decay=self.training.weight_decay,
         )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.total_steps)
+        scheduler = make_scheduler(optimizer, self.training, self.total_steps)
         loop = _LoopState(torch.Generator().manual_seed(self.training.seed))
         resumed = self._resume(optimizer, scheduler, loop)
-        self.teacher.eval()
+        stopped_early = False
         for epoch in range(loop.epoch, self.training.epochs + 1):
             loop.begin_epoch(epoch, resumed)
             resumed = False
             self._epoch(optimizer, scheduler, loop)
-            self._end_epoch(epoch, loop.totals, float(scheduler.get_last_lr()[0]))
+            val_accuracy = self._end_epoch(epoch, loop.totals, float(scheduler.get_last_lr()[0]))
+            self._track_best(loop, epoch, val_accuracy)
             loop.end_epoch()
             self._save(optimizer, scheduler, loop)
-        seconds = time.perf_counter() - start
-        return TrainOutcome(self.training.epochs, self.step, seconds, self.data.y_train is not None)
+            patience = self.training.early_stopping_patience
+            if patience is not None and loop.stale_epochs >= patience:
+                stopped_early = True
+                self.reporter.event(
+                    f"{self.metric_prefix}early_stop",
+                    f"No better validation accuracy for {patience} epochs; stopping after "
+                    f"epoch {epoch} and keeping epoch {loop.best_epoch}'s weights.",
+                    {"epoch": epoch, "best_epoch": loop.best_epoch},
+                )
+                break
+        if self.training.early_stopping_patience is not None and loop.best_weights:
+            self.student.load_state_dict(loop.best_weights)
+        return TrainOutcome(
+            epochs=loop.epoch - 1,
+            steps=self.step,
+            seconds=time.perf_counter() - start,
+            used_labels=self.data.y_train is not None,
+            best_epoch=loop.best_epoch,
+            stopped_early=stopped_early,
+        )
+
+    def _track_best(self, loop: _LoopState, epoch: int, val_accuracy: float) -> None:
+        if val_accuracy > loop.best_accuracy:
+            loop.best_accuracy, loop.best_epoch, loop.stale_epochs = val_accuracy, epoch, 0
+            if self.training.early_stopping_patience is not None:
+                loop.best_weights = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in self.student.state_dict().items()}
+                )
+        else:
+            loop.stale_epochs += 1
 
     def _epoch(
         self,
@@ -177,26 +293,53 @@ class Trainer:
     ) -> None:
         self.student.train()
         batches = batch_indices(len(self.data.x_train), self.training.batch_size, loop.generator)
+        clip = self.training.grad_clip
+        every = self.checkpointing.every_steps if self.checkpointing else 0
         for idx in batches[loop.batches_done :]:
             if self.reporter.should_stop():
                 self._save(optimizer, scheduler, loop)
                 raise Cancelled()
-            parts = self._loss(idx)
-            parts.total.backward()
-            nn.utils.clip_grad_norm_(self.student.parameters(), GRAD_CLIP)
+            total, parts = self._loss(idx)
+            total.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self.parameters(), clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
             loop.batches_done += 1
-            loop.totals.add(parts)
-            loop.window.add(parts)
+            loop.totals.add(total, parts)
+            loop.window.add(total, parts)
             if self.step % LOG_EVERY == 0:
                 self._log_window(loop.epoch, loop.window)
-                loop.window = EpochTotals()
-            every = self.checkpointing.every_steps if self.checkpointing else 0
+                loop.window = RunningSums()
             if every and self.step % every == 0:
                 self._save(optimizer, scheduler, loop)
+
+    def _loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.data.x_train[idx].to(self.device)  # (B, *input_shape)
+        y = None if self.data.y_train is None else self.data.y_train[idx].to(self.device)  # (B,)
+        augmented = self.augmenter is not None and self.augmenter.active
+        if augmented:
+            assert self.augmenter is not None
+            x, y = self.augmenter(x, y)  # targets may be mixed one-hot (B, K)
+        teacher_logits: torch.Tensor | None = None
+        teacher_features: dict[str, torch.Tensor] = {}
+        if self.objective.needs_teacher:
+            assert self.teacher is not None
+            teacher_logits, teacher_features = self.teacher(idx, x, augmented)
+        with autocast(self.device, self.training.precision):
+            student_logits, student_features = module_features(
+                self.student, x, self.objective.student_layers
+            )  # (B, K), layer -> (B, *S)
+            parts = self.objective.loss(
+                student_logits.float(),
+                (student_logits.detach() if teacher_logits is None else teacher_logits).float(),
+                y,
+                {k: v.float() for k, v in student_features.items()},
+                {k: v.float() for k, v in teacher_features.items()},
+            )
+        return parts.total, parts.parts
 
     def _save(
         self,
@@ -209,10 +352,14 @@ class Trainer:
         state = {
             "fingerprint": self.fingerprint,
             "student": self.student.state_dict(),
+            "loss": self.objective.loss.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
+            "augment_rng": self.augmenter.generator.get_state()
+            if self.augmenter is not None
+            else torch.Generator().get_state(),
             "history": list(self.history),
             **loop.state(),
         }
@@ -230,9 +377,12 @@ class Trainer:
         if state is None:
             return False
         self.student.load_state_dict(state["student"])
+        self.objective.loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if self.augmenter is not None:
+            self.augmenter.generator.set_state(state["augment_rng"])
         self.step = int(state["step"])
         self.history[:] = [tuple(row) for row in state["history"]]
         loop.restore(state)
@@ -243,22 +393,12 @@ class Trainer:
         )
         return True
 
-    def _loss(self, idx: torch.Tensor) -> LossParts:
-        x = self.data.x_train[idx].to(self.device)  # (B, *input_shape)
-        y = None if self.data.y_train is None else self.data.y_train[idx].to(self.device)  # (B,)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x).float()  # (B, K)
-        student_logits = self.student(x)  # (B, K)
-        parts: LossParts = self.loss_fn(student_logits, teacher_logits, y)
-        return parts
-
-    def _log_window(self, epoch: int, window: EpochTotals) -> None:
-        loss = self._checked_mean(window.total, window.steps)
-        self.reporter.metric("train_loss", loss, step=self.step, epoch=epoch)
+    def _log_window(self, epoch: int, window: RunningSums) -> None:
+        loss = self._checked(window.means().get("total", math.nan))
+        self.reporter.metric(f"{self.metric_prefix}train_loss", loss, step=self.step, epoch=epoch)
         self.reporter.progress(self.step / self.total_steps, epoch=epoch, step=self.step)
 
-    def _checked_mean(self, total: torch.Tensor, steps: int) -> float:
-        mean = total.item() / max(steps, 1)
+    def _checked(self, mean: float) -> float:
         if not math.isfinite(mean):
             raise InvalidSpec(
                 f"Training diverged by step {self.step} (the loss is {mean}). Lower "
@@ -266,24 +406,26 @@ class Trainer:
             )
         return mean
 
-    def _end_epoch(self, epoch: int, totals: EpochTotals, lr: float) -> None:
-        loss = self._checked_mean(totals.total, totals.steps)
+    def _end_epoch(self, epoch: int, totals: RunningSums, lr: float) -> float:
+        means = totals.means()
+        loss = self._checked(means.pop("total", math.nan))
         student_logits = predict_logits(self.student, self.val.x, self.device)  # (M, K)
         values = {
             "train_loss_epoch": loss,
-            "train_kd_epoch": totals.kd.item() / totals.steps,
+            **{f"train_{name}_epoch": value for name, value in means.items()},
             "val_accuracy": accuracy(student_logits, self.val.labels),
             "val_agreement": agreement(student_logits, self.val.teacher_logits),
             "lr": lr,
         }
-        if self.data.y_train is not None:
-            values["train_ce_epoch"] = totals.ce.item() / totals.steps
+        prefix = self.metric_prefix
         for name, value in values.items():
-            self.reporter.metric(name, value, step=self.step, epoch=epoch)
+            self.reporter.metric(f"{prefix}{name}", value, step=self.step, epoch=epoch)
         self.reporter.progress(self.step / self.total_steps, epoch=epoch, step=self.step)
+        label = "Baseline epoch" if prefix else "Epoch"
         self.reporter.event(
-            "epoch_end",
-            f"Epoch {epoch}/{self.training.epochs}: loss {loss:.4g}, "
+            f"{prefix}epoch_end",
+            f"{label} {epoch}/{self.training.epochs}: loss {loss:.4g}, "
             f"val accuracy {values['val_accuracy']:.4f}",
             {"epoch": epoch, "step": self.step, **values},
         )
+        return values["val_accuracy"]

@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.kd.data import load_dataset, split_indices
+from worker.kd.data import Splits, load_dataset, split_indices
 from worker.kd.errors import InvalidDataset
+from worker.kd.spec import DatasetSpec
 
 WriteNpz = Callable[..., Path]
 X = np.arange(40, dtype=np.float64).reshape(10, 4)
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
 
 
-def load(path: Path) -> None:
-    load_dataset(path, val_fraction=0.2, seed=0)
+UPLOAD = DatasetSpec(file_id="file_dataset")
+
+
+def load(path: Path, seed: int = 0) -> Splits:
+    return load_dataset(UPLOAD, path, val_fraction=0.2, seed=seed)
 
 
 def test_missing_x_names_the_arrays_found(write_npz: WriteNpz) -> None:
@@ -85,7 +89,7 @@ def test_not_an_npz(tmp_path: Path) -> None:
 
 
 def test_split_is_seeded_and_typed(write_npz: WriteNpz) -> None:
-    data = load_dataset(write_npz(x=X, y=Y), val_fraction=0.2, seed=3)
+    data = load(write_npz(x=X, y=Y), seed=3)
     train, val = split_indices(10, 0.2, 3)
     assert data.source == "split"
     assert (len(data.x_train), len(data.x_val)) == (8, 2)
@@ -95,13 +99,13 @@ def test_split_is_seeded_and_typed(write_npz: WriteNpz) -> None:
 
 
 def test_unlabeled_dataset_is_accepted(write_npz: WriteNpz) -> None:
-    data = load_dataset(write_npz(x=X), val_fraction=0.2, seed=0)
+    data = load(write_npz(x=X))
     assert data.y_train is None and data.y_val is None
     assert data.max_label() is None
 
 
 def test_explicit_validation_arrays(write_npz: WriteNpz) -> None:
-    data = load_dataset(write_npz(x=X, y=Y, x_val=X[:3], y_val=Y[:3]), val_fraction=0.2, seed=0)
+    data = load(write_npz(x=X, y=Y, x_val=X[:3], y_val=Y[:3]))
     assert (data.source, len(data.x_train), len(data.x_val)) == ("x_val", 10, 3)
     with pytest.raises(InvalidDataset, match=r"'x_val' samples have shape \(2,\)"):
         load(write_npz(x=X, x_val=X[:3, :2]))

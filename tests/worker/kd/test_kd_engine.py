@@ -29,6 +29,7 @@ REPORT_KEYS = {
     "schema_version", "validation", "input_shape", "num_classes", "teacher", "student",
     "agreement", "kl_teacher_student", "quality_retained", "size_reduction", "speedup",
     "device", "epochs", "steps", "train_seconds", "recipe", "baseline", "kd_gain",
+    "best_epoch", "stopped_early", "speedup_batch64", "onnx_max_abs_diff",
 }  # fmt: skip
 MODEL_KEYS = {"accuracy", "parameters", "serialized_bytes", "latency_ms_batch1"}
 
@@ -84,7 +85,7 @@ def test_report_has_every_field(distilled: Distilled) -> None:
     assert json.loads((distilled.out_dir / "report.json").read_text()) == report
     assert set(distilled.result.artifacts) == {
         "student.pt", "student.safetensors", "config.json", "report.json", "metrics.csv",
-        "curves.png", "README.md",
+        "curves.png", "README.md", "student.onnx",
     }  # fmt: skip
 
 
@@ -129,8 +130,11 @@ def test_progress_and_events(distilled: Distilled) -> None:
     fractions = distilled.reporter.fractions
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     kinds = [kind for kind, _, _ in distilled.reporter.events]
-    assert kinds == ["training_started"] + ["epoch_end"] * 8 + ["training_finished"]
-    assert distilled.reporter.events[1][1].startswith("Epoch 1/8: loss ")
+    assert kinds == ["teacher_cache", "training_started"] + ["epoch_end"] * 8 + [
+        "training_finished"
+    ]
+    assert distilled.reporter.events[2][1].startswith("Epoch 1/8: loss ")
+    assert "computed once" in distilled.reporter.events[0][1]
 
 
 def test_cancel_stops_training(

@@ -1,0 +1,152 @@
+"""The teacher-format registry, and `load_teacher`, which picks a format by content.
+
+@register_teacher("onnx")
+def load_onnx(path, arch, example) -> Teacher: ...
+
+Sniffing reads bytes and zip member names only; nothing is unpickled to find out.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.kd.errors import InvalidTeacher
+from worker.kd.spec import TeacherSpec
+from worker.kd.teachers.base import EXPORT_HINT, Teacher
+from worker.kd.text import shorten
+
+# (file, the spec's inline architecture for safetensors weights, a batch of dataset inputs)
+TeacherLoader = Callable[[Path, dict[str, Any] | None, torch.Tensor | None], Teacher]
+
+TEACHER_LOADERS: dict[str, TeacherLoader] = {}
+
+PICKLE_MAGIC = b"\x80"
+ZIP_MAGIC = b"PK\x03\x04"
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the safetensors library's own limit
+NOT_A_TEACHER = (
+    "The teacher file is not a TorchScript module, torch.export program (.pt2), ONNX model "
+    "or safetensors weights"
+)
+
+
+def register_teacher(name: str) -> Callable[[TeacherLoader], TeacherLoader]:
+    def register(loader: TeacherLoader) -> TeacherLoader:
+        TEACHER_LOADERS[name] = loader
+        return loader
+
+    return register
+
+
+def get_teacher_loader(name: str) -> TeacherLoader:
+    if name not in TEACHER_LOADERS:
+        known = ", ".join(sorted(TEACHER_LOADERS))
+        raise ValueError(f"No teacher format {name!r} registered; known formats: {known}")
+    return TEACHER_LOADERS[name]
+
+
+def load_teacher(
+    path: Path, spec: TeacherSpec | str = "auto", example: torch.Tensor | None = None
+) -> Teacher:
+    """The teacher in `path`, frozen and in eval mode, on CPU.
+
+    `spec` is the job's TeacherSpec or just a format name; `auto` sniffs the content.
+    `example` is a batch of dataset inputs (B, *input_shape): safetensors weights need it to
+    build their arch for the data's shape; other formats ignore it.
+    """
+    fmt, arch = (spec, None) if isinstance(spec, str) else (spec.format, spec.architecture())
+    if fmt == "auto":
+        fmt = sniff_format(Path(path))
+    teacher = get_teacher_loader(fmt)(Path(path), arch, example)
+    return teacher.eval()
+
+
+def sniff_format(path: Path) -> str:
+    """The registered format whose layout the file has, or InvalidTeacher saying what it is."""
+    head = _head(path, 9)
+    if head.startswith(ZIP_MAGIC):
+        return _zip_format(path)
+    if _is_safetensors(path, head):
+        return "safetensors"
+    if not head.startswith(PICKLE_MAGIC) and _is_onnx(path):
+        return "onnx"
+    raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
+
+
+def looks_like(path: Path) -> str:
+    """A hint at what the file is instead, from its first bytes (never unpickled)."""
+    head = _head(path, 4)
+    if not head:
+        return "; it is empty"
+    if head.startswith(PICKLE_MAGIC):
+        return "; it looks like a Python pickle (torch.save of a model or state_dict)"
+    if head == ZIP_MAGIC:
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "; it is a damaged zip archive (perhaps a truncated upload)"
+        if any(name.endswith("data.pkl") for name in names):
+            return (
+                "; it is a zip archive, perhaps a torch.save checkpoint rather than a scripted "
+                "model"
+            )
+        return "; it is a zip archive of other files"
+    return ""
+
+
+def _zip_format(path: Path) -> str:
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidTeacher(
+            f"{NOT_A_TEACHER}; it is a damaged zip archive, perhaps a truncated upload "
+            f"({shorten(exc)}). {EXPORT_HINT}"
+        ) from exc
+    if any("/code/" in name for name in names) and any(n.endswith("data.pkl") for n in names):
+        return "torchscript"
+    if any(name.endswith("archive_format") for name in names) or any(
+        name.endswith("serialized_exported_program.json") for name in names
+    ):
+        return "torch_export"
+    raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
+
+
+def _is_safetensors(path: Path, head: bytes) -> bool:
+    """8-byte little-endian header length, then that many bytes of JSON: an object."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    length = int.from_bytes(head[:8], "little")
+    if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        try:
+            return isinstance(json.loads(f.read(length)), dict)
+        except ValueError:
+            return False
+
+
+def _is_onnx(path: Path) -> bool:
+    """A protobuf that parses as an ONNX ModelProto with a graph of nodes and outputs."""
+    try:
+        import onnx
+    except ImportError:  # ONNX support not installed: the file is then no known format
+        return False
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return len(model.graph.node) > 0 and len(model.graph.output) > 0
+
+
+def _head(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise InvalidTeacher(f"The teacher file cannot be read: {shorten(exc)}") from exc
