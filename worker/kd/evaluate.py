@@ -39,7 +39,7 @@ class ValidationSet:
 def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Logits (N, K) as float32 on CPU, in eval mode, without autograd."""
     model.eval()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: TorchScript students train afterwards
         chunks = [model(x[i : i + EVAL_BATCH].to(device)) for i in range(0, len(x), EVAL_BATCH)]
     return torch.cat(chunks).float().cpu()  # (N, K)
 
@@ -81,7 +81,7 @@ def paired_latency_ms(
     timings: list[list[float]] = [[] for _ in models]
     for model in models:
         model.eval()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: TorchScript students train afterwards
         for round_ in range(warmup + runs):
             for model, times in zip(models, timings, strict=True):
                 _synchronize(device)
