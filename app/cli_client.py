@@ -7,8 +7,9 @@ config file `distillery up` writes (`~/.config/distillery/config.json`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +20,7 @@ from app.client import Client, DistilleryError, load_spec_file
 from app.config import get_settings
 from app.schemas import JobPublic
 
+T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 FILE_ROLES = {"teacher": "teacher", "dataset": "dataset"}
 
@@ -59,6 +61,15 @@ def make_client(url: str | None, key: str | None) -> Client:
         )
         raise typer.Exit(2)
     return Client(url or settings.url or saved.get("url") or DEFAULT_URL, resolved_key)
+
+
+def _call(url: str | None, key: str | None, action: Callable[[Client], T]) -> T:
+    """Run one client call; an API error becomes a readable line and exit code 1."""
+    with make_client(url, key) as client:
+        try:
+            return action(client)
+        except DistilleryError as exc:
+            raise _fail(exc) from exc
 
 
 def _fail(exc: DistilleryError) -> typer.Exit:
@@ -184,11 +195,7 @@ def jobs(
     as_json: JsonOpt = False,
 ) -> None:
     """List your jobs."""
-    with make_client(url, key) as client:
-        try:
-            rows, _ = client.jobs(limit=limit, status=status)
-        except DistilleryError as exc:
-            raise _fail(exc) from exc
+    rows, _ = _call(url, key, lambda client: client.jobs(limit=limit, status=status))
     if as_json:
         _print_json([job.model_dump(mode="json") for job in rows])
         return
@@ -218,11 +225,7 @@ def report(
     job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Teacher vs student (vs baseline) for a finished job."""
-    with make_client(url, key) as client:
-        try:
-            data = client.report(job_id)
-        except DistilleryError as exc:
-            raise _fail(exc) from exc
+    data = _call(url, key, lambda client: client.report(job_id))
     if as_json:
         _print_json(data)
         return
@@ -271,11 +274,7 @@ def cancel(
     job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Cancel a job."""
-    with make_client(url, key) as client:
-        try:
-            job = client.cancel(job_id)
-        except DistilleryError as exc:
-            raise _fail(exc) from exc
+    job = _call(url, key, lambda client: client.cancel(job_id))
     if as_json:
         _print_json(job.model_dump(mode="json"))
     else:

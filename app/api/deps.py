@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
-from app.db import get_sessionmaker
+from app.db import session_scope
 from app.errors import TooManyRequests, Unauthorized
 from app.models import Tenant
 from app.ratelimit import get_limiter
@@ -21,15 +21,8 @@ from app.storage import Storage
 
 def get_session() -> Iterator[Session]:
     """One session per request: committed when the handler returns, rolled back on error."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def get_storage(settings: Annotated[Settings, Depends(get_settings)]) -> Storage:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from tests.e2e.conftest import (
@@ -29,6 +27,7 @@ from tests.e2e.conftest import (
     clean_env,
     digits_spec,
     free_port,
+    fresh_database,
     wait_ready,
 )
 
@@ -36,7 +35,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 FULL = os.environ.get("DISTILLERY_FAULT_SCALE") == "full"
 CLI = [sys.executable, "-m", "app.cli"]
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 FAST_RECOVERY = {
     "DISTILLERY_LEASE_SECONDS": "3",
     "DISTILLERY_HEARTBEAT_SECONDS": "0.5",
@@ -156,12 +154,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    name = f"distillery_faults_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("distillery_faults") as url:
+        yield url
 
 
 def upload_digits(api: Api, digits: dict[str, Path]) -> tuple[str, str]:

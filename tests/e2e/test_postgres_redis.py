@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.e2e.conftest import (
@@ -19,24 +18,19 @@ from tests.e2e.conftest import (
     clean_env,
     digits_spec,
     free_port,
+    fresh_database,
     wait_ready,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    """A fresh database for this run, dropped afterwards."""
-    name = f"distillery_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("distillery_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
