@@ -21,7 +21,9 @@ from worker.kd.datasets.base import DatasetLimits, image_archive_limits
 from worker.kd.datasets.layout import image_layout
 from worker.kd.datasets.sniff import ACCEPTED, NPY_MAGIC, ZIP_MAGICS, looks_like_csv, sniff_zip
 from worker.kd.datasets.table import DEFAULT_LABEL_COLUMN, sample_csv
-from worker.kd.errors import InvalidDataset
+from worker.kd.errors import InvalidDataset, InvalidTeacher
+from worker.kd.hf.layout import is_model_zip, read_layout
+from worker.kd.hf.textdata import TextFormat, describe, read_text_dataset, sniff_text
 
 MAX_NPZ_MEMBERS = 64
 MAX_LISTED = 1000  # column and class names shown in a file's details
@@ -39,11 +41,16 @@ def sniff_format(path: Path, head: bytes) -> str:
     `csv` or `unknown`."""
     if head.startswith(ZIP_MAGICS):
         kind = sniff_zip(path)
+        if kind == "zip" and is_model_zip(path):
+            return "hf_zip"
         return "torchscript" if kind == "zip" and _is_torchscript(path) else kind
     if head.startswith(NPY_MAGIC):
         return "npy"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
+    text = sniff_text(head)  # before CSV: JSONL and text lines are delimited text too
+    if text is not None:
+        return text
     if looks_like_csv(head):
         return "csv"
     return "unknown"
@@ -195,6 +202,9 @@ def inspect_dataset(path: Path, fmt: str) -> dict[str, Any]:
             return inspect_csv(path)
         if fmt in ("image_zip", "zip"):  # a ZIP without images: the layout check says so
             return inspect_image_zip(path)
+        if fmt in ("jsonl", "text"):  # text datasets for Hugging Face teachers
+            kind: TextFormat = "jsonl" if fmt == "jsonl" else "text"
+            return describe(read_text_dataset(path, kind), kind)
     except InvalidDataset as exc:
         raise InvalidFile(exc.message) from exc
     hint = " (a single array: save x and y together with np.savez)" if fmt == "npy" else ""
@@ -205,6 +215,11 @@ def inspect_upload(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     """What the file object reports; raises InvalidFile for uploads no job could use."""
     if purpose == "dataset":
         return inspect_dataset(path, fmt)
+    if purpose == "teacher" and fmt == "hf_zip":
+        try:
+            return read_layout(path).details()
+        except InvalidTeacher as exc:
+            raise InvalidFile(exc.message) from exc
     if fmt == "pickle":
         return {
             "warning": "This looks like a Python pickle. Distillery never unpickles uploads, "

@@ -26,10 +26,16 @@ log = logging.getLogger(__name__)
 
 def inspect_file(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     """What validation found; raises KDError for a file no job could use."""
+    if purpose == "teacher" and fmt == "hf_zip":
+        return {}  # the upload check already read the model directory's config
     if purpose == "teacher":
         from worker.kd.inspection import inspect_teacher
 
         return inspect_teacher(path, "auto")
+    if purpose == "dataset" and fmt in ("jsonl", "text"):
+        from worker.kd.hf.textdata import describe, read_text_dataset
+
+        return dict(describe(read_text_dataset(path, fmt), fmt))  # type: ignore[arg-type]
     if purpose == "dataset":
         return _inspect_dataset(path)
     if purpose == "student":

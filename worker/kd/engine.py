@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,10 +19,13 @@ from worker.kd.data import Splits, load_dataset
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.reporting import Reporter
 from worker.kd.runner import run_training
-from worker.kd.spec import JobSpec
+from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
 from worker.kd.students import build_student, load_file_student
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.text import fmt_shape, shorten
+
+if TYPE_CHECKING:
+    from worker.kd.hf.engine import HFPrepared
 
 
 @dataclass
@@ -56,10 +59,20 @@ def prepare(
     teacher_path: Path,
     dataset_path: Path | None,
     student_path: Path | None = None,
-) -> Prepared:
+) -> Prepared | HFPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
-    is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
+    is None for a builtin dataset; `student_path` is the file of an `arch: file` student.
+    A Hugging Face model-directory ZIP teacher makes a transformer job (worker.kd.hf)."""
     device = resolve_device(spec.training.device)
+    from worker.kd.hf.engine import is_hf_teacher, prepare_hf
+
+    if is_hf_teacher(spec, Path(teacher_path)):
+        return prepare_hf(spec, Path(teacher_path), dataset_path, device)
+    if spec.student.arch in TRANSFORMER_ARCHS:
+        raise InvalidSpec(
+            f"student.arch {spec.student.arch!r} needs a Hugging Face teacher (a ZIP of a "
+            "save_pretrained directory)."
+        )
     data = load_dataset(spec.dataset, dataset_path, spec.training.val_fraction, spec.training.seed)
     example = data.x_train[:2]  # (2, *input_shape)
     teacher = load_teacher(Path(teacher_path), spec.teacher, example=example).to(device)
@@ -122,7 +135,7 @@ def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes:
 
 
 def distill(
-    prepared: Prepared,
+    prepared: Prepared | HFPrepared,
     out_dir: Path,
     reporter: Reporter,
     checkpointing: Checkpointing | None = None,
@@ -133,8 +146,13 @@ def distill(
 
     With `checkpointing`, training resumes from the checkpoint there if one matches the
     recipe, refreshes it as it goes, and saves it when stopped (then `Cancelled` is raised).
-    With `cache`, teacher outputs on fixed inputs are reused across jobs.
+    With `cache`, teacher outputs on fixed inputs are reused across jobs. Transformer jobs
+    (HFPrepared) use neither: they restart rather than resume.
     """
+    from worker.kd.hf.engine import HFPrepared, distill_hf
+
+    if isinstance(prepared, HFPrepared):
+        return distill_hf(prepared, Path(out_dir), reporter)
     report, artifacts = run_training(prepared, Path(out_dir), reporter, checkpointing, cache)
     return DistillResult(report=report, artifacts=artifacts)
 

@@ -10,18 +10,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet")
-TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors")
-DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip")
+STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet", "from_teacher", "hf")
+# Students of Hugging Face teachers only (worker.kd.hf).
+TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf")
+TRANSFORMER_TASKS: tuple[str, ...] = ("sequence_classification", "sentence_embedding", "causal_lm")
+TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors", "hf_zip")
+DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip", "jsonl", "text")
 BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 # The names registered in worker.kd.losses (a test keeps the two in step).
 LOSS_KINDS: tuple[str, ...] = (
-    "attention", "ce", "cosine", "dkd", "hint", "hinton", "kd", "logit_mse", "pkt",
-    "rkd_angle", "rkd_distance", "sp",
+    "attention", "ce", "cosine", "dkd", "embedding_mse", "hidden_cosine", "hint", "hinton",
+    "kd", "logit_mse", "pkt", "rkd_angle", "rkd_distance", "self_attention_kl", "soft_ce", "sp",
 )  # fmt: skip
 LAYER_LOSSES: tuple[str, ...] = (
-    "attention", "cosine", "hint", "pkt", "rkd_angle", "rkd_distance", "sp",
+    "attention", "cosine", "hidden_cosine", "hint", "pkt", "rkd_angle", "rkd_distance",
+    "self_attention_kl", "sp",
 )  # fmt: skip
+# Transformer layer losses whose layers default to the student's layer map when not named.
+MAPPED_LAYER_LOSSES: tuple[str, ...] = ("hidden_cosine", "self_attention_kl")
 
 
 class _Strict(BaseModel):
@@ -42,8 +48,11 @@ class TeacherSpec(FileRef):
 
     model_config = ConfigDict(extra="allow")
 
-    format: Literal["auto", "torchscript", "torch_export", "onnx", "safetensors"] = "auto"
+    format: Literal["auto", "torchscript", "torch_export", "onnx", "safetensors", "hf_zip"] = "auto"
     arch: str | None = Field(None, description="For safetensors weights: the architecture.")
+    task: Literal["sequence_classification", "sentence_embedding", "causal_lm"] | None = Field(
+        None, description="For a Hugging Face model ZIP whose directory does not say its task."
+    )
 
     @model_validator(mode="after")
     def _architecture(self) -> TeacherSpec:
@@ -56,7 +65,7 @@ class TeacherSpec(FileRef):
                 )
             return self
         _check_arch({"arch": self.arch})
-        if self.arch == "file":
+        if self.arch in ("file", *TRANSFORMER_ARCHS):
             raise ValueError("a safetensors teacher needs a registry arch (mlp, cnn, resnet)")
         return self
 
@@ -78,7 +87,10 @@ class DatasetSpec(_Strict):
 
     file_id: str | None = Field(None, min_length=1, max_length=64)
     builtin: Literal["digits"] | None = None
-    format: Literal["auto", "npz", "csv", "image_zip"] = "auto"
+    format: Literal["auto", "npz", "csv", "image_zip", "jsonl", "text"] = "auto"
+    max_length: int = Field(
+        128, ge=4, le=8192, description="Text datasets: tokens per example after truncation."
+    )
     label_column: str = Field("label", min_length=1, max_length=200)
     image_size: tuple[
         Annotated[int, Field(ge=4, le=1024)], Annotated[int, Field(ge=4, le=1024)]
@@ -136,6 +148,35 @@ class ResNetStudent(_Strict):
         return self
 
 
+class FromTeacherStudent(_Strict):
+    """A Hugging Face teacher's own embeddings and chosen layers (DistilBERT's initialisation):
+    `layers` by index, or every other layer when only `num_layers` is given."""
+
+    arch: Literal["from_teacher"]
+    layers: list[Annotated[int, Field(ge=0, le=1023)]] | None = Field(
+        None, min_length=1, max_length=1024
+    )
+    num_layers: int | None = Field(None, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _layers(self) -> FromTeacherStudent:
+        if self.layers is None and self.num_layers is None:
+            raise ValueError("a from_teacher student needs layers (indices) or num_layers")
+        if self.layers is not None and len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"from_teacher layers repeat an index: {self.layers}")
+        if self.layers is not None and self.num_layers not in (None, len(self.layers)):
+            raise ValueError("from_teacher num_layers must equal the number of layers given")
+        return self
+
+
+class HFStudent(_Strict):
+    """A fresh Hugging Face model: the teacher's configuration with `config` overriding it
+    (e.g. {"num_hidden_layers": 2, "hidden_size": 64}); it shares the teacher's tokenizer."""
+
+    arch: Literal["hf"]
+    config: dict[str, int | float | str | bool] = Field(default_factory=dict, max_length=64)
+
+
 class FileStudent(_Strict):
     """A student brought as a TorchScript file: its architecture and initial weights."""
 
@@ -154,7 +195,7 @@ def _check_arch(value: Any) -> Any:
 
 
 StudentSpec = Annotated[
-    MLPStudent | CNNStudent | ResNetStudent | FileStudent,
+    MLPStudent | CNNStudent | ResNetStudent | FileStudent | FromTeacherStudent | HFStudent,
     BeforeValidator(_check_arch),
     Field(discriminator="arch"),
 ]
@@ -174,7 +215,11 @@ class LossTerm(_Strict):
     def _known(self) -> LossTerm:
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"unknown loss kind {self.kind!r}; known: {', '.join(LOSS_KINDS)}")
-        if self.kind in LAYER_LOSSES and not (self.teacher_layer and self.student_layer):
+        named = bool(self.teacher_layer and self.student_layer)
+        if self.kind in MAPPED_LAYER_LOSSES and (self.teacher_layer or self.student_layer):
+            if not named:
+                raise ValueError(f"loss {self.kind!r} needs both layers, or neither (layer map)")
+        elif self.kind in LAYER_LOSSES and not named:
             raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")
         if self.kind not in LAYER_LOSSES and (self.teacher_layer or self.student_layer):
             raise ValueError(f"loss {self.kind!r} works on logits; it takes no layers")

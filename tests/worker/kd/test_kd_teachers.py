@@ -249,7 +249,7 @@ def test_probe_returns_class_count(teacher_path: Path) -> None:
 
 
 def test_unknown_teacher_format_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match="known formats: onnx, safetensors, torch_export, torch"):
+    with pytest.raises(ValueError, match="known formats: hf_zip, onnx, safetensors, torch_export"):
         get_teacher_loader("tflite")
 
 

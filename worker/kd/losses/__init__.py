@@ -5,6 +5,8 @@ Each loss is registered under a name and belongs to one family:
     family     names                                     inputs
     response   hinton, kd, dkd (labels), logit_mse       student and teacher logits
     feature    hint*, attention, cosine*                 one student and one teacher layer
+    transformer soft_ce, embedding_mse (response);        logits / embeddings; token states
+               hidden_cosine, self_attention_kl (feature)     and attention maps (worker.kd.hf)
     relation   rkd_distance, rkd_angle, sp, pkt          one student and one teacher layer
     label      ce (labels)                               student logits and labels
 
@@ -32,7 +34,7 @@ student's. The training loop's default, `get_loss("hinton", temperature=, alpha=
 returns `LossParts` from its forward.
 """
 
-from worker.kd.losses import feature, label, relation, response
+from worker.kd.losses import feature, label, relation, response, transformer
 from worker.kd.losses.base import DistillationLoss, Family, LayerLoss, LogitLoss, LossInputs
 from worker.kd.losses.composite import (
     CompositeLoss,
@@ -53,6 +55,7 @@ from worker.kd.losses.registry import (
 )
 from worker.kd.losses.relation import PKT, RKDAngle, RKDDistance, SimilarityPreserving
 from worker.kd.losses.response import DKD, KD, HintonKDLoss, LogitMSE, LossParts
+from worker.kd.losses.transformer import AttentionKL, EmbeddingMSE, HiddenCosine, SoftTargetCE
 
 __all__ = [
     "DKD",
@@ -60,12 +63,15 @@ __all__ = [
     "LOSSES",
     "PKT",
     "Attention",
+    "AttentionKL",
     "CompositeLoss",
     "CompositeParts",
     "Cosine",
     "CrossEntropy",
     "DistillationLoss",
+    "EmbeddingMSE",
     "Family",
+    "HiddenCosine",
     "Hint",
     "HintonKDLoss",
     "LayerLoss",
@@ -78,6 +84,7 @@ __all__ = [
     "RKDAngle",
     "RKDDistance",
     "SimilarityPreserving",
+    "SoftTargetCE",
     "build_loss_terms",
     "feature",
     "get_loss",
@@ -88,4 +95,5 @@ __all__ = [
     "relation",
     "response",
     "shape_key",
+    "transformer",
 ]

@@ -113,7 +113,19 @@ def _zip_format(path: Path) -> str:
         name.endswith("serialized_exported_program.json") for name in names
     ):
         return "torch_export"
+    from worker.kd.hf.layout import is_model_zip  # pure Python: names and JSON only
+
+    if is_model_zip(path):
+        return "hf_zip"
     raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
+
+
+@register_teacher("hf_zip")
+def _load_hf_zip(path: Path, arch: dict[str, Any] | None, example: torch.Tensor | None) -> Teacher:
+    """A Hugging Face model-directory ZIP (transformers loads lazily, on first use)."""
+    from worker.kd.hf.teacher import load_hf_zip
+
+    return load_hf_zip(path, arch, example)
 
 
 def _is_safetensors(path: Path, head: bytes) -> bool:

@@ -44,6 +44,10 @@ EXAMPLES: dict[str, tuple[Callable[[], DistillationLoss], tuple[int, ...], tuple
     "rkd_angle": (lambda: get_loss("rkd_angle"), (8,), (16,)),
     "sp": (lambda: get_loss("sp"), (3, 4, 4), (6, 2, 2)),
     "pkt": (lambda: get_loss("pkt"), (8,), (16,)),
+    "soft_ce": (lambda: get_loss("soft_ce", temperature=2.0), (), ()),
+    "embedding_mse": (lambda: get_loss("embedding_mse"), (), ()),
+    "hidden_cosine": (lambda: get_loss("hidden_cosine"), (7, 8), (7, 8)),
+    "self_attention_kl": (lambda: get_loss("self_attention_kl"), (2, 5), (2, 5)),
 }
 
 FAMILIES = {

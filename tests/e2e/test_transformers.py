@@ -1,0 +1,58 @@
+"""Transformer distillation through the API: a tiny BERT classifier, a sentence-transformers
+BERT and a GPT-2, each built in the test, uploaded as ZIPs with JSONL data, distilled to
+`succeeded`, and the student ZIP loaded back with transformers, offline."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Api
+from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
+
+pytestmark = pytest.mark.e2e
+
+CASES = [
+    ("sequence_classification", {"arch": "from_teacher", "num_layers": 2}),
+    ("sentence_embedding", {"arch": "from_teacher", "num_layers": 2}),
+    ("causal_lm", {"arch": "from_teacher", "layers": [0, 3]}),
+]
+
+
+@pytest.mark.parametrize(("task", "student"), CASES)
+def test_transformer_job_through_the_api(
+    embedded: Api, tmp_path: Path, task: str, student: dict[str, Any]
+) -> None:
+    import transformers
+
+    model = gpt2_dir(tmp_path / "m") if task == "causal_lm" else bert_dir(tmp_path / "m", task)
+    teacher = embedded.upload(zip_dir(model, tmp_path / "teacher.zip"), "teacher")
+    assert teacher["format"] == "hf_zip" and teacher["details"]["task"] == task
+    data_path = write_jsonl(tmp_path / "d.jsonl", 48, labeled=task == "sequence_classification")
+    dataset = embedded.upload(data_path, "dataset")
+    assert dataset["format"] == "jsonl"
+    job = embedded.submit({
+        "teacher": {"file_id": teacher["id"]}, "student": student,
+        "dataset": {"file_id": dataset["id"], "max_length": 24},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+    })  # fmt: skip
+    job = embedded.wait(job["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    report = embedded.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["task"] == task and report["size_reduction"] > 0
+    response = embedded.get(f"/v1/jobs/{job['id']}/artifacts/student.zip")
+    assert response.status_code == 200
+    (tmp_path / "student.zip").write_bytes(response.content)
+    with zipfile.ZipFile(tmp_path / "student.zip") as archive:
+        archive.extractall(tmp_path / "student")
+    auto = {
+        "sequence_classification": transformers.AutoModelForSequenceClassification,
+        "sentence_embedding": transformers.AutoModel,
+        "causal_lm": transformers.AutoModelForCausalLM,
+    }[task]
+    loaded = auto.from_pretrained(str(tmp_path / "student"), local_files_only=True)
+    assert loaded.config.num_hidden_layers == 2
+    transformers.AutoTokenizer.from_pretrained(str(tmp_path / "student"), local_files_only=True)

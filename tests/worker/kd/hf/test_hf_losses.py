@@ -1,0 +1,42 @@
+"""Golden values for the transformer losses (computed by hand below)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from worker.kd.losses import get_loss
+
+
+def test_soft_ce_golden() -> None:
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    # T=1: targets (0.75, 0.25); -sum p log q = log 2
+    assert get_loss("soft_ce", temperature=1.0)(student, teacher).item() == pytest.approx(
+        math.log(2.0)
+    )
+    # T=2: targets softmax(log3/2, 0) = (sqrt3, 1)/(sqrt3+1); student uniform: 4 * log 2
+    assert get_loss("soft_ce", temperature=2.0)(student, teacher).item() == pytest.approx(
+        4 * math.log(2.0)
+    )
+
+
+def test_embedding_mse_golden() -> None:
+    value = get_loss("embedding_mse")(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
+    assert value.item() == pytest.approx(2.5)
+
+
+def test_hidden_cosine_golden_and_width_check() -> None:
+    s = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    t = torch.tensor([[0.0, 1.0], [2.0, 2.0]])
+    assert get_loss("hidden_cosine")(s, t).item() == pytest.approx(0.5)  # (1 + 0) / 2
+    with pytest.raises(ValueError, match="equal width"):
+        get_loss("hidden_cosine")(torch.ones(2, 3), torch.ones(2, 4))
+
+
+def test_self_attention_kl_golden() -> None:
+    s = torch.tensor([[[0.5, 0.5]]])  # (N=1, heads=1, keys=2)
+    t = torch.tensor([[[1.0, 0.0]]])
+    assert get_loss("self_attention_kl")(s, t).item() == pytest.approx(math.log(2.0))
+    assert get_loss("self_attention_kl")(t, t).item() == pytest.approx(0.0, abs=1e-6)

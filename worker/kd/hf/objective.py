@@ -1,0 +1,208 @@
+"""A transformer job's loss: weighted registry terms on the task's outputs, with padding
+removed and layers paired through the student's layer map.
+
+Layer numbers in a term are 1-based transformer layers; for `hidden_cosine`, 0 is the
+embedding output. Without layers, `hidden_cosine` pairs every student layer with its
+teacher layer, and `self_attention_kl` pairs the last layers (MiniLM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.kd.errors import InvalidSpec
+from worker.kd.hf.models import Outputs
+from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
+from worker.kd.spec import JobSpec
+
+TRANSFORMER_KINDS = ("ce", "embedding_mse", "hidden_cosine", "kd", "logit_mse",
+                     "self_attention_kl", "soft_ce")  # fmt: skip
+LOGIT_TASKS = ("sequence_classification", "causal_lm")
+
+
+@dataclass
+class Term:
+    name: str
+    weight: float
+    loss: DistillationLoss
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (student, teacher) layers
+
+
+def layer_map(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[int]:
+    """The teacher layer (1-based) each student layer 1..n learns from: the copied layer
+    for a `from_teacher` student, else a uniform spread ending on the last layer."""
+    if kept is not None:
+        return [i + 1 for i in kept]
+    return [round(j * teacher_layers / student_layers) for j in range(1, student_layers + 1)]
+
+
+def default_terms(
+    spec: JobSpec, task: str, labeled: bool, same_width: bool
+) -> list[dict[str, Any]]:
+    """The DistilBERT triple where it applies: soft targets, hard targets, hidden cosine."""
+    alpha = spec.distillation.alpha if labeled or task == "causal_lm" else 1.0
+    temperature = spec.distillation.temperature
+    if task == "sentence_embedding":
+        terms: list[dict[str, Any]] = [{"kind": "embedding_mse", "weight": 1.0}]
+    else:
+        terms = [{"kind": "soft_ce", "weight": alpha, "params": {"temperature": temperature}}]
+        if alpha < 1.0:
+            terms.append({"kind": "ce", "weight": 1.0 - alpha})
+    if same_width:
+        terms.append({"kind": "hidden_cosine", "weight": 1.0})
+    return terms
+
+
+class TransformerObjective(nn.Module):
+    """`objective(student_out, teacher_out, batch, labels)` -> (total, {term: value})."""
+
+    def __init__(self, task: str, terms: list[Term]) -> None:
+        super().__init__()
+        self.task = task
+        self.terms = terms
+        self.losses = nn.ModuleList([t.loss for t in terms])
+
+    @property
+    def needs_hidden(self) -> bool:
+        return any(t.loss.key == "hidden_cosine" for t in self.terms)
+
+    @property
+    def needs_attentions(self) -> bool:
+        return any(t.loss.key == "self_attention_kl" for t in self.terms)
+
+    def forward(
+        self,
+        student: Outputs,
+        teacher: Outputs,
+        batch: dict[str, torch.Tensor],
+        labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = batch["attention_mask"].bool()  # (B, T)
+        s_out, t_out = self.rows(student.output, mask), self.rows(teacher.output, mask)
+        targets = next_tokens(batch["input_ids"], mask) if self.task == "causal_lm" else labels
+        total = torch.zeros((), device=mask.device)
+        parts: dict[str, float] = {}
+        for term in self.terms:
+            if term.pairs:
+                value = self._layers(term, student, teacher, mask)
+            else:
+                value = term.loss.compute(LossInputs(s_out, t_out, targets))
+            total = total + term.weight * value
+            parts[term.name] = float(value.detach())
+        return total, parts
+
+    def rows(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-sample rows (B, K) or, for next-token logits, one row per predicted real token
+        (N, V)."""
+        if self.task != "causal_lm":
+            return output
+        return output[:, :-1][mask[:, 1:]]  # (N, V)
+
+    def _layers(self, term: Term, student: Outputs, teacher: Outputs, mask: torch.Tensor) -> Any:
+        values = []
+        for s_layer, t_layer in term.pairs:
+            if term.loss.key == "hidden_cosine":
+                s, t = student.hidden_states[s_layer][mask], teacher.hidden_states[t_layer][mask]
+            else:  # (B, heads, T, T) -> one row of (heads, T) per real query token
+                s = student.attentions[s_layer - 1].transpose(1, 2)[mask]
+                t = teacher.attentions[t_layer - 1].transpose(1, 2)[mask]
+            values.append(term.loss.compute(LossInputs(s, t, None, s, t)))
+        return torch.stack(values).mean()
+
+
+def next_tokens(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return input_ids[:, 1:][mask[:, 1:]]  # (N,)
+
+
+def build_objective(
+    spec: JobSpec,
+    task: str,
+    labeled: bool,
+    student_config: Any,
+    teacher_config: Any,
+    mapping: list[int],
+) -> TransformerObjective:
+    """The spec's terms (or the task's defaults), checked against the two models."""
+    s_width, t_width = _width(student_config), _width(teacher_config)
+    if spec.distillation.losses:
+        raw = [t.model_dump(exclude_none=True) for t in spec.distillation.losses]
+    else:
+        raw = default_terms(spec, task, labeled, s_width == t_width)
+    terms = [
+        _term(i, r, task, labeled, mapping, (s_width, t_width), (student_config, teacher_config))
+        for i, r in enumerate(raw)
+    ]
+    names = [t.name for t in terms]
+    for i, term in enumerate(terms):
+        if names.count(term.name) > 1:
+            term.name = f"{term.name}_{names[: i + 1].count(term.name)}"
+    return TransformerObjective(task, terms)
+
+
+def _width(config: Any) -> int:
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+
+
+def _term(
+    index: int,
+    raw: dict[str, Any],
+    task: str,
+    labeled: bool,
+    mapping: list[int],
+    widths: tuple[int, int],
+    configs: tuple[Any, Any],
+) -> Term:
+    kind, where = raw["kind"], f"distillation.losses[{index}]"
+    if kind not in TRANSFORMER_KINDS:
+        raise InvalidSpec(
+            f"{where}: {kind!r} is not a transformer loss; use {', '.join(TRANSFORMER_KINDS)}."
+        )
+    if kind == "ce" and task == "sequence_classification" and not labeled:
+        raise InvalidSpec(f"{where}: 'ce' needs labels; the dataset has none.")
+    if kind == "ce" and task == "sentence_embedding":
+        raise InvalidSpec(f"{where}: 'ce' needs logits; a sentence_embedding model has none.")
+    if kind in ("soft_ce", "kd", "logit_mse") and task not in LOGIT_TASKS:
+        raise InvalidSpec(f"{where}: {kind!r} compares logits; use embedding_mse for embeddings.")
+    if kind == "embedding_mse" and (task != "sentence_embedding" or widths[0] != widths[1]):
+        raise InvalidSpec(
+            f"{where}: embedding_mse compares sentence embeddings of one width (the student "
+            f"has {widths[0]}, the teacher {widths[1]}); keep hidden_size for embedding students."
+        )
+    try:
+        loss = get_loss(kind, **raw.get("params", {}))
+    except ValueError as exc:
+        raise InvalidSpec(f"{where}: {exc}") from exc
+    pairs = _pairs(where, kind, raw, mapping, configs) if loss_info(kind).needs_layers else []
+    if kind == "hidden_cosine" and widths[0] != widths[1]:
+        raise InvalidSpec(
+            f"{where}: hidden_cosine needs equal widths (student {widths[0]}, teacher "
+            f"{widths[1]}); use a from_teacher student or keep hidden_size."
+        )
+    return Term(kind, float(raw.get("weight", 1.0)), loss, pairs)
+
+
+def _pairs(
+    where: str, kind: str, raw: dict[str, Any], mapping: list[int], configs: tuple[Any, Any]
+) -> list[tuple[int, int]]:
+    depths = [len(mapping), _depth(configs[1])]
+    if raw.get("student_layer") is not None:
+        try:
+            pair = (int(raw["student_layer"]), int(raw["teacher_layer"]))
+        except ValueError as exc:
+            raise InvalidSpec(f"{where}: layers are layer numbers (1..L; 0: embeddings).") from exc
+        low = 0 if kind == "hidden_cosine" else 1
+        for side, layer, depth in zip(("student", "teacher"), pair, depths, strict=True):
+            if not low <= layer <= depth:
+                raise InvalidSpec(f"{where}: {side} layer {layer} is not in {low}..{depth}.")
+        return [pair]
+    if kind == "self_attention_kl":
+        return [(len(mapping), mapping[-1])]
+    return [(j + 1, t) for j, t in enumerate(mapping)]
+
+
+def _depth(config: Any) -> int:
+    return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
