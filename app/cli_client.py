@@ -215,9 +215,12 @@ def jobs(
 
 REPORT_ROWS = (
     ("accuracy", "accuracy", "{:.4f}"),
+    ("top-5 accuracy", "top5_accuracy", "{:.4f}"),
     ("parameters", "parameters", "{:,}"),
     ("serialized bytes", "serialized_bytes", "{:,}"),
     ("latency ms (batch 1)", "latency_ms_batch1", "{:.3f}"),
+    ("latency ms (batch 64)", "latency_ms_batch64", "{:.3f}"),
+    ("throughput (samples/s)", "throughput_per_s", "{:,.0f}"),
 )
 
 
