@@ -44,3 +44,10 @@ example: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (bench/): every figure a ratio measured side by side; rewrites BENCHMARKS.md.
+# BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--only api,queue" for some sections.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Distillery's benchmarks: ratios of things measured side by side in one run (`make bench`)."""
