@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="Defaults to SQLite under data_dir.")
     broker_url: str | None = Field(None, description="Defaults to SQLite (kombu) under data_dir.")
     queue: str = Field("distillery", description="Celery queue that jobs are sent to.")
+    broker_poll_seconds: float = Field(
+        0.1, gt=0.0, description="How often a worker polls the embedded SQLite broker."
+    )
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="Largest accepted upload.")
     tenant_quota_bytes: int = Field(
         100 * 1024**3, ge=0, description="Most bytes of uploads one tenant may keep; 0: no cap."

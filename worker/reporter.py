@@ -7,11 +7,11 @@ import threading
 import time
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from app.db import session_scope
-from app.models import Job, JobEvent, Metric
+from app.models import Job, JobEvent, Metric, utcnow
 from app.schemas import JobStatus
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class DatabaseReporter:
         self.deadline = deadline
         self.shutdown = shutdown
         self.stop_reason: StopReason | None = None
-        self._metrics: list[Metric] = []
+        self._metrics: list[dict[str, Any]] = []
         self._events: list[JobEvent] = []
         self._progress: float | None = None
         self._last_flush = time.monotonic()
@@ -55,7 +55,14 @@ class DatabaseReporter:
 
     def metric(self, name: str, value: float, *, step: int, epoch: int) -> None:
         self._metrics.append(
-            Metric(job_id=self.job_id, name=name, step=step, epoch=epoch, value=float(value))
+            {
+                "job_id": self.job_id,
+                "name": name,
+                "step": step,
+                "epoch": epoch,
+                "value": float(value),
+                "ts": utcnow(),
+            }
         )
         self._maybe_flush()
 
@@ -97,7 +104,9 @@ class DatabaseReporter:
             return
         try:
             with session_scope() as session:
-                session.add_all([*self._events, *self._metrics])
+                session.add_all(self._events)
+                if self._metrics:  # one executemany, not an INSERT per ORM object
+                    session.execute(insert(Metric), self._metrics)
                 if self._progress is not None:
                     session.execute(
                         update(Job).where(Job.id == self.job_id).values(progress=self._progress)

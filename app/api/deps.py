@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -19,8 +19,13 @@ from app.services.keys import tenant_for_key
 from app.storage import Storage
 
 
-def get_session() -> Iterator[Session]:
-    """One session per request: committed when the handler returns, rolled back on error."""
+async def get_session() -> AsyncIterator[Session]:
+    """One session per request: committed when the handler returns, rolled back on error.
+
+    An async dependency on purpose: its teardown (commit, close: the connection goes back
+    to the pool) then runs on the event loop. A sync one needs a threadpool thread for it,
+    and under load every thread can be waiting for a connection that only such a teardown
+    would free: the API deadlocks (fastapi#3205; measured in BENCHMARKS.md)."""
     with session_scope() as session:
         yield session
 

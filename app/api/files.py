@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.responses import LargeFileResponse
 from app.errors import ApiError
 from app.queue import enqueue_file_validation
 from app.schemas import Deleted, FilePublic, ListResponse, Purpose
@@ -101,13 +101,13 @@ def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FilePublic
     return FilePublic.model_validate(service.get_file(session, tenant.id, file_id))
 
 
-@router.get("/{file_id}/content", response_class=FileResponse)
+@router.get("/{file_id}/content", response_class=LargeFileResponse)
 def download_file(
     file_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
-) -> FileResponse:
+) -> LargeFileResponse:
     """Download a file's bytes as uploaded."""
     file = service.get_file(session, tenant.id, file_id)
-    return FileResponse(
+    return LargeFileResponse(
         service.file_path(storage, file),
         filename=file.filename,
         media_type="application/octet-stream",

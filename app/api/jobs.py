@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.responses import LargeFileResponse
 from app.db import get_sessionmaker
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
@@ -160,14 +161,14 @@ def list_artifacts(
     return ListResponse[ArtifactPublic](data=[ArtifactPublic.model_validate(a) for a in rows])
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
+@router.get("/{job_id}/artifacts/{name}", response_class=LargeFileResponse)
 def download_artifact(
     job_id: str, name: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
-) -> FileResponse:
+) -> LargeFileResponse:
     """Download one artifact, e.g. `student.pt`."""
     job = service.get_job(session, tenant.id, job_id)
     artifact = service.get_artifact(session, job, name)
-    return FileResponse(
+    return LargeFileResponse(
         storage.artifact_path(artifact.path),
         filename=artifact.name,
         media_type="application/octet-stream",

@@ -360,3 +360,30 @@ def test_concurrent_submissions_with_repeated_keys(
     assert set(statuses) <= {200, 201}
     assert all(len(found) == 1 for found in ids.values())
     assert len(jobs) == total // 2
+
+
+def test_concurrent_reads_never_starve_the_pool(cluster: Cluster, digits: dict[str, Path]) -> None:
+    """96 clients reading one job at once: every answer a 200 (a request that waits for a
+    database connection held by another request's teardown would end in a 5xx)."""
+    api = cluster.start()
+    teacher, dataset = upload_digits(api, digits)
+    job_id = api.submit(digits_spec(teacher, dataset))["id"]
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def read(_: int) -> None:
+        with httpx.Client(
+            base_url=api.base, headers={"Authorization": f"Bearer {api.key}"}, timeout=120
+        ) as client:
+            for _ in range(15):
+                status = client.get(f"/v1/jobs/{job_id}").status_code
+                with lock:
+                    statuses.append(status)
+
+    with ThreadPoolExecutor(max_workers=96) as pool:
+        list(pool.map(read, range(96)))
+    print(
+        f"\nconcurrent reads: {len(statuses)} requests from 96 clients, "
+        f"{sum(s != 200 for s in statuses)} not 200"
+    )
+    assert statuses == [200] * (96 * 15)

@@ -294,6 +294,7 @@ class Trainer:
         self.student.train()
         batches = batch_indices(len(self.data.x_train), self.training.batch_size, loop.generator)
         clip = self.training.grad_clip
+        parameters = self.parameters()  # once per epoch, not per step
         every = self.checkpointing.every_steps if self.checkpointing else 0
         for idx in batches[loop.batches_done :]:
             if self.reporter.should_stop():
@@ -302,7 +303,7 @@ class Trainer:
             total, parts = self._loss(idx)
             total.backward()
             if clip is not None:
-                nn.utils.clip_grad_norm_(self.parameters(), clip)
+                nn.utils.clip_grad_norm_(parameters, clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
