@@ -183,6 +183,40 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"best recipe: {best} (mean student accuracy {means[best]:.4f})")
+    if not args.quick:
+        render(result)
+
+
+START, END = "<!-- bench:recipes:start -->", "<!-- bench:recipes:end -->"
+
+
+def render(
+    result: dict[str, Any], path: Path = Path(__file__).parents[1] / "BENCHMARKS.md"
+) -> None:
+    """Rewrite the default-recipe table in BENCHMARKS.md from a full run's results."""
+    lines = [
+        "| task | recipe | teacher | scratch | student | gain |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["rows"]:
+        mark = " **(default)**" if row["recipe"] == result["best"] else ""
+        lines.append(
+            f"| {row['task']} | {row['recipe']}{mark} | {row['teacher']:.4f} | "
+            f"{row['scratch']:.4f} | {row['student']:.4f} | {row['gain']:+.4f} |"
+        )
+    lines.append("")
+    lines.append(
+        "Mean student accuracy over the three tasks: "
+        + "; ".join(f"{name} {value:.4f}" for name, value in result["mean_student"].items())
+        + "."
+    )
+    seeds = result["rows"][0]["seeds"]
+    lines.append(f"Each cell is the mean of {seeds} seeds; {result['seconds']:.0f} s in all.")
+    text = path.read_text()
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + START + "\n" + "\n".join(lines) + "\n" + END + rest.split(END, 1)[1]
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ def test_submit_returns_a_queued_job(client: TestClient, headers: dict, job_file
     assert job["status"] == "queued"
     assert job["progress"] == 0.0
     assert job["error"] is None and job["result"] is None
+    # No distillation section: the measured default recipe, written out in the stored spec.
     assert job["spec"]["distillation"]["temperature"] == 4.0
-    assert job["spec"]["distillation"]["alpha"] == 0.7
+    assert job["spec"]["distillation"]["alpha"] == 0.9
+    assert job["spec"]["distillation"]["augment"]["mixup"] == 0.4
     assert job["spec"]["student"] == {"arch": "mlp", "hidden": [16], "dropout": 0.0}
     assert job["spec"]["baseline"] is False
     fetched = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()

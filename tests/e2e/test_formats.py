@@ -88,6 +88,7 @@ def spec_for(teacher: dict[str, Any], dataset: dict[str, Any], **extra: Any) -> 
         "teacher": teacher, "dataset": dataset,
         "student": {"arch": "mlp", "hidden": [16]},
         "training": {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "seed": 0},
+        "distillation": {"temperature": 4.0, "alpha": 0.7},  # these tests are about formats
         **extra,
     }  # fmt: skip
 

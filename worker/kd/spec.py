@@ -277,8 +277,25 @@ class TrainingSpec(_Strict):
     )
 
 
+# The recipe a job gets when its spec names no `distillation` at all: the one that measured
+# best on the bench tasks (BENCHMARKS.md, "Default recipe"; `python -m bench.recipes`):
+# consistent teaching, one mixed-up, noised batch seen by teacher and student alike.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "temperature": 4.0,
+    "alpha": 0.9,
+    "augment": {"mixup": 0.4, "noise": 0.05},
+}
+
+
 class JobSpec(_Strict):
     """A distillation job, smallest form: teacher, student, dataset."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("distillation") is None:
+            return {**data, "distillation": DEFAULT_RECIPE}
+        return data
 
     teacher: TeacherSpec
     student: StudentSpec

@@ -99,6 +99,8 @@ def job_spec(student: dict[str, Any] | None = None, **sections: dict[str, Any]) 
         "dataset": {"file_id": "file_dataset"},
         "student": student or MLP_STUDENT,
         "training": {**FAST_TRAINING, **sections.pop("training", {})},
+        # The textbook recipe, stated: these tests are about the engine, not the default.
+        "distillation": sections.pop("distillation", {"temperature": 4.0, "alpha": 0.7}),
         **sections,
     }
     return JobSpec.model_validate(raw)

@@ -206,3 +206,26 @@ def test_spec_refuses_bad_loss_terms() -> None:
     with pytest.raises(ValueError, match="needs teacher_layer and student_layer"):
         JobSpec.model_validate({**job_spec().model_dump(), "distillation": {
             "losses": [{"kind": "hint"}]}})  # fmt: skip
+
+
+def test_a_spec_without_distillation_gets_the_measured_default() -> None:
+    from worker.kd.spec import DEFAULT_RECIPE
+
+    bare = {"teacher": {"file_id": "t"}, "dataset": {"file_id": "d"}, "student": {"arch": "mlp"}}
+    spec = JobSpec.model_validate(bare)
+    assert spec.distillation.alpha == DEFAULT_RECIPE["alpha"]
+    assert spec.distillation.augment.mixup == DEFAULT_RECIPE["augment"]["mixup"]
+    stated = JobSpec.model_validate({**bare, "distillation": {"temperature": 2.0}})
+    assert stated.distillation.alpha == 0.7 and not stated.distillation.augment.active
+
+
+def test_the_default_recipe_is_the_measured_winner() -> None:
+    """BENCHMARKS.md's table comes from bench/results/recipes.json; the default must be the
+    recipe that won there."""
+    import json
+
+    from worker.kd.spec import DEFAULT_RECIPE
+
+    results = Path(__file__).resolve().parents[3] / "bench" / "results" / "recipes.json"
+    measured = json.loads(results.read_text())
+    assert measured["best_recipe"] == DEFAULT_RECIPE
