@@ -2,7 +2,7 @@
 
 `torch.export.load` (torch 2.13) trusts its file. Read in its source:
   - weights and constants saved `use_pickle` (tensor subclasses), and the legacy
-    `data/weights/<model>.pt` files, go through `torch.load(weights_only=False)`;
+    `data/weights/<model>.pt` files, are loaded by torch with its full (unsafe) unpickler;
   - custom objects (`custom_obj_*`) through TorchScript's unpickler, opaque objects
     (`opaque_obj_*`) through `pickle.loads`;
   - sample inputs go through `torch.load(weights_only=True)` and, if that fails, again with
