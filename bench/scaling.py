@@ -9,8 +9,9 @@
   validation set, timing both models at batch 1, writing metrics.csv, curves.png and the
   model card. One more run at the smallest and the largest size times each step of the
   phase (the runner's functions wrapped with timers from here), and the two ONNX exporters
-  the engine has (`worker.kd.export._export_dynamo`, its default for registry students,
-  and `_export_scripted`, the TorchScript-based one) export the same student, interleaved.
+  the engine has (`worker.kd.export._export` with `dynamo=True`, the torch.export-based
+  one, and `dynamo=False`, the TorchScript-based one, now tried first) export the same
+  student, interleaved.
 
 Run: .venv/bin/python -m bench.scaling [--quick]
 """
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +74,10 @@ def onnx_exporters(workload: workloads.Workload, work: Path, rounds: int) -> dic
     try:
         from worker.kd import export
 
-        exporters = {"dynamo (default)": export._export_dynamo}
-        exporters["TorchScript-based"] = export._export_scripted
+        exporters = {
+            "torch.export-based": partial(export._export, dynamo=True),
+            "TorchScript-based (default)": partial(export._export, dynamo=False),
+        }
     except (ImportError, AttributeError) as exc:
         return {"available": False, "reason": str(exc)}
     student = loops.build_student(workload).eval()
