@@ -20,6 +20,7 @@ from torch import nn
 from worker.kd.errors import Cancelled, IncompatibleModels, InvalidSpec
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
+from worker.kd.hf.export import export_onnx
 from worker.kd.hf.layout import is_model_zip
 from worker.kd.hf.models import (
     LoadedTeacher,
@@ -36,7 +37,6 @@ from worker.kd.hf.objective import TransformerObjective, build_objective, layer_
 from worker.kd.history import RecordingReporter
 from worker.kd.reporting import Reporter
 from worker.kd.spec import FromTeacherStudent, JobSpec
-from worker.kd.text import shorten
 from worker.kd.train import seed_everything
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def _write_outputs(
     prepared.student.eval()
     save_student(prepared.student, prepared.teacher, student_dir)
     artifacts = {"student.zip": zip_directory(student_dir, out_dir / "student.zip")}
-    artifacts.update(_export_onnx(prepared, out_dir, recorder))
+    artifacts.update(export_onnx(prepared, out_dir, recorder))
     report = build_report(prepared, outcome, recorder.onnx_max_abs_diff)
     artifacts["report.json"] = out_dir / "report.json"
     artifacts["report.json"].write_text(json.dumps(report, indent=2) + "\n")
@@ -278,40 +278,6 @@ def zip_directory(directory: Path, path: Path) -> Path:
             if file.is_file():
                 archive.write(file, file.relative_to(directory).as_posix())
     return path
-
-
-def _export_onnx(
-    prepared: HFPrepared, out_dir: Path, recorder: RecordingReporter
-) -> dict[str, Path]:
-    """student.onnx (inputs input_ids, attention_mask; dynamic batch and sequence), checked
-    with onnxruntime; a failed export is reported, not fatal."""
-    path = out_dir / "student.onnx"
-    module = measure.TaskModule(prepared.student.cpu().eval(), prepared.task,
-                                prepared.teacher.layout)  # fmt: skip
-    batch = prepared.val.batch(list(range(min(2, len(prepared.val)))), prepared.teacher.tokenizer,
-                               torch.device("cpu"))  # fmt: skip
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    try:
-        torch.onnx.export(
-            module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-            output_names=["output"], dynamo=False,
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                          "attention_mask": {0: "batch", 1: "sequence"}, "output": {0: "batch"}},
-        )  # fmt: skip
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (onnx_out,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-        with torch.no_grad():
-            expected = module(ids, mask).float()
-        recorder.onnx_max_abs_diff = float((torch.from_numpy(onnx_out) - expected).abs().max())
-    except Exception as exc:
-        recorder.event("onnx_export_failed", f"student.onnx was not written: {shorten(exc)}")
-        path.unlink(missing_ok=True)
-        return {}
-    finally:
-        prepared.student.to(prepared.device)
-    return {"student.onnx": path}
 
 
 def build_report(
