@@ -104,14 +104,16 @@ def keys_revoke(
 
 def _local_key(data_dir: Path) -> str:
     """The `local` tenant's key: created on the first run, kept (0600) in the data dir."""
+    from app.auth import lookup
     from app.db import session_scope
-    from app.services.keys import create_key, tenant_for_key
+    from app.security import hash_key
+    from app.services.keys import create_key
 
     path = data_dir / LOCAL_KEY_FILE
     if path.exists():
         key = path.read_text().strip()
         with session_scope() as session:
-            if tenant_for_key(session, key) is not None:
+            if lookup(session, hash_key(key)) is not None:
                 return key
     with session_scope() as session:
         key = create_key(session, LOCAL_TENANT)

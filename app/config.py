@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     tenant_quota_bytes: int = Field(
         100 * 1024**3, ge=0, description="Most bytes of uploads one tenant may keep; 0: no cap."
     )
+    auth_cache_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        description="How long an API process remembers a key's tenant; a key revoked by "
+        "another process works on it until then. 0: look the key up on every request.",
+    )
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="Requests per API key per minute; 0 turns the limit off."
     )

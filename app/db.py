@@ -22,11 +22,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# More connections than the API's threadpool has threads (anyio's default: 40), so a thread
-# running a handler never waits for a connection that only another request's teardown,
-# itself waiting for a thread, would give back: that cycle deadlocked the API at 64
-# concurrent requests (BENCHMARKS.md).
-POOL_SIZE, MAX_OVERFLOW = 10, 40
+# As many kept connections as the API's threadpool has threads (anyio's default: 40), so
+# that a burst of reads does not open and close overflow connections (each a connect and,
+# on SQLite, four PRAGMAs); a little overflow beyond, so a thread running a handler never
+# waits for a connection that only another request's teardown, itself waiting for a
+# thread, would give back: that cycle deadlocked the API at 64 concurrent requests
+# (BENCHMARKS.md). The pool opens connections only as they are needed.
+POOL_SIZE, MAX_OVERFLOW = 40, 10
 
 
 def make_engine(url: str) -> Engine:

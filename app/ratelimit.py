@@ -16,11 +16,15 @@ WINDOW_SECONDS = 60
 
 
 class RateLimiter(Protocol):
+    in_memory: bool  # False: `hit` does network I/O
+
     def hit(self, key_id: str) -> float | None:
         """Count one request; None if allowed, else seconds until the window resets."""
 
 
 class MemoryLimiter:
+    in_memory = True
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
@@ -40,6 +44,8 @@ class MemoryLimiter:
 
 
 class RedisLimiter:
+    in_memory = False
+
     def __init__(self, url: str, limit: int) -> None:
         import redis
 

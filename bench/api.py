@@ -79,20 +79,14 @@ def job_vs_healthz(
     seeded: servers.Seeded,
     rounds: int,
     seconds: float,
-    prototype: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """healthz vs job on the real server; with `prototype` (base, pid of bench.fixes on
-    the same database), its healthz vs its original and its prototype job route too."""
+    """GET /v1/jobs/{id} against GET /healthz on the same server, interleaved."""
     auth = {"Authorization": f"Bearer {seeded.key}"}
     job_path = f"/v1/jobs/{seeded.job_ids[len(seeded.job_ids) // 2]}"
     targets = {
         "healthz": (f"{base}/healthz", pid, {}),
         "job": (f"{base}{job_path}", pid, auth),
     }
-    if prototype is not None:
-        fixed_base, fixed_pid = prototype
-        targets["prototype: healthz"] = (f"{fixed_base}/healthz", fixed_pid, {})
-        targets["prototype: job"] = (f"{fixed_base}/bench-fix{job_path}", fixed_pid, auth)
     runs = interleave(targets, rounds, seconds)
 
     def ratio(top: str, bottom: str, key: str = "rps") -> dict[str, Any]:
@@ -105,20 +99,15 @@ def job_vs_healthz(
         # CPU per request, healthz / job: the same ratio, as server work
         "cpu_ratio": ratio("healthz", "job", "server_cpu_ms_per_request")["median"],
     }
-    if prototype is not None:
-        result["prototype_rps_ratio"] = ratio("prototype: job", "prototype: healthz")
-        result["prototype_cpu_ratio"] = ratio(
-            "prototype: healthz", "prototype: job", "server_cpu_ms_per_request"
-        )["median"]
     return result
 
 
 def deadlock_probe(
-    base: str, log_file: Path, seeded: servers.Seeded, bursts: int = 3, prefix: str = ""
+    base: str, log_file: Path, seeded: servers.Seeded, bursts: int = 3
 ) -> dict[str, Any]:
     """Bursts of 64 connections, each followed by one healthz; stops at the first stall."""
     auth = {"Authorization": f"Bearer {seeded.key}"}
-    url = f"{base}{prefix}/v1/jobs/{seeded.job_ids[len(seeded.job_ids) // 2]}"
+    url = f"{base}/v1/jobs/{seeded.job_ids[len(seeded.job_ids) // 2]}"
     runs = []
     for _ in range(bursts):
         burst = servers.load(url, 1, PROBE_CONNECTIONS, auth, allow_empty=True)
@@ -143,11 +132,8 @@ def deadlock_probe(
     }
 
 
-def profile(
-    base: str, pid: int, seeded: servers.Seeded, seconds: float, prototype: tuple[str, int]
-) -> dict[str, Any]:
-    """py-spy over the server while wrk loads GET /v1/jobs/{id} (and /healthz, and the
-    prototype route)."""
+def profile(base: str, pid: int, seeded: servers.Seeded, seconds: float) -> dict[str, Any]:
+    """py-spy over the server while wrk loads GET /v1/jobs/{id} (and /healthz)."""
     if not profiles.available():
         return {"available": False}
     auth = {"Authorization": f"Bearer {seeded.key}"}
@@ -156,7 +142,6 @@ def profile(
     for name, url, headers, server in (
         ("job", f"{base}{job_path}", auth, pid),
         ("healthz", f"{base}/healthz", {}, pid),
-        ("prototype: job", f"{prototype[0]}/bench-fix{job_path}", auth, prototype[1]),
     ):
         with ThreadPoolExecutor(1) as pool:
             stacks = pool.submit(profiles.record, server, seconds)
@@ -200,16 +185,11 @@ def main() -> None:
             base, child = servers.start_api(procs, f"api-sqlite-{n}", data_dir)
             bases[n] = (base, child.pid)
         middle = sizes[len(sizes) // 2]
-        fixed_base, fixed = servers.start_api(
-            procs, "api-prototype", work / f"sqlite-{middle}", module="bench.fixes"
-        )
-        for base, _ in [*bases.values(), (fixed_base, 0)]:
+        for base, _ in bases.values():
             servers.wait_up(base, procs)
 
         log(f"GET /v1/jobs/{{id}} vs GET /healthz (SQLite, {middle} jobs)")
-        result["sqlite"] = job_vs_healthz(
-            *bases[middle], seeded[middle], rounds, seconds, prototype=(fixed_base, fixed.pid)
-        )
+        result["sqlite"] = job_vs_healthz(*bases[middle], seeded[middle], rounds, seconds)
         result["sqlite"]["jobs_in_table"] = middle
 
         lists: dict[str, Any] = {}
@@ -237,16 +217,10 @@ def main() -> None:
         result["list"] = lists
 
         log("profile of GET /v1/jobs/{id} under load")
-        result["profile"] = profile(
-            *bases[middle], seeded[middle], 2 if args.quick else 4, (fixed_base, fixed.pid)
-        )
+        result["profile"] = profile(*bases[middle], seeded[middle], 2 if args.quick else 4)
         log(f"deadlock probe: {PROBE_CONNECTIONS} connections on GET /v1/jobs/{{id}}")
         api_log = work / "logs" / f"api-sqlite-{middle}.log"
         result["deadlock_probe"] = deadlock_probe(bases[middle][0], api_log, seeded[middle])
-        log("the same probe on the prototype route")
-        result["deadlock_probe_prototype"] = deadlock_probe(
-            fixed_base, work / "logs" / "api-prototype.log", seeded[middle], prefix="/bench-fix"
-        )
         procs.stop()
 
         if not args.no_postgres and servers.postgres_available():

@@ -7,9 +7,6 @@ process (bench/fetch.py) reads the same bytes, variants interleaved, repeated:
 - `disk`: straight from the file, its pages dropped from the page cache first
   (posix_fadvise DONTNEED), so it really comes from the disk;
 - `http`: `GET /v1/jobs/{id}/artifacts/{name}`, the file's pages dropped the same way;
-- `http, 1 MiB chunks (prototype)`: the same route in bench/fixes.py with Starlette's
-  FileResponse reading 1 MiB instead of 64 KiB per thread hop (served by a second API
-  process on the same data dir);
 - `disk (page cache)`, `http (page cache)`: both again with the file cached: the ceiling
   of each path, which shows what the server itself costs.
 
@@ -182,19 +179,13 @@ def main() -> None:
             session.commit()
         engine.dispose()
         base, api = servers.start_api(procs, "api", data_dir)
-        fixed_base, fixed_api = servers.start_api(
-            procs, "api-prototype", data_dir, module="bench.fixes"
-        )
         servers.wait_up(base, procs)
-        servers.wait_up(fixed_base, procs)
         url = f"{base}/v1/jobs/{job_id}/artifacts/big.bin"
         auth = {"Authorization": f"Bearer {seeded.key}"}
         # name: (source, server pid or None, from disk)
         variants: dict[str, tuple[str, int | None, bool]] = {
             "disk": (str(path), None, True),
             "http": (url, api.pid, True),
-            "http, 1 MiB chunks (prototype)": (fixed_base + "/bench-fix" + url[len(base) :],
-                                               fixed_api.pid, True),
             "disk (page cache)": (str(path), None, False),
             "http (page cache)": (url, api.pid, False),
         }  # fmt: skip
@@ -241,9 +232,6 @@ def main() -> None:
             "rounds": rounds,
             "mb_per_s": {name: median(speeds(name)) for name in runs},
             "ratio": {**ratio, "target": TARGET, "met": ratio["median"] >= TARGET},
-            "ratio_prototype": paired_ratio(
-                speeds("http, 1 MiB chunks (prototype)"), speeds("disk")
-            ),
             "ratio_page_cache": paired_ratio(
                 speeds("http (page cache)"), speeds("disk (page cache)")
             ),

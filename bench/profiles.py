@@ -17,12 +17,12 @@ from pathlib import Path
 
 # First match wins: specific work first, plumbing last.
 API_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("auth: API key -> tenant query (current_tenant)", ("tenant_for_key",)),
-    ("job query + ORM load (services.jobs.get_job)", ("get_job (app/services/jobs.py",)),
-    ("list query + ORM load (services.jobs.list_jobs)", ("list_jobs (app/services/jobs.py",)),
-    ("JobPublic.model_validate in the handler", ("model_validate",)),
+    ("auth: API key -> tenant query (app.auth.lookup)", ("lookup (app/auth.py",)),
+    ("job query + row to JobPublic (services.jobs.public_job)", ("public_job (app/",)),
+    ("list query + rows to JobPublic (services.jobs.list_jobs)", ("list_jobs (app/",)),
+    ("JSON serialisation (to_json)", ("to_json (app/",)),
     ("response validation + JSON (FastAPI serialize_response)", ("serialize_response",)),
-    ("session open/commit/close (deps.get_session)", ("get_session", "Session.close")),
+    ("session open/close (deps.read)", ("call (app/api/deps.py", "Session.close")),
     (
         "threadpool hand-offs (anyio run_sync, queue, limiter)",
         ("run_sync", "to_thread", "Queue.put", "Queue.get", "CapacityLimiter", "WorkerThread"),

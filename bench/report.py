@@ -239,12 +239,6 @@ def render_api(r: Result) -> str:
             + f" [target >= {ratio['target']}: {verdict(ratio['met'])}]; as server CPU per "
             f"request (healthz / job): {block['cpu_ratio']:.2f}."
         )
-        if "prototype_rps_ratio" in block:
-            proto = block["prototype_rps_ratio"]
-            text += (
-                f" Prototype read path (bench/fixes.py, same database, its own process): "
-                f"{proto['median']:.2f}{rng(proto)}; as CPU {block['prototype_cpu_ratio']:.2f}."
-            )
         parts.append(text)
     lists = r.get("list") or {}
     for label, block in lists.items():
@@ -270,18 +264,11 @@ def render_api(r: Result) -> str:
         )
     probe = r.get("deadlock_probe")
     if probe:
-        lines = []
-        for label, p in (
-            ("real route", probe),
-            ("prototype route", r.get("deadlock_probe_prototype")),
-        ):
-            if not p:
-                continue
-            bursts = "; ".join(
-                f"{b['burst_requests']} requests, then healthz in {b['healthz_after_s']:.2f} s"
-                for b in p["bursts"]
-            )
-            lines.append(f"- {label}: {'**stalled**' if p['stalled'] else 'no stall'} ({bursts})")
+        bursts = "; ".join(
+            f"{b['burst_requests']} requests, then healthz in {b['healthz_after_s']:.2f} s"
+            for b in probe["bursts"]
+        )
+        lines = [f"- {'**stalled**' if probe['stalled'] else 'no stall'} ({bursts})"]
         parts.append(
             f"Deadlock probe, 1 s bursts of {probe['connections']} connections on "
             "`GET /v1/jobs/{id}`, each followed by one `GET /healthz`:\n\n" + "\n".join(lines)
@@ -342,13 +329,12 @@ def render_artifacts(r: Result) -> str:
     for name, speed in r["mb_per_s"].items():
         cpu = r["server_cpu_s_per_gb"].get(name)
         rows.append([name, f"{speed:.0f}", "-" if cpu is None else f"{cpu:.2f}"])
-    ratio, proto, cached = r["ratio"], r["ratio_prototype"], r["ratio_page_cache"]
+    ratio, cached = r["ratio"], r["ratio_page_cache"]
     resume = r["resume"]
     return (
         table(["read", "MB/s (median)", "server CPU s per GB"], rows)
         + f"\n\n- HTTP / disk (both from disk): **{ratio['median']:.2f}**{rng(ratio)} "
-        f"[target >= {ratio['target']}: {verdict(ratio['met'])}]; prototype with 1 MiB chunks: "
-        f"{proto['median']:.2f}{rng(proto)}; both from the page cache: "
+        f"[target >= {ratio['target']}: {verdict(ratio['met'])}]; both from the page cache: "
         f"{cached['median']:.2f}{rng(cached)}."
         f"\n- Server RSS during a download: +{r['server_rss_growth_mb']['median']:.1f} MB median, "
         f"+{r['server_rss_growth_mb']['max']:.1f} MB at most, on "

@@ -262,11 +262,9 @@ def start_api(
     name: str,
     data_dir: Path,
     url: str | None = None,
-    module: str = "app.cli",
     **env: str,
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """`python -m app.cli api` on a free port of 127.0.0.1; returns (base URL, process).
-    `module="bench.fixes"` serves the same app with the prototype routes added."""
+    """`python -m app.cli api` on a free port of 127.0.0.1; returns (base URL, process)."""
     port = free_port()
     values = {
         "DISTILLERY_DATA_DIR": str(data_dir),
@@ -277,7 +275,7 @@ def start_api(
         values["DISTILLERY_DATABASE_URL"] = url
     child = procs.start(
         name,
-        [sys.executable, "-m", module, "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
         clean_env(**values),
     )
     return f"http://127.0.0.1:{port}", child

@@ -1,22 +1,31 @@
-"""Shared dependencies: the database session, the artifact storage and the caller's tenant."""
+"""Shared dependencies: the database session, the artifact storage and the caller's tenant.
+
+Reads are `async def` routes that authenticate on the event loop (from the key cache,
+app/auth.py, on most calls) and do all their database work in one `read(...)` call, which
+opens a session, runs the function and closes the session before it returns: one trip to
+the threadpool on PostgreSQL, none on SQLite (see `read`). A sync route with a session
+dependency costs five thread hand-offs per request (BENCHMARKS.md, section 2)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.auth import Principal, cached, get_key_cache, lookup
 from app.config import Settings, get_settings
-from app.db import session_scope
+from app.db import get_engine, get_sessionmaker, session_scope
 from app.errors import TooManyRequests, Unauthorized
-from app.models import Tenant
 from app.ratelimit import get_limiter
-from app.security import hash_key
-from app.services.keys import tenant_for_key
 from app.storage import Storage
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -30,8 +39,36 @@ async def get_session() -> AsyncIterator[Session]:
         yield session
 
 
-def get_storage(settings: Annotated[Settings, Depends(get_settings)]) -> Storage:
-    return Storage(settings)
+async def read(fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`fn(session, ...)` in a session of its own that is closed (its connection back in
+    the pool) before this returns. For reads: nothing is committed.
+
+    On PostgreSQL it runs in the threadpool (a network round trip must not block the event
+    loop). On SQLite it runs right here: an indexed read of the local file takes ~50 us,
+    WAL readers never wait for writers, and the thread hand-off costs more than the read
+    (GET /v1/jobs/{id} 0.43 -> 0.6 of a bare endpoint's throughput, BENCHMARKS.md)."""
+
+    def call() -> R:
+        with get_sessionmaker()() as session:
+            return fn(session, *args, **kwargs)
+
+    if reads_inline():
+        return call()
+    return await run_in_threadpool(call)
+
+
+@lru_cache
+def reads_inline() -> bool:
+    return get_engine().dialect.name == "sqlite"
+
+
+# Async, though they do no I/O: FastAPI runs a sync dependency in the threadpool.
+async def settings() -> Settings:
+    return get_settings()
+
+
+async def get_storage() -> Storage:
+    return Storage(get_settings())
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -43,7 +80,7 @@ IdempotencyKey = Annotated[
         "body returns the original object; the same key with another body is a 409.",
     ),
 ]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `distillery keys create`.")
@@ -68,11 +105,10 @@ def _key_from_request(
     return None
 
 
-def current_tenant(
+async def current_tenant(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
+) -> Principal:
     key = _key_from_request(request, credentials)
     if key is None:
         raise Unauthorized(
@@ -80,20 +116,27 @@ def current_tenant(
             "create one with `distillery keys create --tenant NAME`.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    key_hash, principal = cached(key)
     limiter = get_limiter()
     if limiter is not None:
-        retry_after = limiter.hit(hash_key(key)[:32])
+        # The Redis limiter is a network round trip: off the event loop.
+        name = key_hash[:32]
+        retry_after = (
+            limiter.hit(name) if limiter.in_memory else await run_in_threadpool(limiter.hit, name)
+        )
         if retry_after is not None:
             raise TooManyRequests(
                 f"Too many requests for this API key; retry in {retry_after:.0f} s.",
                 headers={"Retry-After": f"{retry_after:.0f}"},
             )
-    tenant = tenant_for_key(session, key)
-    if tenant is None:
-        raise Unauthorized(
-            "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return tenant
+    if principal is None:
+        principal = await read(lookup, key_hash)
+        if principal is None:
+            raise Unauthorized(
+                "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}
+            )
+        get_key_cache().put(key_hash, principal)
+    return principal
 
 
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
+TenantDep = Annotated[Principal, Depends(current_tenant)]

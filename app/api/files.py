@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
-from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.responses import LargeFileResponse
+from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.errors import ApiError
 from app.queue import enqueue_file_validation
 from app.schemas import Deleted, FilePublic, ListResponse, Purpose
@@ -82,36 +83,45 @@ def _purpose(value: str | None) -> str:
 
 
 @router.get("", response_model=ListResponse[FilePublic])
-def list_files(
-    session: SessionDep,
+async def list_files(
     tenant: TenantDep,
     purpose: Purpose | None = None,
     sha256: Annotated[
         str | None, Query(pattern="^[0-9a-fA-F]{64}$", description="Only files with these bytes.")
     ] = None,
-) -> ListResponse[FilePublic]:
+) -> Response:
     """List your files, newest first."""
-    rows = service.list_files(session, tenant.id, purpose.value if purpose else None, sha256)
-    return ListResponse[FilePublic](data=[FilePublic.model_validate(f) for f in rows])
+
+    def page(session: Session) -> bytes:
+        rows = service.list_files(session, tenant.id, purpose.value if purpose else None, sha256)
+        return to_json(ListResponse[FilePublic](data=[FilePublic.model_validate(f) for f in rows]))
+
+    return JSONBytes(await read(page))
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def get_file(file_id: str, session: SessionDep, tenant: TenantDep) -> FilePublic:
+async def get_file(file_id: str, tenant: TenantDep) -> Response:
     """Read one file's metadata."""
-    return FilePublic.model_validate(service.get_file(session, tenant.id, file_id))
+
+    def one(session: Session) -> bytes:
+        return to_json(FilePublic.model_validate(service.get_file(session, tenant.id, file_id)))
+
+    return JSONBytes(await read(one))
 
 
 @router.get("/{file_id}/content", response_class=LargeFileResponse)
-def download_file(
-    file_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
-) -> LargeFileResponse:
+async def download_file(file_id: str, storage: StorageDep, tenant: TenantDep) -> LargeFileResponse:
     """Download a file's bytes as uploaded."""
-    file = service.get_file(session, tenant.id, file_id)
-    return LargeFileResponse(
-        service.file_path(storage, file),
-        filename=file.filename,
-        media_type="application/octet-stream",
-    )
+
+    def find(session: Session) -> LargeFileResponse:
+        file = service.get_file(session, tenant.id, file_id)
+        return LargeFileResponse(
+            service.file_path(storage, file),
+            filename=file.filename,
+            media_type="application/octet-stream",
+        )
+
+    return await read(find)
 
 
 @router.delete("/{file_id}", response_model=Deleted)

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
-from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.responses import LargeFileResponse
-from app.db import get_sessionmaker
+from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
     TERMINAL_STATUSES,
@@ -62,25 +62,27 @@ def create_job(
 
 
 @router.get("", response_model=ListResponse[JobPublic])
-def list_jobs(
-    session: SessionDep,
-    settings: SettingsDep,
+async def list_jobs(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="Last job id of the previous page.")] = None,
     status: JobStatus | None = None,
-) -> ListResponse[JobPublic]:
+) -> Response:
     """List your jobs, newest first, a page at a time."""
-    rows, has_more = service.list_jobs(session, tenant.id, limit, after, status)
-    return ListResponse[JobPublic](
-        data=[JobPublic.model_validate(j) for j in rows], has_more=has_more
-    )
+
+    def page(session: Session) -> bytes:
+        rows, has_more = service.list_jobs(session, tenant.id, limit, after, status)
+        return to_json(ListResponse[JobPublic](data=rows, has_more=has_more))
+
+    return JSONBytes(await read(page))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+async def get_job(job_id: str, tenant: TenantDep) -> Response:
     """Read a job: status, progress, timestamps, error and result."""
-    return JobPublic.model_validate(service.get_job(session, tenant.id, job_id))
+    return JSONBytes(
+        await read(lambda session: to_json(service.public_job(session, tenant.id, job_id)))
+    )
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -96,25 +98,42 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic
 @router.get(
     "/{job_id}/events", response_model=ListResponse[EventPublic], responses=_EVENTS_RESPONSES
 )
-def list_events(
+async def list_events(
     job_id: str,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
     after: Annotated[int | None, Query(description="Last event id already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> ListResponse[EventPublic] | StreamingResponse:
+) -> Response:
     """The job's event log in order; `Accept: text/event-stream` streams it live."""
-    job = service.get_job(session, tenant.id, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
+        await read(service.get_job, tenant.id, job_id)  # 404 before the stream starts
         return StreamingResponse(
-            _stream_events(request, tenant.id, job.id, after, settings.sse_poll_seconds),
+            _stream_events(request, tenant.id, job_id, after, settings.sse_poll_seconds),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    rows = service.list_events(session, job, after, limit)
-    return ListResponse[EventPublic](data=[EventPublic.model_validate(e) for e in rows])
+
+    def page(session: Session) -> bytes:
+        rows = service.list_events(
+            session, service.get_job(session, tenant.id, job_id), after, limit
+        )
+        return to_json(
+            ListResponse[EventPublic](data=[EventPublic.model_validate(e) for e in rows])
+        )
+
+    return JSONBytes(await read(page))
+
+
+def _new_events(
+    session: Session, tenant_id: str, job_id: str, after: int | None
+) -> tuple[list[tuple[int, str, str]], str | None]:
+    """(id, kind, JSON) of the events after `after`, and the job's status if it has ended."""
+    job = service.get_job(session, tenant_id, job_id)
+    ended = str(job.status) if job.status in TERMINAL_STATUSES else None
+    events = service.list_events(session, job, after, 1000)
+    return [(e.id, e.kind, EventPublic.model_validate(e).model_dump_json()) for e in events], ended
 
 
 async def _stream_events(
@@ -123,67 +142,74 @@ async def _stream_events(
     """Poll the event table; send each new event; stop once the job has ended."""
     last = after
     while not await request.is_disconnected():
-        with get_sessionmaker()() as session:
-            job = service.get_job(session, tenant_id, job_id)
-            ended = job.status in TERMINAL_STATUSES
-            events = service.list_events(session, job, last, 1000)
-        for event in events:
-            last = event.id
-            payload = EventPublic.model_validate(event).model_dump_json()
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {payload}\n\n"
+        events, ended = await read(_new_events, tenant_id, job_id, last)
+        for event_id, kind, payload in events:
+            last = event_id
+            yield f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n"
         if ended and not events:
-            yield f"event: end\ndata: {json.dumps({'status': str(job.status)})}\n\n"
+            yield f"event: end\ndata: {json.dumps({'status': ended})}\n\n"
             return
         if not events:
             await asyncio.sleep(poll)
 
 
 @router.get("/{job_id}/metrics", response_model=ListResponse[MetricPublic])
-def list_metrics(
+async def list_metrics(
     job_id: str,
-    session: SessionDep,
     tenant: TenantDep,
     name: Annotated[str | None, Query(description="Only this metric, e.g. train_loss.")] = None,
-) -> ListResponse[MetricPublic]:
+) -> Response:
     """The job's metric time series: `{name, step, epoch, value, ts}`."""
-    job = service.get_job(session, tenant.id, job_id)
-    rows = service.list_metrics(session, job, name)
-    return ListResponse[MetricPublic](data=[MetricPublic.model_validate(m) for m in rows])
+
+    def page(session: Session) -> bytes:
+        rows = service.list_metrics(session, service.get_job(session, tenant.id, job_id), name)
+        return to_json(
+            ListResponse[MetricPublic](data=[MetricPublic.model_validate(m) for m in rows])
+        )
+
+    return JSONBytes(await read(page))
 
 
 @router.get("/{job_id}/artifacts", response_model=ListResponse[ArtifactPublic])
-def list_artifacts(
-    job_id: str, session: SessionDep, tenant: TenantDep
-) -> ListResponse[ArtifactPublic]:
+async def list_artifacts(job_id: str, tenant: TenantDep) -> Response:
     """List the files a job produced."""
-    job = service.get_job(session, tenant.id, job_id)
-    rows = service.list_artifacts(session, job)
-    return ListResponse[ArtifactPublic](data=[ArtifactPublic.model_validate(a) for a in rows])
+
+    def page(session: Session) -> bytes:
+        rows = service.list_artifacts(session, service.get_job(session, tenant.id, job_id))
+        return to_json(
+            ListResponse[ArtifactPublic](data=[ArtifactPublic.model_validate(a) for a in rows])
+        )
+
+    return JSONBytes(await read(page))
 
 
 @router.get("/{job_id}/artifacts/{name}", response_class=LargeFileResponse)
-def download_artifact(
-    job_id: str, name: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
+async def download_artifact(
+    job_id: str, name: str, storage: StorageDep, tenant: TenantDep
 ) -> LargeFileResponse:
     """Download one artifact, e.g. `student.pt`."""
-    job = service.get_job(session, tenant.id, job_id)
-    artifact = service.get_artifact(session, job, name)
-    return LargeFileResponse(
-        storage.artifact_path(artifact.path),
-        filename=artifact.name,
-        media_type="application/octet-stream",
-        headers={"X-Content-SHA256": artifact.sha256},
-    )
+
+    def find(session: Session) -> LargeFileResponse:
+        artifact = service.get_artifact(session, service.get_job(session, tenant.id, job_id), name)
+        return LargeFileResponse(
+            storage.artifact_path(artifact.path),
+            filename=artifact.name,
+            media_type="application/octet-stream",
+            headers={"X-Content-SHA256": artifact.sha256},
+        )
+
+    return await read(find)
 
 
 @router.get("/{job_id}/report", response_model=dict[str, Any])
-def get_report(
-    job_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
-) -> dict[str, Any]:
+async def get_report(job_id: str, storage: StorageDep, tenant: TenantDep) -> Response:
     """The comparison report: teacher vs student (same content as artifact `report.json`)."""
-    job = service.get_job(session, tenant.id, job_id)
-    if job.status != JobStatus.succeeded:
-        raise service.report_missing(job)
-    artifact = service.get_artifact(session, job, "report.json")
-    report: dict[str, Any] = json.loads(storage.artifact_path(artifact.path).read_text())
-    return report
+
+    def report(session: Session) -> bytes:
+        job = service.get_job(session, tenant.id, job_id)
+        if job.status != JobStatus.succeeded:
+            raise service.report_missing(job)
+        artifact = service.get_artifact(session, job, "report.json")
+        return storage.artifact_path(artifact.path).read_bytes()
+
+    return JSONBytes(await read(report))

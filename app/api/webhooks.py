@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.deps import SessionDep, TenantDep
+from app.models import Tenant
 from app.services.webhooks import tenant_secret
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
@@ -23,4 +24,4 @@ class WebhookSecret(BaseModel):
 @router.get("/webhook_secret", response_model=WebhookSecret)
 def get_webhook_secret(session: SessionDep, tenant: TenantDep) -> WebhookSecret:
     """The secret your webhook receiver uses to verify `Distillery-Signature`."""
-    return WebhookSecret(secret=tenant_secret(session, tenant))
+    return WebhookSecret(secret=tenant_secret(session, session.get_one(Tenant, tenant.id)))

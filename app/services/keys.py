@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth import get_key_cache
 from app.ids import new_id
 from app.models import ApiKey, Tenant, utcnow
 from app.security import KEY_PREFIX, generate_key, hash_key
@@ -45,13 +46,5 @@ def revoke_key(session: Session, key_or_prefix: str) -> int:
     keys = session.scalars(query).all()
     for key in keys:
         key.revoked_at = utcnow()
+    get_key_cache().clear()  # this process forgets at once; others within auth_cache_seconds
     return len(keys)
-
-
-def tenant_for_key(session: Session, key: str) -> Tenant | None:
-    row = session.execute(
-        select(Tenant)
-        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    ).first()
-    return row[0] if row else None

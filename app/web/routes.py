@@ -14,12 +14,11 @@ from fastapi import APIRouter, Depends, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.api.deps import SESSION_COOKIE, SessionDep
+from app.auth import Principal, authenticate
 from app.errors import NotFound
-from app.models import Tenant
-from app.schemas import JobPublic, Purpose
+from app.schemas import Purpose
 from app.services import files as file_service
 from app.services import jobs as job_service
-from app.services.keys import tenant_for_key
 from app.web.render import render
 
 router = APIRouter(include_in_schema=False)
@@ -27,13 +26,13 @@ router = APIRouter(include_in_schema=False)
 JOBS_PER_PAGE = 20
 
 
-def signed_in_tenant(request: Request, session: SessionDep) -> Tenant | None:
+def signed_in_tenant(request: Request, session: SessionDep) -> Principal | None:
     """The tenant whose key is in the sign-in cookie, or None."""
     key = request.cookies.get(SESSION_COOKIE)
-    return tenant_for_key(session, key) if key else None
+    return authenticate(session, key) if key else None
 
 
-WebTenantDep = Annotated[Tenant | None, Depends(signed_in_tenant)]
+WebTenantDep = Annotated[Principal | None, Depends(signed_in_tenant)]
 
 
 def _safe_next(target: str | None) -> str:
@@ -60,8 +59,7 @@ def home(
     """The jobs table when signed in, else the sign-in form."""
     if tenant is None:
         return render(request, "login.html", {"next": _safe_next(next_path)})
-    rows, has_more = job_service.list_jobs(session, tenant.id, JOBS_PER_PAGE, after, None)
-    jobs = [JobPublic.model_validate(row) for row in rows]
+    jobs, has_more = job_service.list_jobs(session, tenant.id, JOBS_PER_PAGE, after, None)
     context = {
         "tenant": tenant,
         "jobs": jobs,
@@ -81,7 +79,7 @@ def login(
 ) -> Response:
     """Check an API key and keep it in an HttpOnly cookie for the dashboard."""
     key = key.strip()
-    if not key or tenant_for_key(session, key) is None:
+    if not key or authenticate(session, key) is None:
         message = "Paste your API key." if not key else "That API key is unknown or was revoked."
         context = {"error": message, "next": _safe_next(next_path)}
         return render(request, "login.html", context, status.HTTP_401_UNAUTHORIZED)
@@ -111,7 +109,7 @@ def job_page(request: Request, job_id: str, session: SessionDep, tenant: WebTena
     if tenant is None:
         return _to_sign_in(request)
     try:
-        job = JobPublic.model_validate(job_service.get_job(session, tenant.id, job_id))
+        job = job_service.public_job(session, tenant.id, job_id)
     except NotFound:
         return not_found(request, tenant, f"There is no job {job_id!r} in your account.")
     return render(request, "job.html", {"tenant": tenant, "job": job})
@@ -129,7 +127,7 @@ def new_job_page(request: Request, session: SessionDep, tenant: WebTenantDep) ->
     return render(request, "new.html", {"tenant": tenant, "files": files})
 
 
-def not_found(request: Request, tenant: Tenant | None, message: str) -> Response:
+def not_found(request: Request, tenant: Principal | None, message: str) -> Response:
     return render(
         request, "not_found.html", {"tenant": tenant, "message": message}, status.HTTP_404_NOT_FOUND
     )

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import time
+
+import pytest
 from fastapi.testclient import TestClient
 
 from app.db import session_scope
@@ -68,3 +71,40 @@ def test_dashboard_cookie_reads_but_needs_the_csrf_header_to_change(client: Test
     allowed = client.post(f"/v1/jobs/{job_id}/cancel", cookies=cookies, headers={CSRF_HEADER: "1"})
     assert allowed.status_code == 404
     client.cookies.clear()
+
+
+def test_a_key_revoked_by_another_process_stops_working_when_the_cache_expires(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distillery keys revoke` runs in another process: this server keeps the key's
+    tenant for auth_cache_seconds, then asks the database again."""
+    from sqlalchemy import update
+
+    from app.auth import get_key_cache
+    from app.models import ApiKey, utcnow
+    from app.security import hash_key
+
+    key = new_key()
+    assert client.get("/v1/files", headers=auth(key)).status_code == 200
+    with session_scope() as session:  # as the CLI would: no word to this process's cache
+        session.execute(
+            update(ApiKey).where(ApiKey.key_hash == hash_key(key)).values(revoked_at=utcnow())
+        )
+    assert client.get("/v1/files", headers=auth(key)).status_code == 200  # cached
+    cache = get_key_cache()
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + cache.ttl + 0.01)
+    assert client.get("/v1/files", headers=auth(key)).status_code == 401
+
+
+def test_key_cache_keeps_found_keys_only_and_bounds_its_size() -> None:
+    from app.auth import KeyCache, Principal
+
+    cache = KeyCache(ttl=60, max_entries=2)
+    for n in range(3):
+        cache.put(f"h{n}", Principal(id=f"ten_{n}", name=f"t{n}"))
+    assert cache.get("h0") is None  # oldest out
+    assert cache.get("h2") == Principal(id="ten_2", name="t2")
+    off = KeyCache(ttl=0)
+    off.put("h", Principal(id="ten", name="t"))
+    assert off.get("h") is None
