@@ -32,6 +32,26 @@ def test_download_returns_the_same_bytes(client: TestClient, headers: dict) -> N
     assert response.content == content
 
 
+def test_large_download_and_ranges_return_the_right_bytes(
+    client: TestClient, headers: dict
+) -> None:
+    """Several 1 MiB reads with read-ahead hints, a range across a chunk boundary, and
+    a resume from an offset: the bytes are the file's."""
+    content = small_dataset(samples=20_000, features=48, seed=4)  # 3.7 MiB
+    file = upload(client, headers, "dataset", content)
+    url = f"/v1/files/{file['id']}/content"
+    whole = client.get(url, headers=headers)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert hashlib.sha256(whole.content).digest() == hashlib.sha256(content).digest()
+    start, end = 1024 * 1024 - 10, 2 * 1024 * 1024 + 10
+    part = client.get(url, headers={**headers, "Range": f"bytes={start}-{end}"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes {start}-{end}/{len(content)}"
+    assert part.content == content[start : end + 1]
+    rest = client.get(url, headers={**headers, "Range": f"bytes={start}-"})
+    assert rest.content == content[start:]
+
+
 def test_npz_without_x_is_refused_with_a_clear_message(client: TestClient, headers: dict) -> None:
     content = npz_bytes(features=np.zeros((4, 2)), labels=np.zeros(4))
     response = client.post(
