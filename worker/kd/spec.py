@@ -216,8 +216,8 @@ class LossTerm(_Strict):
         if self.kind not in LOSS_KINDS:
             raise ValueError(f"unknown loss kind {self.kind!r}; known: {', '.join(LOSS_KINDS)}")
         named = bool(self.teacher_layer and self.student_layer)
-        if self.kind in MAPPED_LAYER_LOSSES and (self.teacher_layer or self.student_layer):
-            if not named:
+        if self.kind in MAPPED_LAYER_LOSSES:
+            if (self.teacher_layer or self.student_layer) and not named:
                 raise ValueError(f"loss {self.kind!r} needs both layers, or neither (layer map)")
         elif self.kind in LAYER_LOSSES and not named:
             raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")

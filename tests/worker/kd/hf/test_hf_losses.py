@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from worker.kd.losses import get_loss
+from worker.kd.spec import LossTerm
 
 
 def test_soft_ce_golden() -> None:
@@ -40,3 +42,15 @@ def test_self_attention_kl_golden() -> None:
     t = torch.tensor([[[1.0, 0.0]]])
     assert get_loss("self_attention_kl")(s, t).item() == pytest.approx(math.log(2.0))
     assert get_loss("self_attention_kl")(t, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mapped_layer_terms_take_both_layers_or_neither() -> None:
+    """hidden_cosine and self_attention_kl follow the student's layer map when no layers
+    are named; naming one side only is refused."""
+    for kind in ("hidden_cosine", "self_attention_kl"):
+        assert LossTerm(kind=kind).teacher_layer is None
+        assert LossTerm(kind=kind, teacher_layer="4", student_layer="2").student_layer == "2"
+        with pytest.raises(ValidationError, match="both layers, or neither"):
+            LossTerm(kind=kind, teacher_layer="4")
+    with pytest.raises(ValidationError, match="needs teacher_layer and student_layer"):
+        LossTerm(kind="hint")
