@@ -31,7 +31,7 @@ def _pairs(workload: Workload) -> list[Pair]:
     from worker.kd.engine import prepare
     from worker.kd.runner import OnlineTeacher, _new_student, build_objective
     from worker.kd.spec import JobSpec
-    from worker.kd.train import RunningSums, Trainer
+    from worker.kd.train import RunningSums, Trainer, stack_parts
 
     spec = JobSpec.model_validate(workload.spec(2, cache_teacher=False))
     prepared: Any = prepare(spec, workload.teacher_path, workload.dataset_path)
@@ -65,8 +65,10 @@ def _pairs(workload: Workload) -> list[Pair]:
     trainer = Trainer.__new__(Trainer)  # only for its parameters() method
     trainer.student, trainer.objective = engine_student, objective
 
+    engine_parameters = trainer.parameters()  # the engine builds the list once per epoch
+
     def engine_clip() -> None:
-        nn.utils.clip_grad_norm_(trainer.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(engine_parameters, 1.0)
 
     def own_clip() -> None:
         nn.utils.clip_grad_norm_(own_student.parameters(), 1.0)
@@ -77,8 +79,9 @@ def _pairs(workload: Workload) -> list[Pair]:
     holder = {"loss": 0.0}
 
     def engine_sums() -> None:
-        sums_a.add(total, parts)
-        sums_b.add(total, parts)
+        names, values = stack_parts(total, parts)
+        sums_a.add(names, values)
+        sums_b.add(names, values)
 
     def own_sums() -> None:
         holder["loss"] += total.item()
@@ -89,9 +92,9 @@ def _pairs(workload: Workload) -> list[Pair]:
         ("teacher call (no_grad)", engine_teacher, own_teacher,
          "engine: OnlineTeacher -> teacher_forward -> TorchScriptTeacher wrapper"),
         ("gradient clipping", engine_clip, own_clip,
-         "engine: Trainer.parameters() builds a new list every step"),
+         "engine: the student's and the loss's parameters (the list built once per epoch)"),
         ("running loss bookkeeping", engine_sums, own_sums,
-         "engine: RunningSums.add for the epoch and the log window (tensor adds per part)"),
+         "engine: the step's parts stacked once, added to the epoch's and the log window's sums"),
     ]  # fmt: skip
 
 

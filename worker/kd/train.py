@@ -64,29 +64,44 @@ class TrainOutcome:
 
 @dataclass
 class RunningSums:
-    """Sums of the loss parts over a span of steps, kept on the device (no sync per step)."""
+    """Sums of the loss parts over a span of steps, kept on the device (no sync per step),
+    as one vector: one add per step however many parts the loss has."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    sums: torch.Tensor | None = None  # (len(names),)
     steps: int = 0
 
-    def add(self, total: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
-        for name, value in {"total": total, **parts}.items():
-            previous = self.sums.get(name)
-            value = value.detach().float()
-            self.sums[name] = value if previous is None else previous + value
+    def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """`values` (len(names),): the step's detached loss parts, from `stack_parts`."""
+        if self.sums is None:
+            self.names, self.sums = names, values
+        else:
+            self.sums = self.sums.to(values.device) + values
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        return {name: value.item() / max(self.steps, 1) for name, value in self.sums.items()}
+        if self.sums is None:
+            return {}
+        steps, values = max(self.steps, 1), self.sums.tolist()
+        return {name: value / steps for name, value in zip(self.names, values, strict=True)}
 
     def state(self) -> dict[str, object]:
-        return {"sums": {k: v.item() for k, v in self.sums.items()}, "steps": self.steps}
+        sums = {} if self.sums is None else dict(zip(self.names, self.sums.tolist(), strict=True))
+        return {"sums": sums, "steps": self.steps}
 
     @classmethod
     def from_state(cls, state: dict[str, object]) -> RunningSums:
         sums = state["sums"]
         assert isinstance(sums, dict)
-        return cls({k: torch.tensor(float(v)) for k, v in sums.items()}, int(state["steps"]))  # type: ignore[call-overload]
+        values = torch.tensor([float(v) for v in sums.values()]) if sums else None
+        return cls(tuple(sums), values, int(state["steps"]))  # type: ignore[call-overload]
+
+
+def stack_parts(
+    total: torch.Tensor, parts: dict[str, torch.Tensor]
+) -> tuple[tuple[str, ...], torch.Tensor]:
+    """("total", *part names) and their values as one detached float vector."""
+    return ("total", *parts), torch.stack([total, *parts.values()]).detach().float()
 
 
 def seed_everything(seed: int) -> None:
@@ -321,8 +336,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
             loop.batches_done += 1
-            loop.totals.add(total, parts)
-            loop.window.add(total, parts)
+            names, values = stack_parts(total, parts)
+            loop.totals.add(names, values)
+            loop.window.add(names, values)
             if self.step % LOG_EVERY == 0:
                 self._log_window(loop.epoch, loop.window)
                 loop.window = RunningSums()
