@@ -147,12 +147,12 @@ def distill(
     With `checkpointing`, training resumes from the checkpoint there if one matches the
     recipe, refreshes it as it goes, and saves it when stopped (then `Cancelled` is raised).
     With `cache`, teacher outputs on fixed inputs are reused across jobs. Transformer jobs
-    (HFPrepared) use neither: they restart rather than resume.
+    (HFPrepared) resume and reuse teacher outputs the same way (worker.kd.hf.engine).
     """
     from worker.kd.hf.engine import HFPrepared, distill_hf
 
     if isinstance(prepared, HFPrepared):
-        return distill_hf(prepared, Path(out_dir), reporter)
+        return distill_hf(prepared, Path(out_dir), reporter, checkpointing, cache)
     report, artifacts = run_training(prepared, Path(out_dir), reporter, checkpointing, cache)
     return DistillResult(report=report, artifacts=artifacts)
 

@@ -1,15 +1,15 @@
-"""A transformer job: `prepare_hf` loads and checks it, `distill_hf` trains the student,
-saves it (Hugging Face directory ZIP, ONNX) and writes the report. `worker.kd.engine`
-calls these when the teacher is a model-directory ZIP. Transformer jobs do not resume from
-checkpoints: a job handed back restarts its (short) training."""
+"""A transformer job: `prepare_hf` loads and checks it, `distill_hf` trains the student
+(and, when asked, the teacher-free baseline), saves it (Hugging Face directory ZIP, ONNX)
+and writes the report. `worker.kd.engine` calls these when the teacher is a model-directory
+ZIP. Training resumes exactly from its checkpoint (`worker.kd.hf.train`), and the teacher's
+outputs on the training texts are computed once (`worker.kd.hf.teacher_outputs`)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from worker.kd.errors import Cancelled, IncompatibleModels, InvalidSpec
+from worker.kd.cache import TeacherCache
+from worker.kd.checkpoint import Checkpointing, fingerprint
+from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
 from worker.kd.hf.export import export_onnx
@@ -28,12 +30,18 @@ from worker.kd.hf.models import (
     choose_layers,
     config_of,
     count_parameters,
-    forward,
     load_teacher,
     num_layers,
     save_student,
 )
-from worker.kd.hf.objective import TransformerObjective, build_objective, layer_map
+from worker.kd.hf.objective import (
+    TransformerObjective,
+    baseline_objective,
+    build_objective,
+    layer_map,
+)
+from worker.kd.hf.teacher_outputs import teacher_source
+from worker.kd.hf.train import Outcome, TeacherSource, Trainer
 from worker.kd.history import RecordingReporter
 from worker.kd.reporting import Reporter
 from worker.kd.spec import FromTeacherStudent, JobSpec
@@ -42,8 +50,9 @@ from worker.kd.train import seed_everything
 if TYPE_CHECKING:
     from worker.kd.engine import DistillResult
 
-REPORT_SCHEMA_VERSION = 1
-METRIC_EVERY = 5  # steps between train_loss metrics
+REPORT_SCHEMA_VERSION = 2  # 2: baseline, baseline_skipped and kd_gain; resumable
+BASELINE = "baseline_"  # the prefix of the baseline's metrics
+MODELS = ("teacher", "student", "baseline")  # the report's model entries
 
 
 @dataclass
@@ -121,16 +130,33 @@ def _check_labels(teacher: LoadedTeacher, train: Encoded, val: Encoded) -> None:
         )
 
 
-def distill_hf(prepared: HFPrepared, out_dir: Path, reporter: Reporter) -> DistillResult:
+def distill_hf(
+    prepared: HFPrepared,
+    out_dir: Path,
+    reporter: Reporter,
+    checkpointing: Checkpointing | None = None,
+    cache: TeacherCache | None = None,
+) -> DistillResult:
+    """Train (resuming from `checkpointing` when it holds this recipe's run; teacher
+    outputs from `cache` when it holds them), then save, measure and report."""
     from worker.kd.engine import DistillResult
 
     out_dir.mkdir(parents=True, exist_ok=True)
     recorder = RecordingReporter(reporter)
     prepared.teacher.model.to(prepared.device)
     try:
-        _announce(prepared, recorder)
-        outcome = train(prepared, recorder)
-        report, artifacts = _write_outputs(prepared, out_dir, recorder, outcome)
+        teacher_val = _predict(prepared, prepared.teacher.model)  # fixed: computed once
+        skipped = baseline_unavailable(prepared) if prepared.spec.baseline else None
+        if skipped is not None:
+            recorder.event("baseline_skipped", f"No baseline: {skipped}.", {"reason": skipped})
+        share = 0.5 if prepared.spec.baseline and skipped is None else 1.0
+        outcome = train_student(prepared, teacher_val, recorder, checkpointing, cache, share)
+        baseline = None
+        if share < 1.0:
+            baseline = train_baseline(prepared, teacher_val, recorder, checkpointing)
+        report, artifacts = _write_outputs(
+            prepared, out_dir, recorder, outcome, teacher_val, baseline, skipped
+        )
     finally:
         prepared.teacher.cleanup()
     return DistillResult(report=report, artifacts=artifacts)
@@ -140,90 +166,129 @@ def distill_hf(prepared: HFPrepared, out_dir: Path, reporter: Reporter) -> Disti
 
 
 @dataclass
-class Outcome:
-    epochs: int
-    steps: int
-    seconds: float
+class Baseline:
+    """The student architecture trained from the same initialisation without the teacher."""
+
+    student: nn.Module
+    outcome: Outcome
 
 
-def train(prepared: HFPrepared, reporter: Reporter) -> Outcome:
-    """AdamW with warmup and cosine decay; nanoGPT's step order (clip, step, zero_grad)."""
-    spec = prepared.spec.training
-    student, objective, data = prepared.student, prepared.objective, prepared.train
-    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    per_epoch = math.ceil(len(data) / spec.batch_size)
-    total = per_epoch * spec.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(total, spec))
-    generator = torch.Generator().manual_seed(spec.seed)
-    started, step = time.perf_counter(), 0
-    for epoch in range(1, spec.epochs + 1):
-        student.train()
-        order = torch.randperm(len(data), generator=generator).tolist()
-        for start in range(0, len(order), spec.batch_size):
-            if reporter.should_stop():
-                raise Cancelled()
-            idx = order[start : start + spec.batch_size]
-            loss, parts = _step_loss(prepared, idx)
-            loss.backward()
-            if spec.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, spec.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % METRIC_EVERY == 0 or step == total:
-                reporter.metric("train_loss", float(loss.detach()), step=step, epoch=epoch)
-                for name, value in parts.items():
-                    reporter.metric(f"loss_{name}", value, step=step, epoch=epoch)
-            reporter.progress(step / total, epoch=epoch, step=step)
-        _validate(prepared, reporter, step, epoch)
-    return Outcome(spec.epochs, step, time.perf_counter() - started)
+def checkpoint_fingerprint(spec: JobSpec) -> str:
+    """The recipe, and the truncation the token ids were made with."""
+    return f"{fingerprint(spec)}:transformer:{spec.dataset.max_length}"
 
 
-def _lr_factor(total: int, spec: Any) -> Any:
-    warmup = max(1, round(total * spec.warmup_fraction))
-
-    def factor(step: int) -> float:
-        if spec.schedule == "constant":
-            return 1.0
-        if step < warmup and spec.schedule != "cosine":
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
-
-    return factor
-
-
-def _step_loss(prepared: HFPrepared, idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
-    objective, task, layout = prepared.objective, prepared.task, prepared.teacher.layout
-    batch = prepared.train.batch(idx, prepared.teacher.tokenizer, prepared.device)
-    hidden, attentions = objective.needs_hidden, objective.needs_attentions
-    with torch.no_grad():
-        teacher_out = forward(prepared.teacher.model, task, batch, layout,
-                              hidden=hidden, attentions=attentions)  # fmt: skip
-    student_out = forward(prepared.student, task, batch, layout,
-                          hidden=hidden, attentions=attentions)  # fmt: skip
-    labels = None if prepared.train.labels is None else prepared.train.labels[idx]
-    return objective(student_out, teacher_out, batch, None if labels is None else
-                     labels.to(prepared.device))  # fmt: skip
+def train_student(
+    prepared: HFPrepared,
+    teacher_val: measure.ValOutputs,
+    recorder: RecordingReporter,
+    checkpointing: Checkpointing | None,
+    cache: TeacherCache | None,
+    share: float = 1.0,
+) -> Outcome:
+    """Distil into `prepared.student`: AdamW with warmup and cosine decay, exact resume."""
+    teacher = teacher_source(prepared, prepared.objective, recorder, cache)
+    trainer = _trainer(prepared, prepared.student, prepared.objective, teacher, teacher_val,
+                       recorder, checkpointing, checkpoint_fingerprint(prepared.spec),
+                       span=(0.0, share))  # fmt: skip
+    _announce(prepared, recorder, trainer.total_steps)
+    return trainer.fit()
 
 
-def _validate(prepared: HFPrepared, reporter: Reporter, step: int, epoch: int) -> None:
-    teacher, student = _predictions(prepared)
-    value = measure.quality(prepared.task, student, teacher)
-    reporter.metric("val_accuracy", value, step=step, epoch=epoch)
+def baseline_unavailable(prepared: HFPrepared) -> str | None:
+    """Why no teacher-free baseline can be trained for this job, or None when one can."""
     if prepared.task == "sentence_embedding":
-        cosine = measure.mean_cosine(torch.cat(student.outputs), torch.cat(teacher.outputs))
-        reporter.metric("val_cosine", cosine, step=step, epoch=epoch)
+        return "a sentence-embedding student has no target to learn from without its teacher"
+    if prepared.task == "sequence_classification" and prepared.train.labels is None:
+        return "the dataset has no labels to train a classifier on without the teacher"
+    return None
 
 
-def _predictions(prepared: HFPrepared) -> tuple[measure.ValOutputs, measure.ValOutputs]:
+def new_student(prepared: HFPrepared) -> nn.Module:
+    """The job's student as `prepare_hf` built it, before any training: same seed, same
+    initialisation (the teacher's layers for from_teacher, seeded weights for hf)."""
+    seed_everything(prepared.spec.training.seed)
+    return build_student(prepared.spec.student, prepared.teacher.model).to(prepared.device)
+
+
+def train_baseline(
+    prepared: HFPrepared,
+    teacher_val: measure.ValOutputs,
+    recorder: RecordingReporter,
+    checkpointing: Checkpointing | None,
+) -> Baseline:
+    """The same student, initialisation, budget and seed, on cross-entropy alone: labels
+    for a classifier, next tokens for a causal LM. What the teacher adds is the difference."""
+    student = new_student(prepared)
+    objective = baseline_objective(prepared.task).to(prepared.device)
+    own_checkpoint = None
+    if checkpointing is not None:
+        path = checkpointing.path.with_name(f"baseline-{checkpointing.path.name}")
+        own_checkpoint = Checkpointing(path, checkpointing.every_steps)
+    trainer = _trainer(prepared, student, objective, None, teacher_val, recorder, own_checkpoint,
+                       checkpoint_fingerprint(prepared.spec) + ":baseline", prefix=BASELINE,
+                       span=(0.5, 0.5))  # fmt: skip
+    target = "next tokens" if prepared.task == "causal_lm" else "labels"
+    recorder.event(
+        "baseline_started",
+        f"Training the same {prepared.spec.student.arch} student from the same initialisation "
+        f"without the teacher ({trainer.total_steps} steps on {target}, same seed), to measure "
+        "what distillation adds.",
+        {"steps": trainer.total_steps, "target": target},
+    )
+    return Baseline(student, trainer.fit())
+
+
+def _trainer(
+    prepared: HFPrepared,
+    student: nn.Module,
+    objective: TransformerObjective,
+    teacher: TeacherSource | None,
+    teacher_val: measure.ValOutputs,
+    recorder: RecordingReporter,
+    checkpointing: Checkpointing | None,
+    recipe: str,
+    *,
+    prefix: str = "",
+    span: tuple[float, float],
+) -> Trainer:
+    """A run on the job's training texts, validated against the teacher's fixed outputs."""
+    return Trainer(
+        student=student, objective=objective, teacher=teacher, data=prepared.train,
+        tokenizer=prepared.teacher.tokenizer, layout=prepared.teacher.layout, task=prepared.task,
+        training=prepared.spec.training, device=prepared.device, reporter=recorder,
+        validate=_validator(prepared, student, teacher_val, recorder, prefix),
+        history=recorder.metrics, checkpointing=checkpointing, fingerprint=recipe,
+        prefix=prefix, progress_span=span,
+    )  # fmt: skip
+
+
+def _validator(
+    prepared: HFPrepared,
+    student: nn.Module,
+    teacher_val: measure.ValOutputs,
+    reporter: Reporter,
+    prefix: str,
+) -> Callable[[int, int], None]:
+    def validate(step: int, epoch: int) -> None:
+        mine = _predict(prepared, student)
+        value = measure.quality(prepared.task, mine, teacher_val)
+        reporter.metric(f"{prefix}val_accuracy", value, step=step, epoch=epoch)
+        if prepared.task == "sentence_embedding":
+            s_emb, t_emb = torch.cat(mine.outputs), torch.cat(teacher_val.outputs)
+            cosine = measure.mean_cosine(s_emb, t_emb)
+            reporter.metric(f"{prefix}val_cosine", cosine, step=step, epoch=epoch)
+
+    return validate
+
+
+def _predict(prepared: HFPrepared, model: nn.Module) -> measure.ValOutputs:
     t = prepared.teacher
-    args = (prepared.task, prepared.val, t.tokenizer, t.layout, prepared.device)
-    return measure.predict(t.model, *args), measure.predict(prepared.student, *args)
+    return measure.predict(model, prepared.task, prepared.val, t.tokenizer, t.layout,
+                           prepared.device)  # fmt: skip
 
 
-def _announce(prepared: HFPrepared, reporter: Reporter) -> None:
+def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
     spec = prepared.spec
     terms = [f"{t.weight:g}*{t.name}" for t in prepared.objective.terms]
     student_params = count_parameters(prepared.student)
@@ -231,7 +296,8 @@ def _announce(prepared: HFPrepared, reporter: Reporter) -> None:
         "training_started",
         f"Distilling a {prepared.task} transformer into a {spec.student.arch} student "
         f"({num_layers(prepared.student)} layers, {student_params:,} parameters) for "
-        f"{spec.training.epochs} epochs on {prepared.device.type}; loss {' + '.join(terms)}.",
+        f"{spec.training.epochs} epochs ({steps} steps) on {prepared.device.type}; loss "
+        f"{' + '.join(terms)}.",
         {
             "task": prepared.task,
             "student_parameters": student_params,
@@ -240,7 +306,8 @@ def _announce(prepared: HFPrepared, reporter: Reporter) -> None:
             "val_samples": len(prepared.val),
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
-            "resume": "transformer jobs restart rather than resume from a checkpoint",
+            "epochs": spec.training.epochs,
+            "steps": steps,
         },
     )
 
@@ -249,7 +316,13 @@ def _announce(prepared: HFPrepared, reporter: Reporter) -> None:
 
 
 def _write_outputs(
-    prepared: HFPrepared, out_dir: Path, recorder: RecordingReporter, outcome: Outcome
+    prepared: HFPrepared,
+    out_dir: Path,
+    recorder: RecordingReporter,
+    outcome: Outcome,
+    teacher_val: measure.ValOutputs,
+    baseline: Baseline | None,
+    baseline_skipped: str | None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     student_dir = out_dir / "student"
     shutil.rmtree(student_dir, ignore_errors=True)
@@ -257,7 +330,10 @@ def _write_outputs(
     save_student(prepared.student, prepared.teacher, student_dir)
     artifacts = {"student.zip": zip_directory(student_dir, out_dir / "student.zip")}
     artifacts.update(export_onnx(prepared, out_dir, recorder))
-    report = build_report(prepared, outcome, recorder.onnx_max_abs_diff)
+    report = build_report(
+        prepared, outcome, recorder.onnx_max_abs_diff, teacher_val=teacher_val,
+        baseline=baseline, baseline_skipped=baseline_skipped,
+    )  # fmt: skip
     artifacts["report.json"] = out_dir / "report.json"
     artifacts["report.json"].write_text(json.dumps(report, indent=2) + "\n")
     artifacts["metrics.csv"] = out_dir / "metrics.csv"
@@ -265,7 +341,8 @@ def _write_outputs(
     artifacts["README.md"] = out_dir / "README.md"
     artifacts["README.md"].write_text(model_card(report))
     recorder.event("training_finished", summarize(report), {
-        k: report[k] for k in ("quality_retained", "size_reduction", "speedup", "speedup_batch32")
+        k: report[k] for k in ("quality_retained", "size_reduction", "speedup", "speedup_batch32",
+                               "kd_gain")
     })  # fmt: skip
     shutil.rmtree(student_dir, ignore_errors=True)
     return report, artifacts
@@ -281,12 +358,20 @@ def zip_directory(directory: Path, path: Path) -> Path:
 
 
 def build_report(
-    prepared: HFPrepared, outcome: Outcome, onnx_max_abs_diff: float | None
+    prepared: HFPrepared,
+    outcome: Outcome,
+    onnx_max_abs_diff: float | None,
+    *,
+    teacher_val: measure.ValOutputs | None = None,
+    baseline: Baseline | None = None,
+    baseline_skipped: str | None = None,
 ) -> dict[str, Any]:
     """report.json: the DistilBERT triple (quality retained, parameter reduction, speed-up
-    at batch 1 and 32 for a stated sequence length), measured here."""
+    at batch 1 and 32 for a stated sequence length), measured here; with a baseline, what
+    distillation added (kd_gain: student quality minus the baseline's, same measure)."""
     task, teacher = prepared.task, prepared.teacher
-    t_out, s_out = _predictions(prepared)
+    t_out = teacher_val if teacher_val is not None else _predict(prepared, teacher.model)
+    s_out = _predict(prepared, prepared.student)
     t_quality, s_quality = measure.quality(task, t_out, t_out), measure.quality(task, s_out, t_out)
     t_params, s_params = count_parameters(teacher.model), count_parameters(prepared.student)
     length = prepared.spec.dataset.max_length
@@ -311,8 +396,13 @@ def build_report(
         "agreement": _agreement(task, s_out, t_out),
         "quality_retained": _ratio(s_quality, t_quality),
         "size_reduction": 1.0 - s_params / t_params if t_params else None,
-        "speedup": _ratio(timings["teacher"]["batch_1"], timings["student"]["batch_1"]),
-        "speedup_batch32": _ratio(timings["teacher"]["batch_32"], timings["student"]["batch_32"]),
+        "speedup": timings["speedup"]["batch_1"],
+        "speedup_batch32": timings["speedup"]["batch_32"],
+        "speedup_range": timings["speedup_range"],
+        "timing": timings["timing"],
+        # A gain is claimed only when the baseline was trained and measured in this job.
+        "baseline": None,
+        "baseline_skipped": baseline_skipped,
         "kd_gain": None,
         "device": prepared.device.type,
         "epochs": outcome.epochs,
@@ -320,8 +410,21 @@ def build_report(
         "train_seconds": round(outcome.seconds, 3),
         "loss": [f"{t.weight:g}*{t.name}" for t in prepared.objective.terms],
         "onnx_max_abs_diff": onnx_max_abs_diff,
-        "resumable": False,
+        "resumable": True,
     }
+    if baseline is not None:
+        b_out = _predict(prepared, baseline.student)
+        b_quality = measure.quality(task, b_out, t_out)
+        report["baseline"] = {
+            "accuracy": b_quality,
+            "parameters": count_parameters(baseline.student),
+            "layers": num_layers(baseline.student),
+            "agreement": _agreement(task, b_out, t_out),
+            "epochs": baseline.outcome.epochs,
+            "steps": baseline.outcome.steps,
+            "train_seconds": round(baseline.outcome.seconds, 3),
+        }
+        report["kd_gain"] = s_quality - b_quality
     if task == "sentence_embedding":
         s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
         report["embedding"] = {
@@ -360,8 +463,16 @@ def summarize(report: dict[str, Any]) -> str:
         f"vs teacher {report['teacher']['accuracy']:.4f} ({kept} retained); "
         f"{report['size_reduction']:.1%} fewer parameters; {report['speedup']:.2f}x the "
         f"teacher's speed at batch 1 and {report['speedup_batch32']:.2f}x at batch 32 "
-        f"(sequence length {report['sequence_length']})."
+        f"(sequence length {report['sequence_length']})" + _gain_clause(report) + "."
     )
+
+
+def _gain_clause(report: dict[str, Any]) -> str:
+    if report["kd_gain"] is not None:
+        return f"; {report['kd_gain']:+.4f} over the same student trained without the teacher"
+    if report["baseline_skipped"]:
+        return f"; no baseline ({report['baseline_skipped']})"
+    return ""
 
 
 def model_card(report: dict[str, Any]) -> str:
@@ -374,7 +485,7 @@ def model_card(report: dict[str, Any]) -> str:
         summarize(report),
         "",
         "```json",
-        json.dumps({k: report[k] for k in ("teacher", "student")}, indent=2),
+        json.dumps({k: report[k] for k in MODELS if report[k]}, indent=2),
         "```",
         "",
     ]

@@ -3,6 +3,11 @@ embedding agreement between student and teacher, and latency at batch 1 and 32."
 
 from __future__ import annotations
 
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,13 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.kd.evaluate import paired_latency_ms
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import forward
 
 EVAL_BATCH = 32
 SPEED_BATCHES = (1, 32)
+# One thread: with torch's default (one per core) a single preempted thread stalls a whole
+# forward pass, and on a busy shared CPU the speed-up swung 0.2-60x from run to run.
+TIMING_THREADS = 1
+TIMING_BUDGET_S = 1.0  # per batch size, after the warm-up; 0.4-0.7 s in all on test models
+WARMUP_ROUNDS, MIN_ROUNDS, MAX_ROUNDS = 1, 5, 100
 QUALITY_METRICS = {
     "sequence_classification": "accuracy",
     "sentence_embedding": "nearest-neighbour retrieval agreement with the teacher",
@@ -104,15 +113,76 @@ class _Timed(nn.Module):
 
 def speed(
     teacher: TaskModule, student: TaskModule, vocab: int, length: int, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Median latency (ms) of teacher and student, timed in turn, per batch size."""
+) -> dict[str, dict[str, Any]]:
+    """Teacher and student timed back to back, round by round, per batch size ("batch_1",
+    "batch_32"), on TIMING_THREADS CPU threads (the caller's count is restored after):
+
+    - "teacher", "student": median latency in ms;
+    - "speedup": the median over rounds of teacher time / student time, so that a slow
+      spell of a shared machine lands on both sides of one ratio rather than on one
+      model's median. Ten runs on the 4- and 2-layer test BERTs spread 1.567-1.575x at
+      batch 1 and 1.77-1.79x at batch 32; timed as before (each model's median of 15 and
+      5 runs on torch's 2 threads) they spread 1.41-1.62x and 1.61-1.80x on a quiet
+      2-core machine, 0.20-14.5x and 0.15-61x on a busy one;
+    - "speedup_range": the middle half (25th and 75th percentiles) of those ratios;
+    - "timing": the thread count, the time budget and the rounds timed per batch size."""
     generator = torch.Generator().manual_seed(0)
-    timings: dict[str, dict[str, float]] = {"teacher": {}, "student": {}}
-    models: list[nn.Module] = [_Timed(teacher), _Timed(student)]
-    for size in SPEED_BATCHES:
-        ids = torch.randint(0, vocab, (size, length), generator=generator)  # (B, L)
-        runs, warmup = (15, 3) if size == 1 else (5, 1)
-        t, s = paired_latency_ms(models, ids, device, runs=runs, warmup=warmup)
-        timings["teacher"][f"batch_{size}"] = t
-        timings["student"][f"batch_{size}"] = s
+    timings: dict[str, dict[str, Any]] = {
+        "teacher": {}, "student": {}, "speedup": {}, "speedup_range": {},
+        "timing": {"threads": TIMING_THREADS, "budget_s": TIMING_BUDGET_S, "rounds": {}},
+    }  # fmt: skip
+    models: list[nn.Module] = [_Timed(teacher).eval(), _Timed(student).eval()]
+    with torch_threads(TIMING_THREADS):
+        for size in SPEED_BATCHES:
+            ids = torch.randint(0, vocab, (size, length), generator=generator).to(device)
+            t, s = paired_times_ms(models, ids, device)  # (rounds,) each
+            ratios = [a / b for a, b in zip(t, s, strict=True)]
+            low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+            key = f"batch_{size}"
+            timings["teacher"][key] = statistics.median(t)
+            timings["student"][key] = statistics.median(s)
+            timings["speedup"][key] = statistics.median(ratios)
+            timings["speedup_range"][key] = [low, high]
+            timings["timing"]["rounds"][key] = len(ratios)
     return timings
+
+
+def paired_times_ms(
+    models: list[nn.Module], example: torch.Tensor, device: torch.device
+) -> list[list[float]]:
+    """Per model, its wall time (ms) on `example` in each round: WARMUP_ROUNDS untimed,
+    then rounds until TIMING_BUDGET_S has passed, MIN_ROUNDS at least and MAX_ROUNDS at
+    most. Odd rounds run the models in reverse order, so that none always goes first."""
+    times: list[list[float]] = [[] for _ in models]
+    order = list(enumerate(models))
+    deadline = math.inf
+    with torch.no_grad():
+        for round_ in range(-WARMUP_ROUNDS, MAX_ROUNDS):
+            if round_ == 0:
+                deadline = time.perf_counter() + TIMING_BUDGET_S
+            elif round_ >= MIN_ROUNDS and time.perf_counter() >= deadline:
+                break
+            for index, model in order if round_ % 2 == 0 else order[::-1]:
+                _synchronize(device)
+                start = time.perf_counter()
+                model(example)
+                _synchronize(device)
+                if round_ >= 0:
+                    times[index].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

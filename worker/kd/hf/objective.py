@@ -206,3 +206,25 @@ def _pairs(
 
 def _depth(config: Any) -> int:
     return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
+
+
+def baseline_objective(task: str) -> TransformerObjective:
+    """Cross-entropy alone (labels; next tokens for causal_lm): the student trained without
+    its teacher, to measure what distillation adds. Sentence embeddings have no such target."""
+    if task == "sentence_embedding":
+        raise InvalidSpec("A sentence_embedding model has no target to train on without a teacher.")
+    return TransformerObjective(task, [Term("ce", 1.0, get_loss("ce"))])
+
+
+def teacher_layers(objective: TransformerObjective) -> tuple[list[int], list[int]]:
+    """The teacher's hidden states (0: embeddings) and attention maps (0-based) the terms
+    read, as `TransformerObjective._layers` indexes them."""
+    hidden: set[int] = set()
+    attentions: set[int] = set()
+    for term in objective.terms:
+        for _, t_layer in term.pairs:
+            if term.loss.key == "hidden_cosine":
+                hidden.add(t_layer)
+            else:
+                attentions.add(t_layer - 1)
+    return sorted(hidden), sorted(attentions)

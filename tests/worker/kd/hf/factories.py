@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import zipfile
@@ -65,6 +66,9 @@ def bert_tokenizer(directory: Path) -> object:
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers 5
+        ids = {token: i for i, token in enumerate(vocab)}
+        return BertTokenizerFast(vocab=ids, do_lower_case=True)
     return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
 
 

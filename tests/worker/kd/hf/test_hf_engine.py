@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
+from tests.worker.kd.hf.factories import bert_dir, bert_tokenizer, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import distill, prepare
 from worker.kd.errors import InvalidSpec, InvalidTeacher
 from worker.kd.hf.engine import HFPrepared
@@ -100,3 +100,12 @@ def test_transformer_students_need_a_transformer_teacher(tmp_path: Path) -> None
         )
     with pytest.raises(InvalidSpec, match="lacks"):
         prepare(spec({"arch": "hf", "config": {"nope": 1}}), tmp_path / "t.zip", data)
+
+
+def test_the_test_tokenizer_knows_its_words(tmp_path: Path) -> None:
+    """The tiny BERT tokenizer maps the factory's words to their own ids (transformers 5
+    silently ignores `vocab_file=` and maps everything to [UNK])."""
+    tokenizer = bert_tokenizer(tmp_path)
+    ids = tokenizer("good movie")["input_ids"]  # type: ignore[operator]
+    assert 1 not in ids  # [UNK]
+    assert len(ids) == 4

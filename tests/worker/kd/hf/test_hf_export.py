@@ -1,0 +1,116 @@
+"""student.onnx of a transformer student: the graph matches the PyTorch student on batches
+of other sizes, lengths and padding than the ones it was exported and checked with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from torch import nn
+
+from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
+from worker.kd.engine import prepare
+from worker.kd.hf.engine import HFPrepared
+from worker.kd.hf.export import (
+    TRACE_OPSET,
+    Batch,
+    compare,
+    export_checked,
+    export_graph,
+    export_onnx,
+    random_batch,
+)
+from worker.kd.hf.measure import TaskModule
+from worker.kd.history import RecordingReporter
+from worker.kd.reporting import MemoryReporter
+from worker.kd.spec import JobSpec
+
+STUDENTS = {
+    "sequence_classification": {"arch": "from_teacher", "num_layers": 2},
+    "sentence_embedding": {"arch": "from_teacher", "layers": [1, 3]},
+    "causal_lm": {"arch": "hf", "config": {"n_layer": 2}},
+}
+
+
+def prepared_job(tmp_path: Path, task: str) -> HFPrepared:
+    model = gpt2_dir(tmp_path / "m") if task == "causal_lm" else bert_dir(tmp_path / "m", task)
+    data = write_jsonl(tmp_path / "d.jsonl", 40, labeled=task == "sequence_classification")
+    spec = JobSpec.model_validate({
+        "teacher": {"file_id": "t"}, "student": STUDENTS[task],
+        "dataset": {"file_id": "d", "max_length": 24}, "training": {"epochs": 1},
+    })  # fmt: skip
+    prepared = prepare(spec, zip_dir(model, tmp_path / "t.zip"), data)
+    assert isinstance(prepared, HFPrepared)
+    return prepared
+
+
+def unseen_batches(vocab: int, pad: int) -> list[Batch]:
+    """Sizes and lengths the export never saw; each row its own length, padded on the right
+    or (every third row) on the left."""
+    generator = torch.Generator().manual_seed(123)
+    batches = []
+    for rows, length in [(4, 7), (6, 21), (1, 3), (9, 16)]:
+        ids = torch.randint(vocab, (rows, length), generator=generator)  # (B, T)
+        mask = torch.zeros(rows, length, dtype=torch.long)  # (B, T)
+        for row in range(rows):
+            real = int(torch.randint(1, length + 1, (1,), generator=generator))
+            if row % 3 == 2:
+                mask[row, length - real :] = 1
+            else:
+                mask[row, :real] = 1
+        batches.append((ids.masked_fill(mask == 0, pad), mask))
+    return batches
+
+
+@pytest.mark.parametrize("task", list(STUDENTS))
+def test_student_onnx_matches_pytorch_on_unseen_batches(tmp_path: Path, task: str) -> None:
+    prepared = prepared_job(tmp_path, task)
+    prepared.student.train()  # as training leaves it: the export must not depend on that
+    recorder = RecordingReporter(MemoryReporter())
+    artifacts = export_onnx(prepared, tmp_path, recorder)
+
+    assert recorder.onnx_max_abs_diff is not None and recorder.onnx_max_abs_diff < 1e-4
+    assert prepared.student.training  # its mode is given back
+    session = onnxruntime.InferenceSession(str(artifacts["student.onnx"]))
+    assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"]] * 2
+    student: Any = prepared.student
+    module = TaskModule(student, task, prepared.teacher.layout).eval()
+    pad = int(prepared.teacher.tokenizer.pad_token_id)
+    for ids, mask in unseen_batches(int(student.config.vocab_size), pad):
+        (got,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        with torch.no_grad():
+            expected = module(ids, mask).numpy()
+        if task == "causal_lm":  # logits of real tokens; a padded position's mean nothing
+            got, expected = got[mask.bool().numpy()], expected[mask.bool().numpy()]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+class ReadsTheMaskAsANumber(nn.Module):
+    """Divides by the batch's token count taken out as a Python number, which tracing
+    records as a constant of the export batch."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        total = (input_ids * attention_mask).sum(dim=1, keepdim=True).float()  # (B, 1)
+        return total / attention_mask.sum().item()
+
+
+def test_a_graph_tracing_gets_wrong_is_exported_again_with_torch_export(tmp_path: Path) -> None:
+    module = ReadsTheMaskAsANumber().eval()
+    generator = torch.Generator().manual_seed(0)
+    traced = random_batch(50, 0, 2, 6, generator)
+    checks = [traced, random_batch(50, 0, 3, 11, generator)]
+    export_graph(module, traced, tmp_path / "traced.onnx", False, dynamo=False)
+    assert compare(module, tmp_path / "traced.onnx", checks)[0] > 1.0  # the check sees it
+
+    diff = export_checked(module, traced, checks, tmp_path / "m.onnx")
+
+    assert diff < 1e-4
+    opset = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
+    assert opset[""] != TRACE_OPSET  # written by the torch.export-based exporter
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["m.onnx", "traced.onnx"]

@@ -1,0 +1,338 @@
+"""The teacher's outputs on the training texts, computed once and reused: across the
+epochs of a job and across jobs (`worker.kd.cache`, for transformers).
+
+Transformer jobs augment nothing, so a text's teacher outputs are the same every epoch.
+They are computed once per example, trimmed to the example's real tokens (the batch it is
+later padded into then does not matter), kept on the CPU, and put back into each padded
+training batch where the online teacher puts them: the objective reads the same values at
+every real token either way. Through `TeacherCache` they are also kept on disk, keyed by
+teacher file, dataset file, split, max_length and the outputs needed, so the next job with
+that key starts from them. Their size is known before they are computed; when it is over
+the cap (causal LM logits are tokens x vocabulary), the teacher runs online instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from worker.kd.cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
+from worker.kd.hf.data import Encoded
+from worker.kd.hf.layout import ModelLayout
+from worker.kd.hf.models import Outputs, forward
+from worker.kd.hf.objective import TransformerObjective, teacher_layers
+from worker.kd.reporting import Reporter
+
+if TYPE_CHECKING:
+    from worker.kd.hf.engine import HFPrepared
+
+MAX_IN_MEMORY_BYTES = 2 * 1024**3  # the cap when there is no disk cache (or a larger one)
+COMPUTE_BATCH = 32
+LENGTHS = "lengths"
+EVENT = "teacher_cache"
+
+
+@dataclass(frozen=True)
+class Needed:
+    """The teacher outputs the objective reads: the task's output (per example, or per
+    token for next-token logits) and the hidden states and attention maps its terms pair."""
+
+    per_token: bool
+    hidden: tuple[int, ...] = ()  # hidden_states indices (0: embeddings)
+    attentions: tuple[int, ...] = ()  # attentions indices (0: the first layer)
+
+    def names(self) -> list[str]:
+        """The cache entry's tensors besides the output."""
+        return [LENGTHS, *(f"hidden.{i}" for i in self.hidden),
+                *(f"attention.{i}" for i in self.attentions)]  # fmt: skip
+
+
+@dataclass
+class PackedOutputs:
+    """Every training example's teacher outputs over its real tokens, concatenated."""
+
+    needed: Needed
+    lengths: torch.Tensor  # (N,) int64, real tokens per example
+    output: torch.Tensor  # (N, K) | (N, D) per example; (sum T, V) per token
+    hidden: dict[int, torch.Tensor]  # layer -> (sum T, H)
+    attentions: dict[int, torch.Tensor]  # layer -> (sum T^2, heads): (T, T, heads) per example
+    token_offsets: list[int] = field(init=False, repr=False)  # N + 1, into sum T
+    square_offsets: list[int] = field(init=False, repr=False)  # N + 1, into sum T^2
+
+    def __post_init__(self) -> None:
+        self.token_offsets = [0, *self.lengths.cumsum(0).tolist()]
+        self.square_offsets = [0, *(self.lengths**2).cumsum(0).tolist()]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.lengths, self.output, *self.hidden.values(), *self.attentions.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def batch(self, idx: list[int], mask: torch.Tensor) -> Outputs:
+        """The outputs of examples `idx` padded as `mask` (B, T) pads them; zeros at padding
+        (the online teacher's attention to padding is zero too)."""
+        device, (size, length) = mask.device, mask.shape
+        starts, squares = self.token_offsets, self.square_offsets
+        tokens = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in idx])  # (sum T,)
+        if self.needed.per_token:
+            output = self._scatter(self.output[tokens], mask)  # (B, T, V)
+        else:
+            output = self.output[idx].to(device)  # (B, K)
+        hidden = self._layers({k: self._scatter(v[tokens], mask) for k, v in self.hidden.items()})
+        attentions = {}
+        for layer, flat in self.attentions.items():
+            heads = flat.shape[1]
+            maps = flat.new_zeros(size, heads, length, length, device=device)  # (B, h, T, T)
+            for row, i in enumerate(idx):
+                n = starts[i + 1] - starts[i]
+                block = flat[squares[i] : squares[i + 1]].view(n, n, heads)  # (n, n, h)
+                at = mask[row].nonzero().squeeze(1)  # (n,)
+                maps[row][:, at[:, None], at[None, :]] = block.permute(2, 0, 1).to(device)
+            attentions[layer] = maps
+        return Outputs(output, hidden, self._layers(attentions))
+
+    @staticmethod
+    def _scatter(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        full = rows.new_zeros(*mask.shape, rows.shape[-1], device=mask.device)  # (B, T, W)
+        full[mask] = rows.to(mask.device)
+        return full
+
+    @staticmethod
+    def _layers(by_index: dict[int, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """A tuple indexed as the model's; layers no term reads are empty."""
+        if not by_index:
+            return ()
+        empty = next(iter(by_index.values())).new_empty(0)
+        return tuple(by_index.get(i, empty) for i in range(max(by_index) + 1))
+
+    def to_cache(self) -> TeacherOutputs:
+        features = {LENGTHS: self.lengths}
+        features.update({f"hidden.{k}": v for k, v in self.hidden.items()})
+        features.update({f"attention.{k}": v for k, v in self.attentions.items()})
+        return TeacherOutputs(self.output, features)
+
+    @classmethod
+    def from_cache(cls, stored: TeacherOutputs, needed: Needed) -> PackedOutputs:
+        features = stored.features
+        return cls(
+            needed, features[LENGTHS], stored.logits,
+            {i: features[f"hidden.{i}"] for i in needed.hidden},
+            {i: features[f"attention.{i}"] for i in needed.attentions},
+        )  # fmt: skip
+
+    def matches(self, lengths: torch.Tensor) -> bool:
+        """Whether this entry fits training examples of these lengths."""
+        if not torch.equal(self.lengths, lengths):
+            return False
+        tokens, squares = self.token_offsets[-1], self.square_offsets[-1]
+        rows = tokens if self.needed.per_token else len(lengths)
+        return (
+            len(self.output) == rows
+            and all(len(v) == tokens for v in self.hidden.values())
+            and all(len(v) == squares for v in self.attentions.values())
+        )
+
+
+@dataclass(frozen=True)
+class OutputShapes:
+    """Widths and dtypes of one forward pass's outputs (from one example)."""
+
+    output: tuple[int, torch.dtype]
+    hidden: tuple[int, torch.dtype] | None
+    attentions: tuple[int, torch.dtype] | None  # heads
+
+
+def probe_shapes(
+    model: Any, task: str, data: Encoded, tokenizer: Any, layout: ModelLayout | None,
+    device: torch.device, needed: Needed,
+) -> OutputShapes:  # fmt: skip
+    """The output sizes, from one forward pass on the first training example."""
+    batch = data.batch([0], tokenizer, device)
+    with torch.no_grad():
+        out = forward(model, task, batch, layout, hidden=bool(needed.hidden),
+                      attentions=bool(needed.attentions))  # fmt: skip
+    hidden = out.hidden_states[0] if needed.hidden else None  # (1, T, H)
+    maps = out.attentions[0] if needed.attentions else None  # (1, heads, T, T)
+    return OutputShapes(
+        (out.output.shape[-1], out.output.dtype),
+        None if hidden is None else (hidden.shape[-1], hidden.dtype),
+        None if maps is None else (maps.shape[1], maps.dtype),
+    )
+
+
+def _allocate(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> PackedOutputs:
+    """Empty outputs of the right sizes: `.nbytes` is what computing them will take."""
+    tokens, squares = int(lengths.sum()), int((lengths**2).sum())
+    width, dtype = shapes.output
+    output = torch.empty(tokens if needed.per_token else len(lengths), width, dtype=dtype)
+    hidden, attentions = {}, {}
+    if shapes.hidden is not None:
+        hidden = {i: torch.empty(tokens, shapes.hidden[0], dtype=shapes.hidden[1])
+                  for i in needed.hidden}  # fmt: skip
+    if shapes.attentions is not None:
+        attentions = {i: torch.empty(squares, shapes.attentions[0], dtype=shapes.attentions[1])
+                      for i in needed.attentions}  # fmt: skip
+    return PackedOutputs(needed, lengths, output, hidden, attentions)
+
+
+def estimate_bytes(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> int:
+    """What `_allocate` will take, counted before anything is allocated."""
+    tokens, squares = int(lengths.sum()), int((lengths**2).sum())
+    width, dtype = shapes.output
+    rows = tokens if needed.per_token else len(lengths)
+    total = len(lengths) * lengths.element_size() + rows * width * dtype.itemsize
+    if shapes.hidden is not None:
+        total += len(needed.hidden) * tokens * shapes.hidden[0] * shapes.hidden[1].itemsize
+    if shapes.attentions is not None:
+        heads, maps = shapes.attentions
+        total += len(needed.attentions) * squares * heads * maps.itemsize
+    return total
+
+
+def compute_outputs(
+    model: Any, task: str, data: Encoded, tokenizer: Any, layout: ModelLayout | None,
+    device: torch.device, needed: Needed, shapes: OutputShapes,
+) -> PackedOutputs:  # fmt: skip
+    """Run the teacher over the training examples, in order, and keep their real tokens."""
+    lengths = torch.tensor([len(f["input_ids"]) for f in data.features])
+    packed = _allocate(needed, lengths, shapes)
+    tokens, squares = packed.token_offsets, packed.square_offsets
+    for start in range(0, len(data), COMPUTE_BATCH):
+        idx = list(range(start, min(start + COMPUTE_BATCH, len(data))))
+        batch = data.batch(idx, tokenizer, device)
+        mask = batch["attention_mask"].bool()  # (B, T)
+        with torch.no_grad():
+            out = forward(model, task, batch, layout, hidden=bool(needed.hidden),
+                          attentions=bool(needed.attentions))  # fmt: skip
+        first, last = tokens[idx[0]], tokens[idx[-1] + 1]
+        if needed.per_token:
+            packed.output[first:last] = out.output[mask].cpu()  # (sum T, V)
+        else:
+            packed.output[idx[0] : idx[-1] + 1] = out.output.cpu()  # (B, K)
+        for layer, flat in packed.hidden.items():
+            flat[first:last] = out.hidden_states[layer][mask].cpu()  # (sum T, H)
+        for layer, flat in packed.attentions.items():
+            for row, i in enumerate(idx):
+                at = mask[row].nonzero().squeeze(1)  # (n,)
+                maps = out.attentions[layer][row][:, at[:, None], at[None, :]]  # (h, n, n)
+                flat[squares[i] : squares[i + 1]] = (
+                    maps.permute(1, 2, 0).reshape(-1, maps.shape[0]).cpu()
+                )  # (n * n, h)
+    return packed
+
+
+# Sources ----------------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineTeacher:
+    """Runs the teacher on each training batch."""
+
+    model: Any
+    task: str
+    layout: ModelLayout | None
+    hidden: bool
+    attentions: bool
+
+    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor]) -> Outputs:
+        with torch.no_grad():
+            return forward(self.model, self.task, batch, self.layout, hidden=self.hidden,
+                           attentions=self.attentions)  # fmt: skip
+
+
+@dataclass
+class CachedTeacher:
+    """Outputs computed once, put back into each batch's padding."""
+
+    outputs: PackedOutputs
+
+    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor]) -> Outputs:
+        return self.outputs.batch(idx, batch["attention_mask"].bool())
+
+
+def teacher_source(
+    prepared: HFPrepared,
+    objective: TransformerObjective,
+    reporter: Reporter,
+    cache: TeacherCache | None,
+) -> OnlineTeacher | CachedTeacher:
+    """Cached outputs when `distillation.cache_teacher` allows and they fit; else online."""
+    teacher, task, data = prepared.teacher, prepared.task, prepared.train
+    online = OnlineTeacher(teacher.model, task, teacher.layout, objective.needs_hidden,
+                           objective.needs_attentions)  # fmt: skip
+    if not prepared.spec.distillation.cache_teacher:
+        return online
+    if getattr(teacher.tokenizer, "padding_side", "right") != "right":
+        reason = "the tokenizer pads on the left, so a text's positions depend on its batch"
+        reporter.event(EVENT, f"The teacher runs online each step: {reason}.",
+                       {"source": "online", "reason": reason})  # fmt: skip
+        return online
+    hidden, attentions = teacher_layers(objective)
+    needed = Needed(task == "causal_lm", tuple(hidden), tuple(attentions))
+    lengths = torch.tensor([len(f["input_ids"]) for f in data.features])
+    started = time.perf_counter()
+    key = cache_key_of(prepared, needed) if cache is not None else ""
+    packed = _lookup(cache, key, needed, lengths)
+    source = "reused from an earlier job"
+    if packed is None:
+        args = (teacher.model, task, data, teacher.tokenizer, teacher.layout, prepared.device)
+        shapes = probe_shapes(*args, needed)
+        size = estimate_bytes(needed, lengths, shapes)
+        cap = min(cache.max_bytes, MAX_IN_MEMORY_BYTES) if cache else MAX_IN_MEMORY_BYTES
+        if size > cap:
+            reason = f"its outputs would take {_mb(size)}, over the {_mb(cap)} cap"
+            reporter.event(
+                EVENT,
+                f"The teacher runs online each step: for {len(data)} texts {reason}.",
+                {"source": "online", "reason": reason, "bytes": size, "cap": cap},
+            )
+            return online
+        packed = compute_outputs(*args, needed, shapes)
+        source = "computed once for this job"
+        if cache is not None:
+            cache.put(key, packed.to_cache())
+    seconds = time.perf_counter() - started
+    reporter.event(
+        EVENT,
+        f"Teacher outputs for {len(data)} texts {source} ({_mb(packed.nbytes)}, "
+        f"{seconds:.2f} s); no epoch runs the teacher.",
+        {"source": source, "seconds": seconds, "bytes": packed.nbytes,
+         "hidden_states": list(hidden), "attentions": list(attentions)},
+    )  # fmt: skip
+    return CachedTeacher(packed)
+
+
+def _lookup(
+    cache: TeacherCache | None, key: str, needed: Needed, lengths: torch.Tensor
+) -> PackedOutputs | None:
+    stored = cache.get(key, needed.names()) if cache is not None else None
+    if stored is None:
+        return None
+    packed = PackedOutputs.from_cache(stored, needed)
+    return packed if packed.matches(lengths) else None
+
+
+def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
+    """Same teacher file, texts, split and truncation, same outputs: same teacher outputs."""
+    spec = prepared.spec
+    assert prepared.dataset_path is not None  # transformer jobs take uploaded texts
+    return cache_key(
+        {
+            "kind": "transformer",
+            "teacher": file_sha256(prepared.teacher_path),
+            "task": prepared.task,
+            "dataset": file_sha256(prepared.dataset_path),
+            "dataset_format": spec.dataset.format,
+            "max_length": spec.dataset.max_length,
+            "split": [spec.training.val_fraction, spec.training.seed],
+            "outputs": {"per_token": needed.per_token, "hidden_states": list(needed.hidden),
+                        "attentions": list(needed.attentions)},
+        }
+    )  # fmt: skip
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
