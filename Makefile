@@ -56,3 +56,7 @@ bench: install
 .PHONY: bench-recipes
 bench-recipes: install
 	$(PY) -m bench.recipes
+
+.PHONY: bench-hf-recipes
+bench-hf-recipes: install
+	$(PY) -m bench.hf_recipes

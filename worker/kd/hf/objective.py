@@ -17,7 +17,7 @@ from torch import nn
 from worker.kd.errors import InvalidSpec
 from worker.kd.hf.models import Outputs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
-from worker.kd.spec import JobSpec
+from worker.kd.spec import DEFAULT_RECIPE, DistillationSpec, JobSpec
 
 TRANSFORMER_KINDS = ("ce", "embedding_mse", "hidden_cosine", "kd", "logit_mse",
                      "self_attention_kl", "soft_ce")  # fmt: skip
@@ -43,9 +43,21 @@ def layer_map(student_layers: int, teacher_layers: int, kept: list[int] | None) 
 def default_terms(
     spec: JobSpec, task: str, labeled: bool, same_width: bool
 ) -> list[dict[str, Any]]:
-    """The DistilBERT triple where it applies: soft targets, hard targets, hidden cosine."""
-    alpha = spec.distillation.alpha if labeled or task == "causal_lm" else 1.0
-    temperature = spec.distillation.temperature
+    """The recipe that measured best for each task (bench/hf_recipes.py, its table in
+    BENCHMARKS.md; tests/worker/kd/hf/test_hf_defaults.py keeps the two in step).
+
+    Classification and causal LMs: soft targets at T=1 (weight alpha=0.9) and hard targets
+    (1 - alpha; labels, or the next tokens), plus hidden_cosine when the widths match: the
+    DistilBERT triple with a lower temperature, which beat T=4 there. Embeddings:
+    embedding_mse, plus hidden_cosine when the widths match. A spec that states its own
+    `distillation` section keeps its temperature and alpha; one that states none gets the
+    measured values rather than the default recipe's, which was measured on other students.
+    """
+    stated = spec.distillation != DistillationSpec.model_validate(DEFAULT_RECIPE)
+    temperature = spec.distillation.temperature if stated else 1.0
+    alpha = spec.distillation.alpha if stated else 0.9
+    if not labeled and task != "causal_lm":
+        alpha = 1.0
     if task == "sentence_embedding":
         terms: list[dict[str, Any]] = [{"kind": "embedding_mse", "weight": 1.0}]
     else:
