@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=500)
     args = parser.parse_args()
     mb = 100 if args.quick else args.mb
-    rounds = 2 if args.quick else 4
+    rounds = 2 if args.quick else 9
     load = LoadMeter()
     with (
         tempfile.TemporaryDirectory(dir=args.work) as tmp,

@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 from fastapi.testclient import TestClient
 
+from app.api.responses import LargeFileResponse
 from app.config import get_settings
 from tests.app.conftest import upload
 from tests.factories import npz_bytes, pickle_bytes, small_dataset
@@ -35,15 +36,17 @@ def test_download_returns_the_same_bytes(client: TestClient, headers: dict) -> N
 def test_large_download_and_ranges_return_the_right_bytes(
     client: TestClient, headers: dict
 ) -> None:
-    """Several 1 MiB reads with read-ahead hints, a range across a chunk boundary, and
+    """Several reads with read-ahead hints, a range across a chunk boundary, and
     a resume from an offset: the bytes are the file's."""
-    content = small_dataset(samples=20_000, features=48, seed=4)  # 3.7 MiB
+    chunk = LargeFileResponse.chunk_size
+    content = small_dataset(samples=3 * chunk // 192 + 999, features=48, seed=4)  # 3+ chunks
     file = upload(client, headers, "dataset", content)
     url = f"/v1/files/{file['id']}/content"
     whole = client.get(url, headers=headers)
     assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
     assert hashlib.sha256(whole.content).digest() == hashlib.sha256(content).digest()
-    start, end = 1024 * 1024 - 10, 2 * 1024 * 1024 + 10
+    assert len(content) > 3 * chunk
+    start, end = chunk - 10, 2 * chunk + 10
     part = client.get(url, headers={**headers, "Range": f"bytes={start}-{end}"})
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes {start}-{end}/{len(content)}"
