@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from worker.kd.spec import JobSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: cuda_rng; the loss under "loss" for every loop
 
 
 @dataclass
@@ -54,3 +55,41 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict[str, Any] | N
     if state.get("fingerprint") != expected_fingerprint:
         return None
     return state
+
+
+def training_state(
+    device: torch.device,
+    student: nn.Module,
+    loss: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """What every training loop saves: the weights (the loss's adapters too), the
+    optimizer and the schedule, and the global random state (dropout draws from it)."""
+    cuda = device.type == "cuda"
+    return {
+        "student": student.state_dict(),
+        "loss": loss.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if cuda else torch.zeros(0, dtype=torch.uint8),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    device: torch.device,
+    student: nn.Module,
+    loss: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Put back what `training_state` saved."""
+    student.load_state_dict(state["student"])
+    loss.load_state_dict(state["loss"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state["cuda_rng"].numel():
+        torch.cuda.set_rng_state(state["cuda_rng"], device)

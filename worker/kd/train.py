@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from worker.kd.augment import Augmenter
-from worker.kd.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
+from worker.kd.checkpoint import (
+    Checkpointing,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from worker.kd.data import Splits
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.evaluate import ValidationSet, accuracy, agreement, predict_logits
@@ -380,12 +386,8 @@ class Trainer:
             return
         state = {
             "fingerprint": self.fingerprint,
-            "student": self.student.state_dict(),
-            "loss": self.objective.loss.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            **training_state(self.device, self.student, self.objective.loss, optimizer, scheduler),
             "step": self.step,
-            "torch_rng": torch.get_rng_state(),
             "augment_rng": self.augmenter.generator.get_state()
             if self.augmenter is not None
             else torch.Generator().get_state(),
@@ -405,11 +407,9 @@ class Trainer:
         state = load_checkpoint(self.checkpointing.path, self.fingerprint)
         if state is None:
             return False
-        self.student.load_state_dict(state["student"])
-        self.objective.loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_training_state(
+            state, self.device, self.student, self.objective.loss, optimizer, scheduler
+        )
         if self.augmenter is not None:
             self.augmenter.generator.set_state(state["augment_rng"])
         self.step = int(state["step"])

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from worker.kd.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
+from worker.kd.checkpoint import (
+    Checkpointing,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from worker.kd.errors import Cancelled
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
@@ -189,17 +195,12 @@ class Trainer:
             return
         state = {
             "fingerprint": self.fingerprint,
-            "student": self.student.state_dict(),
-            "objective": self.objective.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
+            **training_state(self.device, self.student, self.objective, optimizer, schedule),
             "epoch": position.epoch,
             "batches_done": position.batches_done,
             "generator_state": position.generator_state,
             "step": position.step,
             "seconds": position.seconds + time.perf_counter() - started,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": _cuda_rng(self.device),
             "history": list(self.history),
         }
         save_checkpoint(self.checkpointing.path, state)
@@ -215,13 +216,9 @@ class Trainer:
         state = load_checkpoint(self.checkpointing.path, self.fingerprint)
         if state is None:
             return False
-        self.student.load_state_dict(state["student"])
-        self.objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state["cuda_rng"].numel():
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        restore_training_state(
+            state, self.device, self.student, self.objective, optimizer, schedule
+        )
         position.epoch, position.batches_done = int(state["epoch"]), int(state["batches_done"])
         position.generator_state = state["generator_state"]
         position.step, position.seconds = int(state["step"]), float(state["seconds"])
@@ -239,9 +236,3 @@ class Trainer:
             )
         data = {"epoch": position.epoch, "step": position.step, "baseline": bool(self.prefix)}
         self.reporter.event("resumed", message, data)
-
-
-def _cuda_rng(device: torch.device) -> torch.Tensor:
-    if device.type != "cuda":
-        return torch.zeros(0, dtype=torch.uint8)
-    return torch.cuda.get_rng_state(device)
