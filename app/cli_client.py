@@ -213,6 +213,7 @@ def jobs(
     out.print(table)
 
 
+# (label, field, format) per model, then for the whole report; a field "a.b" is nested.
 REPORT_ROWS = (
     ("accuracy", "accuracy", "{:.4f}"),
     ("top-5 accuracy", "top5_accuracy", "{:.4f}"),
@@ -221,6 +222,32 @@ REPORT_ROWS = (
     ("latency ms (batch 1)", "latency_ms_batch1", "{:.3f}"),
     ("latency ms (batch 64)", "latency_ms_batch64", "{:.3f}"),
     ("throughput (samples/s)", "throughput_per_s", "{:,.0f}"),
+)
+REPORT_HEADLINE = (
+    ("agreement with teacher", "agreement", "{:.4f}"),
+    ("quality retained", "quality_retained", "{:.2%}"),
+    ("size reduction", "size_reduction", "{:.2%}"),
+    ("speed-up", "speedup", "{:.2f}x"),
+    ("KD gain over baseline", "kd_gain", "{:+.4f}"),
+)
+TRANSFORMER_ROWS = (
+    ("quality", "accuracy", "{:.4f}"),
+    ("parameters", "parameters", "{:,}"),
+    ("layers", "layers", "{}"),
+    ("latency ms (batch 1)", "latency_ms_batch1", "{:.3f}"),
+    ("latency ms (batch 32)", "latency_ms_batch32", "{:.3f}"),
+)
+TRANSFORMER_HEADLINE = (
+    ("quality is", "quality_metric", "{}"),
+    ("sequence length", "sequence_length", "{}"),
+    ("agreement with teacher", "agreement", "{:.4f}"),
+    ("quality retained", "quality_retained", "{:.2%}"),
+    ("size reduction", "size_reduction", "{:.2%}"),
+    ("speed-up (batch 1)", "speedup", "{:.2f}x"),
+    ("speed-up (batch 32)", "speedup_batch32", "{:.2f}x"),
+    ("mean cosine to teacher", "embedding.mean_cosine_student_teacher", "{:.4f}"),
+    ("KD gain over baseline", "kd_gain", "{:+.4f}"),
+    ("ONNX max abs diff", "onnx_max_abs_diff", "{:.1e}"),
 )
 
 
@@ -232,20 +259,40 @@ def report(
     if as_json:
         _print_json(data)
         return
+    table, lines = render_report(job_id, data)
+    out.print(table)
+    for line in lines:
+        out.print(line)
+
+
+def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
+    """The report as a table of the models and lines of headline figures; a transformer
+    job's has its own rows (its quality measure, batch 32, sequence length, embeddings)."""
+    transformer = data.get("kind") == "transformer"
+    rows, headline = (
+        (TRANSFORMER_ROWS, TRANSFORMER_HEADLINE) if transformer else (REPORT_ROWS, REPORT_HEADLINE)
+    )
     models = [name for name in ("teacher", "student", "baseline") if data.get(name)]
     table = Table("", *models, title=f"report for {job_id}")
-    for label, field, fmt in REPORT_ROWS:
-        table.add_row(label, *[_fmt(fmt, data[m].get(field)) for m in models])
-    out.print(table)
-    for label, field, fmt in (
-        ("agreement with teacher", "agreement", "{:.4f}"),
-        ("quality retained", "quality_retained", "{:.2%}"),
-        ("size reduction", "size_reduction", "{:.2%}"),
-        ("speed-up", "speedup", "{:.2f}x"),
-        ("KD gain over baseline", "kd_gain", "{:+.4f}"),
-    ):
-        value = data.get(field)
-        out.print(f"{label:>24}: {_fmt(fmt, value) if value is not None else 'not measured'}")
+    for label, field, fmt in rows:
+        table.add_row(label, *[_fmt(fmt, _field(data[m], field)) for m in models])
+    lines = []
+    for label, field, fmt in headline:
+        value = _field(data, field)
+        if value is None and field.startswith("embedding."):
+            continue
+        shown = _fmt(fmt, value) if value is not None else "not measured"
+        if field == "kd_gain" and value is None and data.get("baseline_skipped"):
+            shown = f"not measured: {data['baseline_skipped']}"
+        lines.append(f"{label:>24}: {shown}")
+    return table, lines
+
+
+def _field(data: dict[str, Any], path: str) -> Any:
+    value: Any = data
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _fmt(fmt: str, value: Any) -> str:

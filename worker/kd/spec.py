@@ -207,7 +207,9 @@ class LossTerm(_Strict):
 
     kind: str
     weight: float = Field(1.0, ge=0.0, le=1e6)
-    params: dict[str, float | int | bool] = Field(default_factory=dict)
+    params: dict[str, float | int | bool | Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=dict
+    )
     teacher_layer: str | None = Field(None, max_length=500)
     student_layer: str | None = Field(None, max_length=500)
 

@@ -37,14 +37,25 @@ class SoftTargetCE(LogitLoss):
 
 @register_loss("embedding_mse")
 class EmbeddingMSE(LogitLoss):
-    """Mean squared error between student and teacher sentence embeddings (B, D).
+    """Squared error between student and teacher sentence embeddings (B, D).
 
     Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings Multilingual using
-    Knowledge Distillation", arXiv:2004.09813: L = mean((s - t)^2).
+    Knowledge Distillation", arXiv:2004.09813: L = mean over (b, d) of (s - t)^2 with
+    `reduction="mean"`. With `reduction="sum"` the squares are summed over the D dimensions
+    and averaged over the texts, L = mean_b ||s_b - t_b||^2 (2 - 2 cos for unit vectors):
+    the same scale whatever the width, which is what lets it sit beside a cosine term
+    (the mean shrinks it by D: 384 for MiniLM, and the other term takes over).
     """
 
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(student.float(), teacher.float())
+        squares = (student.float() - teacher.float()).pow(2)  # (B, D)
+        return squares.mean() if self.reduction == "mean" else squares.sum(-1).mean()
 
 
 @register_loss("hidden_cosine")

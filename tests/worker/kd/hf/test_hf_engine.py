@@ -89,6 +89,25 @@ def test_each_task_distils_and_reports_the_triple(
         assert {"modules.json", "1_Pooling/config.json", "model.safetensors"} <= set(names)
     assert any(name == "val_accuracy" for name, *_ in reporter.metrics)
     assert reporter.events[-1][0] == "training_finished"
+    check_cli_report(report)
+
+
+def check_cli_report(report: dict[str, Any]) -> None:
+    """`distillery report` shows a transformer job's own figures."""
+    from rich.console import Console
+
+    from app.cli_client import render_report
+
+    table, lines = render_report("job_x", report)
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text() + "\n".join(lines)
+    assert "latency ms (batch 32)" in text and f"{report['student']['parameters']:,}" in text
+    assert f"{report['speedup_batch32']:.2f}x" in text
+    assert f"sequence length: {report['sequence_length']}" in text
+    if report["task"] == "sentence_embedding":
+        cosine = report["embedding"]["mean_cosine_student_teacher"]
+        assert f"mean cosine to teacher: {cosine:.4f}" in text
 
 
 def test_transformer_students_need_a_transformer_teacher(tmp_path: Path) -> None:

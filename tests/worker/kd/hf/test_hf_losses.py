@@ -25,8 +25,16 @@ def test_soft_ce_golden() -> None:
 
 
 def test_embedding_mse_golden() -> None:
-    value = get_loss("embedding_mse")(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
-    assert value.item() == pytest.approx(2.5)
+    s, t = torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    assert get_loss("embedding_mse")(s, t).item() == pytest.approx((1 + 4 + 0 + 1) / 4)
+    assert get_loss("embedding_mse", reduction="sum")(s, t).item() == pytest.approx((5 + 1) / 2)
+    unit = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    other = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    cos = (unit * other).sum(-1)
+    summed = get_loss("embedding_mse", reduction="sum")(unit, other)
+    assert summed.item() == pytest.approx(float((2 - 2 * cos).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        get_loss("embedding_mse", reduction="max")
 
 
 def test_hidden_cosine_golden_and_width_check() -> None:
