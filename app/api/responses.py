@@ -2,50 +2,74 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio.to_thread
+import anyio
 from fastapi import Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-READ_AHEAD = 32 * 1024 * 1024
-
 
 class LargeFileResponse(FileResponse):
     """A file sent in 4 MiB reads instead of Starlette's 64 KiB (a quarter of the server
-    CPU per GB), each read asking the kernel to start fetching the next 32 MiB, so the
-    disk works ahead while the previous chunk is on the wire (BENCHMARKS.md, artifacts).
-    Range requests and HEAD are FileResponse's own."""
+    CPU per GB), the next chunk read in a thread while the current one is sent, so disk and
+    socket work at the same time instead of in turn (BENCHMARKS.md, artifacts). Range
+    requests and HEAD are FileResponse's own. (Hinting the next 32 MiB with
+    POSIX_FADV_WILLNEED instead cost CPU and throughput: 1.5 against 2.5 GB/s from a cold
+    file here; measured, dropped.)"""
 
     chunk_size = 4 * 1024 * 1024
 
     @asynccontextmanager
     async def _open_file(self) -> AsyncIterator[Any]:
         async with super()._open_file() as file:
-            yield _ReadAhead(file) if hasattr(os, "posix_fadvise") else file
+            if hasattr(os, "posix_fadvise"):  # a larger kernel read-ahead for this file
+                os.posix_fadvise(file.wrapped.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            reader = _Prefetching(file.wrapped)
+            try:
+                yield reader
+            finally:
+                with anyio.CancelScope(shield=True):  # no read may outlive the file
+                    await reader.settle()
 
 
-class _ReadAhead:
-    """The parts of anyio's AsyncFile that FileResponse uses, with read-ahead hints."""
+class _Prefetching:
+    """The `seek` and `read` FileResponse uses, over a plain file: after a full read the
+    next one of the same size starts at once in a thread; a shorter request is served from
+    what was read ahead (reading past a range's end is harmless: the rest is dropped)."""
 
-    def __init__(self, file: Any) -> None:
-        self.file = file
-        self.raw = file.wrapped
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.buffer = b""
+        self.pending: asyncio.Future[bytes] | None = None
 
     async def seek(self, offset: int) -> int:
-        return int(await self.file.seek(offset))
+        await self.settle()
+        self.buffer = b""
+        return int(self.raw.seek(offset))
 
     async def read(self, size: int) -> bytes:
-        return await anyio.to_thread.run_sync(self._read, size)
+        loop = asyncio.get_running_loop()
+        if self.pending is not None:
+            self.buffer, self.pending = self.buffer + await self.pending, None
+        if len(self.buffer) < size:
+            self.buffer += await loop.run_in_executor(None, self._read, size - len(self.buffer))
+        chunk, self.buffer = self.buffer[:size], self.buffer[size:]
+        if chunk and len(chunk) == size:  # more may follow
+            self.pending = loop.run_in_executor(None, self._read, size)
+        return chunk
+
+    async def settle(self) -> None:
+        """Wait for a read in flight (its bytes are kept)."""
+        if self.pending is not None:
+            self.buffer, self.pending = self.buffer + await self.pending, None
 
     def _read(self, size: int) -> bytes:
         chunk: bytes = self.raw.read(size)
-        if chunk:  # WILLNEED starts the reads and returns; pages already cached cost nothing
-            os.posix_fadvise(self.raw.fileno(), self.raw.tell(), READ_AHEAD, os.POSIX_FADV_WILLNEED)
         return chunk
 
 
