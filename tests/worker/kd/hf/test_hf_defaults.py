@@ -37,7 +37,10 @@ def rounded(terms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             **term,
             "weight": round(term["weight"], 6),
-            "params": {k: round(v, 6) for k, v in term.get("params", {}).items()},
+            "params": {
+                k: v if isinstance(v, str) else round(v, 6)
+                for k, v in term.get("params", {}).items()
+            },
         }
         for term in terms
     ]
