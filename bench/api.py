@@ -3,11 +3,12 @@
 One `python -m app.cli api` process per database (DISTILLERY_RATE_LIMIT_PER_MINUTE=0,
 uvicorn as `distillery api` runs it, access log on), each database seeded directly with
 SQLAlchemy: one tenant with N jobs. A load generator in a separate process (wrk, one
-thread, closed loop) drives 127.0.0.1 with 32 connections: at 64 the server deadlocks
-(see the probe below), which would measure the 30 s pool timeout, not the endpoint.
+thread, closed loop) drives 127.0.0.1 with 32 connections (at 64 the server used to
+deadlock; the probe below checks that it no longer does).
 
 - `GET /v1/jobs/{id}` (authenticated: key lookup, tenant-scoped read, serialisation) vs
-  `GET /healthz` of the same server process, interleaved, repeated: the ratio of
+  `GET /healthz` (an `async def` returning a constant: the barest route) of the same
+  server process, interleaved, repeated: the ratio of
   requests/s [target >= 0.5] and both p50/p99.
 - `GET /v1/jobs?limit=20` p99 with 1k, 10k and 100k jobs in the table [flat], and the same
   with `&status=failed` (a filter that hits 5% of the rows).
