@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -77,20 +78,47 @@ def paired_latency_ms(
 ) -> list[float]:
     """Median wall time (ms) of one forward pass of each model on `example`, the models
     timed in turn within each round so that all of them meet the same machine load."""
-    example = example.to(device)
-    timings: list[list[float]] = [[] for _ in models]
     for model in models:
         model.eval()
+    times = paired_times_ms(
+        models, example.to(device), device, warmup=warmup, min_rounds=runs, max_rounds=runs
+    )
+    return [statistics.median(model_times) for model_times in times]
+
+
+def paired_times_ms(
+    models: list[nn.Module],
+    example: torch.Tensor,
+    device: torch.device,
+    *,
+    warmup: int,
+    min_rounds: int,
+    max_rounds: int,
+    budget_s: float = math.inf,
+    alternate: bool = False,
+) -> list[list[float]]:
+    """Per model, its wall time (ms) on `example` in each timed round: `warmup` untimed
+    rounds, then rounds until `budget_s` has passed, `min_rounds` at least and
+    `max_rounds` at most. The models run in turn within a round, so that all meet the same
+    machine load; with `alternate`, odd rounds run them in reverse order, so that none
+    always goes first."""
+    times: list[list[float]] = [[] for _ in models]
+    order = list(enumerate(models))
+    deadline = math.inf
     with torch.no_grad():  # not inference_mode: TorchScript students train afterwards
-        for round_ in range(warmup + runs):
-            for model, times in zip(models, timings, strict=True):
+        for round_ in range(-warmup, max_rounds):
+            if round_ == 0:
+                deadline = time.perf_counter() + budget_s
+            elif round_ >= min_rounds and time.perf_counter() >= deadline:
+                break
+            for index, model in order[::-1] if alternate and round_ % 2 else order:
                 _synchronize(device)
                 start = time.perf_counter()
                 model(example)
                 _synchronize(device)
-                if round_ >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
-    return [statistics.median(times) for times in timings]
+                if round_ >= 0:
+                    times[index].append((time.perf_counter() - start) * 1000)
+    return times
 
 
 def _synchronize(device: torch.device) -> None:

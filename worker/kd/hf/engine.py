@@ -20,6 +20,7 @@ from torch import nn
 from worker.kd.cache import TeacherCache
 from worker.kd.checkpoint import Checkpointing, fingerprint
 from worker.kd.errors import IncompatibleModels, InvalidSpec
+from worker.kd.evaluate import count_parameters
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
 from worker.kd.hf.export import export_onnx
@@ -29,7 +30,6 @@ from worker.kd.hf.models import (
     build_student,
     choose_layers,
     config_of,
-    count_parameters,
     load_teacher,
     num_layers,
     save_student,

@@ -4,9 +4,7 @@ embedding agreement between student and teacher, and latency at batch 1 and 32."
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.kd.evaluate import paired_times_ms
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import forward
@@ -135,7 +134,16 @@ def speed(
     with torch_threads(TIMING_THREADS):
         for size in SPEED_BATCHES:
             ids = torch.randint(0, vocab, (size, length), generator=generator).to(device)
-            t, s = paired_times_ms(models, ids, device)  # (rounds,) each
+            t, s = paired_times_ms(
+                models,
+                ids,
+                device,
+                warmup=WARMUP_ROUNDS,
+                min_rounds=MIN_ROUNDS,
+                max_rounds=MAX_ROUNDS,
+                budget_s=TIMING_BUDGET_S,
+                alternate=True,
+            )  # (rounds,) each
             ratios = [a / b for a, b in zip(t, s, strict=True)]
             low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
             key = f"batch_{size}"
@@ -147,31 +155,6 @@ def speed(
     return timings
 
 
-def paired_times_ms(
-    models: list[nn.Module], example: torch.Tensor, device: torch.device
-) -> list[list[float]]:
-    """Per model, its wall time (ms) on `example` in each round: WARMUP_ROUNDS untimed,
-    then rounds until TIMING_BUDGET_S has passed, MIN_ROUNDS at least and MAX_ROUNDS at
-    most. Odd rounds run the models in reverse order, so that none always goes first."""
-    times: list[list[float]] = [[] for _ in models]
-    order = list(enumerate(models))
-    deadline = math.inf
-    with torch.no_grad():
-        for round_ in range(-WARMUP_ROUNDS, MAX_ROUNDS):
-            if round_ == 0:
-                deadline = time.perf_counter() + TIMING_BUDGET_S
-            elif round_ >= MIN_ROUNDS and time.perf_counter() >= deadline:
-                break
-            for index, model in order if round_ % 2 == 0 else order[::-1]:
-                _synchronize(device)
-                start = time.perf_counter()
-                model(example)
-                _synchronize(device)
-                if round_ >= 0:
-                    times[index].append((time.perf_counter() - start) * 1000)
-    return times
-
-
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """torch's intra-op thread count set to `count` for the block, then restored."""
@@ -181,8 +164,3 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

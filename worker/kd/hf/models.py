@@ -248,10 +248,6 @@ def num_layers_of(config: Any) -> int:
     return int(config_value(config.to_dict(), "num_hidden_layers", "n_layer", "num_layers"))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def save_student(student: nn.Module, teacher: LoadedTeacher, directory: Path) -> None:
     """The student as a Hugging Face directory (safetensors) with the teacher's tokenizer,
     plus the sentence-transformers modules when the teacher was one."""

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from worker.kd.evaluate import count_parameters
 from worker.kd.features import LayerShapes
-from worker.kd.hf.models import LoadedTeacher, count_parameters, forward, load_teacher
+from worker.kd.hf.models import LoadedTeacher, forward, load_teacher
 from worker.kd.teachers.base import Teacher
 
 EXAMPLE_TEXTS = ["a short example", "another example sentence"]
