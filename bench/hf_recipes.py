@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.report import replace_block
 from worker.kd.engine import distill, prepare
 from worker.kd.hf.engine import zip_directory
 from worker.kd.reporting import MemoryReporter
@@ -518,9 +519,6 @@ def main() -> None:
         render(result)
 
 
-START, END = "<!-- bench:hf_recipes:start -->", "<!-- bench:hf_recipes:end -->"
-
-
 def render(
     result: dict[str, Any], path: Path = Path(__file__).parents[1] / "BENCHMARKS.md"
 ) -> None:
@@ -557,10 +555,7 @@ def render(
         f"teachers trained in {sum(result['teacher_seconds'].values()):.0f} s, "
         f"{result['seconds']:.0f} s in all."
     )
-    text = path.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        path.write_text(head + START + "\n" + "\n".join(lines) + "\n" + END + rest.split(END, 1)[1])
+    path.write_text(replace_block(path.read_text(), "hf_recipes", "\n".join(lines)))
 
 
 if __name__ == "__main__":

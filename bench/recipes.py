@@ -26,6 +26,7 @@ import torch
 from sklearn.datasets import load_digits, make_classification
 from torch import nn
 
+from bench.report import replace_block
 from worker.kd.engine import distill, prepare
 from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
@@ -187,9 +188,6 @@ def main() -> None:
         render(result)
 
 
-START, END = "<!-- bench:recipes:start -->", "<!-- bench:recipes:end -->"
-
-
 def render(
     result: dict[str, Any], path: Path = Path(__file__).parents[1] / "BENCHMARKS.md"
 ) -> None:
@@ -212,11 +210,7 @@ def render(
     )
     seeds = result["rows"][0]["seeds"]
     lines.append(f"Each cell is the mean of {seeds} seeds; {result['seconds']:.0f} s in all.")
-    text = path.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + START + "\n" + "\n".join(lines) + "\n" + END + rest.split(END, 1)[1]
-        path.write_text(text)
+    path.write_text(replace_block(path.read_text(), "recipes", "\n".join(lines)))
 
 
 if __name__ == "__main__":
