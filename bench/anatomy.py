@@ -29,8 +29,8 @@ Pair = tuple[str, Callable[[], object], Callable[[], object], str]
 
 def _pairs(workload: Workload) -> list[Pair]:
     from worker.kd.engine import prepare
-    from worker.kd.runner import OnlineTeacher, _new_student, build_objective
     from worker.kd.spec import JobSpec
+    from worker.kd.tasks.tensor_job import OnlineTeacher, _new_student, build_objective
     from worker.kd.train import RunningSums, Trainer, stack_parts
 
     spec = JobSpec.model_validate(workload.spec(2, cache_teacher=False))

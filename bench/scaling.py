@@ -32,7 +32,7 @@ import torch
 from bench import loops, workloads
 from bench.common import LoadMeter, log, median, rotate, section_args, write_result
 
-# worker.kd.runner's names for the steps of the report phase, as it calls them.
+# worker.kd.tasks.tensor_job's names for the steps of the report phase, as it calls them.
 REPORT_STEPS = {
     "save_student": "student.pt (TorchScript) + safetensors",
     "export_onnx": "student.onnx export",

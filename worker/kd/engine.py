@@ -1,57 +1,64 @@
 """The engine's entry points: `prepare` checks and loads a job, `distill` trains and reports.
 
+A job is of one kind (worker.kd.spec.JobKind): `tensor` (a classifier on tensors) or
+`transformer` (a Hugging Face teacher: sequence classification, sentence embedding or
+causal LM). `JOBS` maps each kind to the module that prepares and distils it; both train
+through the one `Trainer` (worker.kd.training) with their task's adapter (worker.kd.tasks).
+
 `prepare` is the pipeline's "validating" stage: it fails fast, with a KDError whose message
 says what to fix, before any training starts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from worker.kd.cache import TeacherCache
-from worker.kd.checkpoint import Checkpointing
-from worker.kd.data import Splits, load_dataset
-from worker.kd.errors import IncompatibleModels, InvalidSpec
+from worker.kd.errors import InvalidSpec
+from worker.kd.jobs import DistillResult, HFPrepared, Prepared
 from worker.kd.reporting import Reporter
-from worker.kd.runner import run_training
-from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
-from worker.kd.students import build_student, load_file_student
-from worker.kd.teachers import load_teacher, probe_teacher
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.spec import JobKind, JobSpec
+from worker.kd.tasks.tensor_job import distill_tensor, prepare_tensor
+from worker.kd.tasks.transformer_job import distill_hf, is_hf_teacher, prepare_hf
+from worker.kd.training.checkpoint import Checkpointing
 
-if TYPE_CHECKING:
-    from worker.kd.hf.engine import HFPrepared
+AnyPrepared = Prepared | HFPrepared
 
 
-@dataclass
-class Prepared:
-    """A job checked and loaded, ready to train."""
+@dataclass(frozen=True)
+class JobKindEntry:
+    """How a kind of job is prepared and distilled."""
 
-    spec: JobSpec
-    teacher: nn.Module
-    data: Splits
-    input_shape: tuple[int, ...]
-    num_classes: int
-    device: torch.device
-    teacher_path: Path
-    dataset_path: Path | None
-    student_path: Path | None = None
-
-    @property
-    def dataset_name(self) -> str:
-        builtin = self.spec.dataset.builtin
-        return f"builtin:{builtin}" if builtin else Path(str(self.dataset_path)).name
+    prepare: Callable[[JobSpec, Path, Path | None, Path | None, torch.device], AnyPrepared]
+    distill: Callable[
+        [AnyPrepared, Path, Reporter, Checkpointing | None, TeacherCache | None], DistillResult
+    ]
+    prepared_type: type
 
 
-@dataclass
-class DistillResult:
-    report: dict[str, Any]  # exactly what is written to report.json
-    artifacts: dict[str, Path]  # artifact name -> file in out_dir
+def _prepare_transformer(
+    spec: JobSpec,
+    teacher_path: Path,
+    dataset_path: Path | None,
+    student_path: Path | None,
+    device: torch.device,
+) -> HFPrepared:
+    return prepare_hf(spec, teacher_path, dataset_path, device)
+
+
+JOBS: dict[JobKind, JobKindEntry] = {
+    "tensor": JobKindEntry(prepare_tensor, distill_tensor, Prepared),  # type: ignore[arg-type]
+    "transformer": JobKindEntry(_prepare_transformer, distill_hf, HFPrepared),  # type: ignore[arg-type]
+}
+
+
+def job_kind(spec: JobSpec, teacher_path: Path) -> JobKind:
+    """A Hugging Face model-directory ZIP teacher makes a transformer job."""
+    return "transformer" if is_hf_teacher(spec, Path(teacher_path)) else "tensor"
 
 
 def prepare(
@@ -59,41 +66,17 @@ def prepare(
     teacher_path: Path,
     dataset_path: Path | None,
     student_path: Path | None = None,
-) -> Prepared | HFPrepared:
+) -> AnyPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
-    is None for a builtin dataset; `student_path` is the file of an `arch: file` student.
-    A Hugging Face model-directory ZIP teacher makes a transformer job (worker.kd.hf)."""
+    is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
     device = resolve_device(spec.training.device)
-    from worker.kd.hf.engine import is_hf_teacher, prepare_hf
-
-    if is_hf_teacher(spec, Path(teacher_path)):
-        return prepare_hf(spec, Path(teacher_path), dataset_path, device)
-    if spec.student.arch in TRANSFORMER_ARCHS:
-        raise InvalidSpec(
-            f"student.arch {spec.student.arch!r} needs a Hugging Face teacher (a ZIP of a "
-            "save_pretrained directory)."
-        )
-    data = load_dataset(spec.dataset, dataset_path, spec.training.val_fraction, spec.training.seed)
-    example = data.x_train[:2]  # (2, *input_shape)
-    teacher = load_teacher(Path(teacher_path), spec.teacher, example=example).to(device)
-    num_classes = probe_teacher(teacher, example.to(device))
-    check_labels_fit(data, num_classes)
-    if spec.student.arch == "file":
-        if student_path is None:
-            raise InvalidSpec("student.file_id: the student file was not given to the engine.")
-        load_file_student(Path(student_path), example=example, num_classes=num_classes)
-    else:
-        check_student_fits(spec, data.input_shape, num_classes)
-    return Prepared(
-        spec=spec,
-        teacher=teacher,
-        data=data,
-        input_shape=data.input_shape,
-        num_classes=num_classes,
-        device=device,
-        teacher_path=Path(teacher_path),
-        dataset_path=None if dataset_path is None else Path(dataset_path),
-        student_path=None if student_path is None else Path(student_path),
+    entry = JOBS[job_kind(spec, Path(teacher_path))]
+    return entry.prepare(
+        spec,
+        Path(teacher_path),
+        None if dataset_path is None else Path(dataset_path),
+        None if student_path is None else Path(student_path),
+        device,
     )
 
 
@@ -108,34 +91,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_labels_fit(data: Splits, num_classes: int) -> None:
-    max_label = data.max_label()
-    if max_label is not None and max_label >= num_classes:
-        raise IncompatibleModels(
-            f"The dataset has labels up to {max_label} ({max_label + 1} classes) but the teacher "
-            f"outputs {num_classes} logits; labels must be in [0, {num_classes})."
-        )
-
-
-def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Build the student without memory (meta device) and run a batch of 2 through it."""
-    with torch.device("meta"):
-        student = build_student(spec.student, input_shape, num_classes)
-        try:
-            out = student(torch.empty(2, *input_shape))  # (2, K)
-        except Exception as exc:
-            raise IncompatibleModels(
-                f"The {spec.student.arch} student cannot take inputs of shape "
-                f"{fmt_shape(input_shape)}: {shorten(exc)}"
-            ) from exc
-    if tuple(out.shape) != (2, num_classes):
-        raise IncompatibleModels(
-            f"The student returned shape {fmt_shape(out.shape)}, expected (2, {num_classes})."
-        )
-
-
 def distill(
-    prepared: Prepared | HFPrepared,
+    prepared: AnyPrepared,
     out_dir: Path,
     reporter: Reporter,
     checkpointing: Checkpointing | None = None,
@@ -146,15 +103,10 @@ def distill(
 
     With `checkpointing`, training resumes from the checkpoint there if one matches the
     recipe, refreshes it as it goes, and saves it when stopped (then `Cancelled` is raised).
-    With `cache`, teacher outputs on fixed inputs are reused across jobs. Transformer jobs
-    (HFPrepared) resume and reuse teacher outputs the same way (worker.kd.hf.engine).
+    With `cache`, teacher outputs on fixed inputs are reused across jobs.
     """
-    from worker.kd.hf.engine import HFPrepared, distill_hf
-
-    if isinstance(prepared, HFPrepared):
-        return distill_hf(prepared, Path(out_dir), reporter, checkpointing, cache)
-    report, artifacts = run_training(prepared, Path(out_dir), reporter, checkpointing, cache)
-    return DistillResult(report=report, artifacts=artifacts)
+    entry = next(e for e in JOBS.values() if isinstance(prepared, e.prepared_type))
+    return entry.distill(prepared, Path(out_dir), reporter, checkpointing, cache)
 
 
 def run(

@@ -10,24 +10,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from worker.kd.catalogue import (
+    LOSS_KINDS,
+    TENSOR_TASKS,
+    TRANSFORMER_TASKS,
+    TaskKind,
+    loss_meta,
+    losses_for,
+)
+
 STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet", "from_teacher", "hf")
 # Students of Hugging Face teachers only (worker.kd.hf).
 TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf")
-TRANSFORMER_TASKS: tuple[str, ...] = ("sequence_classification", "sentence_embedding", "causal_lm")
 TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors", "hf_zip")
 DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip", "jsonl", "text")
 BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
-# The names registered in worker.kd.losses (a test keeps the two in step).
-LOSS_KINDS: tuple[str, ...] = (
-    "attention", "ce", "cosine", "dkd", "embedding_mse", "hidden_cosine", "hint", "hinton",
-    "kd", "logit_mse", "pkt", "rkd_angle", "rkd_distance", "self_attention_kl", "soft_ce", "sp",
-)  # fmt: skip
-LAYER_LOSSES: tuple[str, ...] = (
-    "attention", "cosine", "hidden_cosine", "hint", "pkt", "rkd_angle", "rkd_distance",
-    "self_attention_kl", "sp",
-)  # fmt: skip
-# Transformer layer losses whose layers default to the student's layer map when not named.
-MAPPED_LAYER_LOSSES: tuple[str, ...] = ("hidden_cosine", "self_attention_kl")
+__all__ = ["LOSS_KINDS", "TRANSFORMER_TASKS", "TaskKind"]
 
 
 class _Strict(BaseModel):
@@ -215,15 +213,14 @@ class LossTerm(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> LossTerm:
-        if self.kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss kind {self.kind!r}; known: {', '.join(LOSS_KINDS)}")
+        meta = loss_meta(self.kind)
         named = bool(self.teacher_layer and self.student_layer)
-        if self.kind in MAPPED_LAYER_LOSSES:
+        if meta.layer_mapped:
             if (self.teacher_layer or self.student_layer) and not named:
                 raise ValueError(f"loss {self.kind!r} needs both layers, or neither (layer map)")
-        elif self.kind in LAYER_LOSSES and not named:
+        elif meta.needs_layers and not named:
             raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")
-        if self.kind not in LAYER_LOSSES and (self.teacher_layer or self.student_layer):
+        if not meta.needs_layers and (self.teacher_layer or self.student_layer):
             raise ValueError(f"loss {self.kind!r} works on logits; it takes no layers")
         return self
 
@@ -279,14 +276,27 @@ class TrainingSpec(_Strict):
     )
 
 
-# The recipe a job gets when its spec names no `distillation` at all: the one that measured
-# best on the bench tasks (BENCHMARKS.md, "Default recipe"; `python -m bench.recipes`):
-# consistent teaching, one mixed-up, noised batch seen by teacher and student alike.
-DEFAULT_RECIPE: dict[str, Any] = {
-    "temperature": 4.0,
-    "alpha": 0.9,
-    "augment": {"mixup": 0.4, "noise": 0.05},
+JobKind = Literal["tensor", "transformer"]
+
+# The recipe a job gets when its spec names no `distillation` at all, per kind of job.
+# Tensor jobs: the one that measured best on the bench tasks (BENCHMARKS.md, "Default
+# recipe"; `python -m bench.recipes`): consistent teaching, one mixed-up, noised batch seen
+# by teacher and student alike. Transformer jobs: soft targets at T=1 with alpha 0.9, which
+# beat T=4 there (bench/hf_recipes.py); texts are not augmented.
+DEFAULT_RECIPES: dict[JobKind, dict[str, Any]] = {
+    "tensor": {"temperature": 4.0, "alpha": 0.9, "augment": {"mixup": 0.4, "noise": 0.05}},
+    "transformer": {"temperature": 1.0, "alpha": 0.9},
 }
+DEFAULT_RECIPE = DEFAULT_RECIPES["tensor"]
+
+
+def job_kind_of(data: dict[str, Any]) -> JobKind:
+    """A raw spec's kind: transformer when its student is built from a Hugging Face teacher
+    (or the teacher is declared a model-directory ZIP), tensor otherwise."""
+    student, teacher = data.get("student"), data.get("teacher")
+    arch = student.get("arch") if isinstance(student, dict) else getattr(student, "arch", None)
+    fmt = teacher.get("format") if isinstance(teacher, dict) else getattr(teacher, "format", None)
+    return "transformer" if arch in TRANSFORMER_ARCHS or fmt == "hf_zip" else "tensor"
 
 
 class JobSpec(_Strict):
@@ -296,7 +306,7 @@ class JobSpec(_Strict):
     @classmethod
     def _default_recipe(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("distillation") is None:
-            return {**data, "distillation": DEFAULT_RECIPE}
+            return {**data, "distillation": DEFAULT_RECIPES[job_kind_of(data)]}
         return data
 
     teacher: TeacherSpec
@@ -307,3 +317,35 @@ class JobSpec(_Strict):
     baseline: bool = Field(
         False, description="Also train the student without the teacher, same budget and seed."
     )
+
+    @property
+    def kind(self) -> JobKind:
+        return job_kind_of({"student": self.student, "teacher": self.teacher})
+
+    def task_kinds(self) -> tuple[TaskKind, ...]:
+        """The task kinds this job can be: one for a tensor job or a transformer job whose
+        teacher.task is given; every transformer task while the model ZIP has not said."""
+        if self.kind == "tensor":
+            return TENSOR_TASKS
+        return (self.teacher.task,) if self.teacher.task else TRANSFORMER_TASKS
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> JobSpec:
+        """Each field a job sets applies to its task kind; a 422 says which kinds it is for."""
+        tasks = self.task_kinds()
+        if self.kind == "transformer" and self.distillation.augment.active:
+            raise ValueError(
+                "distillation.augment applies to tensor_classification jobs only (inputs that "
+                "can be mixed, noised, cropped or flipped); a transformer job's texts are not "
+                "augmented: remove distillation.augment"
+            )
+        for index, term in enumerate(self.distillation.losses or []):
+            meta = loss_meta(term.kind)
+            if not set(tasks) & set(meta.task_kinds):
+                usable = sorted({name for task in tasks for name in losses_for(task)})
+                raise ValueError(
+                    f"distillation.losses[{index}]: loss {term.kind!r} applies to "
+                    f"{', '.join(meta.task_kinds)} jobs, not to {' or '.join(tasks)}; "
+                    f"use one of {', '.join(usable)}"
+                )
+        return self

@@ -208,8 +208,8 @@ def test_cnn_student_on_images_with_explicit_validation(
 
 
 def test_model_card_and_curves_describe_the_run(tmp_path: Path) -> None:
-    from worker.kd.model_card import model_card
     from worker.kd.plots import plot_curves
+    from worker.kd.report.summary import model_card
 
     metrics = [("train_loss", s, 1, 1.0 / s) for s in range(1, 11)]
     metrics += [("val_accuracy", 10, 1, 0.5), ("val_accuracy", 20, 2, 0.8)]

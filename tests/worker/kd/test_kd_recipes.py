@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from worker.kd.cache import TeacherCache, TeacherOutputs
-from worker.kd.checkpoint import Checkpointing
 from worker.kd.engine import Prepared, distill, prepare
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec, TrainingSpec
-from worker.kd.train import lr_multiplier
+from worker.kd.training.checkpoint import Checkpointing
+from worker.kd.training.trainer import lr_multiplier
 
 from .conftest import job_spec
 from .test_kd_checkpoint import StopAt, weights

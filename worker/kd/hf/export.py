@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +15,8 @@ from torch import nn
 from worker.kd.hf import measure
 from worker.kd.hf.models import config_of
 from worker.kd.history import RecordingReporter
+from worker.kd.jobs import HFPrepared
 from worker.kd.text import shorten
-
-if TYPE_CHECKING:
-    from worker.kd.hf.engine import HFPrepared
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "output"

@@ -14,14 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.catalogue import LOGIT_TASKS, LOSS_CATALOGUE, TRANSFORMER_TASKS
 from worker.kd.errors import InvalidSpec
 from worker.kd.hf.models import Outputs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
-from worker.kd.spec import DEFAULT_RECIPE, DistillationSpec, JobSpec
+from worker.kd.spec import JobSpec
 
-TRANSFORMER_KINDS = ("ce", "embedding_mse", "hidden_cosine", "kd", "logit_mse",
-                     "self_attention_kl", "soft_ce")  # fmt: skip
-LOGIT_TASKS = ("sequence_classification", "causal_lm")
+TRANSFORMER_KINDS = tuple(
+    name for name, meta in LOSS_CATALOGUE.items() if set(meta.task_kinds) & set(TRANSFORMER_TASKS)
+)
 
 
 @dataclass
@@ -53,11 +54,10 @@ def default_terms(
     weighs the same at any width: the mean over a 384-wide MiniLM's dimensions let the
     cosine term take over), plus hidden_cosine when the widths match. A spec that states
     its own `distillation` section keeps its temperature and alpha; one that states none
-    gets the measured values rather than the default recipe's (measured on other students).
+    gets the transformer default recipe (worker.kd.spec.DEFAULT_RECIPES), these measured
+    values.
     """
-    stated = spec.distillation != DistillationSpec.model_validate(DEFAULT_RECIPE)
-    temperature = spec.distillation.temperature if stated else 1.0
-    alpha = spec.distillation.alpha if stated else 0.9
+    temperature, alpha = spec.distillation.temperature, spec.distillation.alpha
     if not labeled and task != "causal_lm":
         alpha = 1.0
     if task == "sentence_embedding":
@@ -95,19 +95,19 @@ class TransformerObjective(nn.Module):
         teacher: Outputs,
         batch: dict[str, torch.Tensor],
         labels: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch["attention_mask"].bool()  # (B, T)
         s_out, t_out = self.rows(student.output, mask), self.rows(teacher.output, mask)
         targets = next_tokens(batch["input_ids"], mask) if self.task == "causal_lm" else labels
         total = torch.zeros((), device=mask.device)
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         for term in self.terms:
             if term.pairs:
                 value = self._layers(term, student, teacher, mask)
             else:
                 value = term.loss.compute(LossInputs(s_out, t_out, targets))
             total = total + term.weight * value
-            parts[term.name] = float(value.detach())
+            parts[term.name] = value.detach()
         return total, parts
 
     def rows(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

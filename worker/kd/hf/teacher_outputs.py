@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,10 +24,8 @@ from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import Outputs, forward
 from worker.kd.hf.objective import TransformerObjective, teacher_layers
+from worker.kd.jobs import HFPrepared
 from worker.kd.reporting import Reporter
-
-if TYPE_CHECKING:
-    from worker.kd.hf.engine import HFPrepared
 
 MAX_IN_MEMORY_BYTES = 2 * 1024**3  # the cap when there is no disk cache (or a larger one)
 COMPUTE_BATCH = 32

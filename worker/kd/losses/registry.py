@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from worker.kd.catalogue import TaskKind, loss_meta
 from worker.kd.losses.base import DistillationLoss, Family
 
 L = TypeVar("L", bound=DistillationLoss)
@@ -25,6 +26,11 @@ def register_loss(name: str) -> Callable[[type[L]], type[L]]:
     def register(cls: type[L]) -> type[L]:
         if name in LOSSES:
             raise ValueError(f"A loss named {name!r} is already registered: {LOSSES[name]!r}")
+        meta = loss_meta(name)  # every loss is catalogued first (worker.kd.catalogue)
+        if cls.family != meta.family:
+            raise ValueError(
+                f"Loss {name!r} is a {cls.family} loss but the catalogue says {meta.family}."
+            )
         cls.key = name
         LOSSES[name] = cls
         return cls
@@ -54,6 +60,8 @@ class LossInfo:
     needs_layers: bool  # a term names teacher_layer and student_layer
     needs_labels: bool
     needs_shapes: bool  # built as cls(student_shape, teacher_shape, **params)
+    layer_mapped: bool  # transformer layers default to the student's layer map
+    task_kinds: tuple[TaskKind, ...]
     summary: str  # first paragraph of the docstring, on one line
 
 
@@ -67,5 +75,7 @@ def loss_info(name: str) -> LossInfo:
         needs_layers=cls.uses_layers(),
         needs_labels=cls.needs_labels,
         needs_shapes=cls.needs_shapes,
+        layer_mapped=loss_meta(name).layer_mapped,
+        task_kinds=loss_meta(name).task_kinds,
         summary=" ".join(first_paragraph.split()),
     )

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import distill, prepare
-from worker.kd.hf.engine import HFPrepared, new_student
 from worker.kd.hf.models import forward
 from worker.kd.hf.objective import baseline_objective
 from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
+from worker.kd.tasks.transformer_job import HFPrepared, new_student
 
 
 def spec(student: dict[str, Any]) -> JobSpec:

@@ -15,7 +15,6 @@ from torch import nn
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import prepare
-from worker.kd.hf.engine import HFPrepared
 from worker.kd.hf.export import (
     TRACE_OPSET,
     Batch,
@@ -29,6 +28,7 @@ from worker.kd.hf.measure import TaskModule
 from worker.kd.history import RecordingReporter
 from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
+from worker.kd.tasks.transformer_job import HFPrepared
 
 STUDENTS = {
     "sequence_classification": {"arch": "from_teacher", "num_layers": 2},

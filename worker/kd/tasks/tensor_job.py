@@ -1,5 +1,7 @@
-"""What `distill` does, in order: build the loss and the teacher's outputs, train the
-student (and the teacher-free baseline), save the files, measure, write the report."""
+"""A tensor-classification job: `prepare_tensor` loads and checks it; `distill_tensor`
+builds the loss and the teacher's outputs, trains the student (and the teacher-free
+baseline) through the one `Trainer` with the `TensorAdapter`, saves the files, measures,
+and writes the report."""
 
 from __future__ import annotations
 
@@ -8,42 +10,47 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from worker.kd.augment import Augmenter
 from worker.kd.cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
-from worker.kd.checkpoint import Checkpointing, fingerprint
-from worker.kd.errors import InvalidSpec
+from worker.kd.data import Splits, load_dataset
+from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.evaluate import ValidationSet, count_parameters
 from worker.kd.export import export_onnx, save_student, student_config
 from worker.kd.features import module_features
 from worker.kd.history import RecordingReporter
+from worker.kd.jobs import DistillResult, Prepared
 from worker.kd.losses import build_loss_terms, shape_key
-from worker.kd.model_card import model_card
 from worker.kd.plots import plot_curves
-from worker.kd.report import ModelUnderTest, build_report
+from worker.kd.report.schema import TensorReport, report_json
+from worker.kd.report.summary import headline, model_card, summarize
+from worker.kd.report.tensor import ModelUnderTest, tensor_report
 from worker.kd.reporting import Reporter
+from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
 from worker.kd.students import build_student, load_file_student
-from worker.kd.text import shorten
-from worker.kd.train import Objective, TeacherBatch, Trainer, TrainOutcome, seed_everything
-
-if TYPE_CHECKING:
-    from worker.kd.engine import Prepared
+from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
+from worker.kd.teachers import load_teacher, probe_teacher
+from worker.kd.text import fmt_shape, shorten
+from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"
 TEACHER_BATCH = 1024
 
 
-def run_training(
+def distill_tensor(
     prepared: Prepared,
     out_dir: Path,
     reporter: Reporter,
-    checkpointing: Checkpointing | None,
-    cache: TeacherCache | None,
-) -> tuple[dict[str, Any], dict[str, Path]]:
+    checkpointing: Checkpointing | None = None,
+    cache: TeacherCache | None = None,
+) -> DistillResult:
+    """Train the student (and the baseline when asked), save its files, and measure the
+    saved student against the teacher."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec, device = prepared.spec, prepared.device
     recorder = RecordingReporter(reporter)
@@ -56,7 +63,74 @@ def run_training(
         baseline = _train_baseline(prepared, val, recorder, checkpointing)
     elif spec.baseline:
         recorder.event("baseline_skipped", "No baseline: the dataset has no labels to train on.")
-    return _write_outputs(prepared, val, recorder, out_dir, student, outcome, baseline)
+    report, artifacts = _write_outputs(prepared, val, recorder, out_dir, student, outcome, baseline)
+    return DistillResult(report=report, artifacts=artifacts)
+
+
+# Preparing -------------------------------------------------------------------------------
+
+
+def prepare_tensor(
+    spec: JobSpec,
+    teacher_path: Path,
+    dataset_path: Path | None,
+    student_path: Path | None,
+    device: torch.device,
+) -> Prepared:
+    """Load and check a tensor job's teacher, dataset and student against each other."""
+    if spec.student.arch in TRANSFORMER_ARCHS:
+        raise InvalidSpec(
+            f"student.arch {spec.student.arch!r} needs a Hugging Face teacher (a ZIP of a "
+            "save_pretrained directory)."
+        )
+    data = load_dataset(spec.dataset, dataset_path, spec.training.val_fraction, spec.training.seed)
+    example = data.x_train[:2]  # (2, *input_shape)
+    teacher = load_teacher(Path(teacher_path), spec.teacher, example=example).to(device)
+    num_classes = probe_teacher(teacher, example.to(device))
+    check_labels_fit(data, num_classes)
+    if spec.student.arch == "file":
+        if student_path is None:
+            raise InvalidSpec("student.file_id: the student file was not given to the engine.")
+        load_file_student(Path(student_path), example=example, num_classes=num_classes)
+    else:
+        check_student_fits(spec, data.input_shape, num_classes)
+    return Prepared(
+        spec=spec,
+        teacher=teacher,
+        data=data,
+        input_shape=data.input_shape,
+        num_classes=num_classes,
+        device=device,
+        teacher_path=Path(teacher_path),
+        dataset_path=None if dataset_path is None else Path(dataset_path),
+        student_path=None if student_path is None else Path(student_path),
+    )
+
+
+def check_labels_fit(data: Splits, num_classes: int) -> None:
+    max_label = data.max_label()
+    if max_label is not None and max_label >= num_classes:
+        raise IncompatibleModels(
+            f"The dataset has labels up to {max_label} ({max_label + 1} classes) but the teacher "
+            f"outputs {num_classes} logits; labels must be in [0, {num_classes})."
+        )
+
+
+def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Build the student without memory (meta device) and run a batch of 2 through it."""
+    with torch.device("meta"):
+        student = build_student(spec.student, input_shape, num_classes)
+        try:
+            out = student(torch.empty(2, *input_shape))  # (2, K)
+        except Exception as exc:
+            raise IncompatibleModels(
+                f"The {spec.student.arch} student cannot take inputs of shape "
+                f"{fmt_shape(input_shape)}: {shorten(exc)}"
+            ) from exc
+    if tuple(out.shape) != (2, num_classes):
+        raise IncompatibleModels(
+            f"The student returned shape {fmt_shape(out.shape)}, expected (2, {num_classes})."
+        )
 
 
 # The objective and the teacher ---------------------------------------------------------
@@ -212,25 +286,18 @@ def _cache_key(prepared: Prepared, layers: Sequence[str]) -> str:
 # Training -------------------------------------------------------------------------------
 
 
-@dataclass
-class _ScaledProgress:
-    """Maps one run's progress into its share of the job's (KD run, then baseline)."""
-
-    inner: Reporter
-    offset: float
-    share: float
-
-    def progress(self, fraction: float, *, epoch: int, step: int) -> None:
-        self.inner.progress(self.offset + self.share * fraction, epoch=epoch, step=step)
-
-    def metric(self, name: str, value: float, *, step: int, epoch: int) -> None:
-        self.inner.metric(name, value, step=step, epoch=epoch)
-
-    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-        self.inner.event(kind, message, data)
-
-    def should_stop(self) -> bool:
-        return self.inner.should_stop()
+def _adapter(
+    prepared: Prepared,
+    student: nn.Module,
+    objective: Objective,
+    teacher: OnlineTeacher | CachedTeacher | None,
+    val: ValidationSet,
+) -> TensorAdapter:
+    spec = prepared.spec
+    augmenter = Augmenter(spec.distillation.augment, prepared.num_classes, spec.training.seed)
+    return TensorAdapter(
+        student, objective, teacher, prepared.data, val, prepared.device, augmenter
+    )
 
 
 def _new_student(prepared: Prepared) -> nn.Module:
@@ -255,11 +322,11 @@ def _train_student(
     student = _new_student(prepared)
     objective = build_objective(prepared, student)
     teacher = teacher_source(prepared, objective, recorder, cache)
+    adapter = _adapter(prepared, student, objective, teacher, val)
     trainer = Trainer(
-        student, objective, teacher, prepared.data, val, spec.training, prepared.device,
-        _ScaledProgress(recorder, 0.0, share),
-        augmenter=Augmenter(spec.distillation.augment, prepared.num_classes, spec.training.seed),
+        student, objective.loss, adapter, spec.training, prepared.device, recorder,
         history=recorder.metrics, checkpointing=checkpointing, fingerprint=fingerprint(spec),
+        progress_span=(0.0, share), used_labels=prepared.data.y_train is not None,
     )  # fmt: skip
     _announce(recorder, prepared, student, trainer.total_steps, objective)
     return student, trainer.fit()
@@ -280,11 +347,10 @@ def _train_baseline(
         path = checkpointing.path.with_name(f"baseline-{checkpointing.path.name}")
         baseline_checkpoint = Checkpointing(path, checkpointing.every_steps)
     trainer = Trainer(
-        student, objective, None, prepared.data, val, spec.training, prepared.device,
-        _ScaledProgress(recorder, 0.5, 0.5),
-        augmenter=Augmenter(spec.distillation.augment, prepared.num_classes, spec.training.seed),
-        history=recorder.metrics, checkpointing=baseline_checkpoint,
-        fingerprint=fingerprint(spec) + ":baseline", metric_prefix=BASELINE,
+        student, objective.loss, _adapter(prepared, student, objective, None, val),
+        spec.training, prepared.device, recorder, history=recorder.metrics,
+        checkpointing=baseline_checkpoint, fingerprint=fingerprint(spec) + ":baseline",
+        metric_prefix=BASELINE, progress_span=(0.5, 0.5), used_labels=True,
     )  # fmt: skip
     recorder.event(
         "baseline_started",
@@ -347,7 +413,7 @@ def _write_outputs(
             ),
             baseline[1],
         )
-    report = build_report(
+    report = tensor_report(
         spec,
         ModelUnderTest(prepared.teacher, prepared.teacher_path),
         ModelUnderTest(downloaded, artifacts["student.pt"]),
@@ -357,6 +423,17 @@ def _write_outputs(
         baseline=baseline_model,
         onnx_max_abs_diff=recorder.onnx_max_abs_diff,
     )
+    return report_json(report), _write_files(prepared, recorder, out_dir, report, artifacts)
+
+
+def _write_files(
+    prepared: Prepared,
+    recorder: RecordingReporter,
+    out_dir: Path,
+    model: TensorReport,
+    artifacts: dict[str, Path],
+) -> dict[str, Path]:
+    report = report_json(model)
     artifacts["report.json"] = out_dir / "report.json"
     artifacts["report.json"].write_text(json.dumps(report, indent=2) + "\n")
     artifacts["metrics.csv"] = out_dir / "metrics.csv"
@@ -372,8 +449,8 @@ def _write_outputs(
     artifacts["README.md"].write_text(
         model_card(report, prepared.teacher_path.name, prepared.dataset_name)
     )
-    recorder.event("training_finished", summarize(report), _headline(report))
-    return report, artifacts
+    recorder.event("training_finished", summarize(report), headline(report))
+    return artifacts
 
 
 def _export_onnx(
@@ -389,28 +466,3 @@ def _export_onnx(
         path.unlink(missing_ok=True)
         return {}
     return {"student.onnx": path}
-
-
-def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
-    return {
-        "student_accuracy": report["student"]["accuracy"],
-        "teacher_accuracy": report["teacher"]["accuracy"],
-        **{key: report[key] for key in keys},
-    }
-
-
-def summarize(report: dict[str, Any]) -> str:
-    """One sentence for the event log: accuracy kept, size and speed, and the gain."""
-    labels = "" if report["validation"]["labels"] == "dataset" else " (against teacher labels)"
-    parts = [
-        f"Student accuracy {report['student']['accuracy']:.4f} vs teacher "
-        f"{report['teacher']['accuracy']:.4f}{labels}"
-    ]
-    if report["size_reduction"] is not None:
-        parts.append(f"{report['size_reduction']:.1%} fewer parameters")
-    if report["speedup"] is not None:
-        parts.append(f"{report['speedup']:.2f}x the teacher's speed at batch 1")
-    if report["kd_gain"] is not None:
-        parts.append(f"{report['kd_gain']:+.4f} accuracy over the baseline without a teacher")
-    return "; ".join(parts) + "."

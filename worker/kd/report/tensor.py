@@ -1,4 +1,4 @@
-"""The comparison report (report.json): what the student kept, measured, never assumed."""
+"""A tensor classifier's report (report.json): what the student kept, measured, never assumed."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from worker.kd.evaluate import (
     predict_logits,
     top_k_accuracy,
 )
+from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TensorReport
 from worker.kd.spec import JobSpec
-from worker.kd.train import TrainOutcome
+from worker.kd.training.trainer import TrainOutcome
 
-REPORT_SCHEMA_VERSION = 2
 THROUGHPUT_BATCH = 64
 
 
@@ -34,7 +34,7 @@ class ModelUnderTest:
     path: Path
 
 
-def build_report(
+def tensor_report(
     spec: JobSpec,
     teacher: ModelUnderTest,
     student: ModelUnderTest,
@@ -44,7 +44,7 @@ def build_report(
     *,
     baseline: tuple[ModelUnderTest, TrainOutcome] | None = None,
     onnx_max_abs_diff: float | None = None,
-) -> dict[str, Any]:
+) -> TensorReport:
     """report.json; accuracies are on `val`, against `val.label_source` labels. Teacher,
     student (and baseline) are timed in turn, so all meet the same machine load."""
     models = [teacher, student] + ([baseline[0]] if baseline else [])
@@ -61,6 +61,7 @@ def build_report(
     t, s = summaries[0], summaries[1]
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "tensor_classification",
         "validation": {"source": val.source, "samples": len(val.x), "labels": val.label_source},
         "input_shape": list(val.x.shape[1:]),
         "num_classes": int(val.teacher_logits.shape[1]),
@@ -93,7 +94,7 @@ def build_report(
             "train_seconds": round(baseline[1].seconds, 3),
         }
         report["kd_gain"] = s["accuracy"] - b["accuracy"]
-    return report
+    return TensorReport.model_validate(report)
 
 
 def model_summary(

@@ -1,9 +1,12 @@
-"""The training loop: seeded, AdamW with a schedule, nanoGPT's step order, checkpoints.
+"""The training loop, one for every task: seeded, AdamW with a schedule, nanoGPT's step
+order (forward, backward, clip, step, zero_grad), autocast, early stopping, checkpoints.
 
-One loop serves distillation and the teacher-free baseline: an `Objective` says which loss
-terms to compute and what they need (teacher logits, layer outputs, labels); a
-`TeacherSource` gives the teacher's outputs for a batch, either by running the teacher
-(online, needed when inputs are augmented) or from outputs computed once (cached).
+What differs between tasks lives in a `TaskAdapter` (worker.kd.tasks): which examples
+there are, the loss on a batch of them (the student's forward, the teacher's outputs and
+the objective), and the validation figures. Everything else is here, once: the schedule,
+clipping, precision, early stopping on validation quality, progress and metrics, and a
+checkpoint that resumes exactly (the shuffling generator's state from the start of the
+epoch and the batches done, the global RNG, and the adapter's own random state).
 """
 
 from __future__ import annotations
@@ -21,41 +24,43 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.kd.augment import Augmenter
-from worker.kd.checkpoint import (
+from worker.kd.errors import Cancelled, InvalidSpec
+from worker.kd.reporting import Reporter
+from worker.kd.spec import TrainingSpec
+from worker.kd.training.checkpoint import (
     Checkpointing,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
     training_state,
 )
-from worker.kd.data import Splits
-from worker.kd.errors import Cancelled, InvalidSpec
-from worker.kd.evaluate import ValidationSet, accuracy, agreement, predict_logits
-from worker.kd.features import module_features
-from worker.kd.losses import CompositeLoss
-from worker.kd.reporting import Reporter
-from worker.kd.spec import TrainingSpec
 
-LOG_EVERY = 10
+LOG_EVERY = 10  # steps between train_loss metrics
 
-TeacherBatch = tuple[torch.Tensor, dict[str, torch.Tensor]]  # logits (B, K), layer -> (B, *S)
+Cast = Callable[[], AbstractContextManager[object]]  # autocast for the student's forward
 
 
-class TeacherSource(Protocol):
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool) -> TeacherBatch: ...
-
-
-@dataclass
-class Objective:
-    """The loss and what it needs each step."""
-
-    loss: CompositeLoss
-    needs_teacher: bool
+class TaskAdapter(Protocol):
+    """How one task kind is trained: its examples, the loss on a batch of them, and its
+    validation. `loss` runs the student's forward (and the objective) inside `cast()`."""
 
     @property
-    def student_layers(self) -> tuple[str, ...]:
-        return self.loss.student_layers
+    def num_examples(self) -> int: ...
+
+    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total, {part: value}) on training examples `idx` (B,)."""
+        ...
+
+    def evaluate(self) -> dict[str, float]:
+        """The validation figures of the student now; `val_accuracy` (higher is better)
+        is the one early stopping watches."""
+        ...
+
+    def rng_state(self) -> torch.Tensor:
+        """The adapter's own random state (augmentation draws), for checkpoints."""
+        ...
+
+    def set_rng_state(self, state: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -63,7 +68,7 @@ class TrainOutcome:
     epochs: int  # epochs actually run
     steps: int
     seconds: float
-    used_labels: bool
+    used_labels: bool = False
     best_epoch: int | None = None
     stopped_early: bool = False
 
@@ -245,33 +250,41 @@ def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> tor
 
 @dataclass
 class Trainer:
-    """Trains `student` on `data` against `objective`; validation targets are fixed."""
+    """Trains `student` through `adapter` against `objective` (the loss module, whose own
+    parameters, such as feature adapters, train with the student)."""
 
     student: nn.Module
-    objective: Objective
-    teacher: TeacherSource | None
-    data: Splits
-    val: ValidationSet
+    objective: nn.Module
+    adapter: TaskAdapter
     training: TrainingSpec
     device: torch.device
     reporter: Reporter
-    augmenter: Augmenter | None = None
     history: list[tuple[str, int, int, float]] = field(default_factory=list)
     checkpointing: Checkpointing | None = None
     fingerprint: str = ""
     metric_prefix: str = ""
+    progress_span: tuple[float, float] = (0.0, 1.0)  # (offset, share) of the job's progress
+    used_labels: bool = False
     step: int = 0
+    _seconds_before: float = 0.0  # training time of earlier runs of this job
 
     @property
     def total_steps(self) -> int:
         return self.training.epochs * steps_per_epoch(
-            len(self.data.x_train), self.training.batch_size
+            self.adapter.num_examples, self.training.batch_size
         )
 
     def parameters(self) -> list[nn.Parameter]:
-        return [*self.student.parameters(), *self.objective.loss.parameters()]
+        params = [*self.student.parameters(), *self.objective.parameters()]
+        return [p for p in params if p.requires_grad]
+
+    def cast(self) -> AbstractContextManager[object]:
+        return autocast(self.device, self.training.precision)
 
     def fit(self) -> TrainOutcome:
+        """Train to the last epoch (or until early stopping), first resuming from the
+        checkpoint if it holds this recipe's run; on a stop request, save and raise
+        `Cancelled`."""
         start = time.perf_counter()
         training = self.training
         optimizer = adamw(self.parameters(), training.learning_rate, training.weight_decay)
@@ -282,11 +295,11 @@ class Trainer:
         for epoch in range(loop.epoch, self.training.epochs + 1):
             loop.begin_epoch(epoch, resumed)
             resumed = False
-            self._epoch(optimizer, scheduler, loop)
+            self._epoch(optimizer, scheduler, loop, start)
             val_accuracy = self._end_epoch(epoch, loop.totals, float(scheduler.get_last_lr()[0]))
             self._track_best(loop, epoch, val_accuracy)
             loop.end_epoch()
-            self._save(optimizer, scheduler, loop)
+            self._save(optimizer, scheduler, loop, start)
             patience = self.training.early_stopping_patience
             if patience is not None and loop.stale_epochs >= patience:
                 stopped_early = True
@@ -302,8 +315,8 @@ class Trainer:
         return TrainOutcome(
             epochs=loop.epoch - 1,
             steps=self.step,
-            seconds=time.perf_counter() - start,
-            used_labels=self.data.y_train is not None,
+            seconds=self._seconds_before + time.perf_counter() - start,
+            used_labels=self.used_labels,
             best_epoch=loop.best_epoch,
             stopped_early=stopped_early,
         )
@@ -323,17 +336,19 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loop: _LoopState,
+        start: float,
     ) -> None:
         self.student.train()
-        batches = batch_indices(len(self.data.x_train), self.training.batch_size, loop.generator)
+        batches = batch_indices(self.adapter.num_examples, self.training.batch_size, loop.generator)
         clip = self.training.grad_clip
         parameters = self.parameters()  # once per epoch, not per step
         every = self.checkpointing.every_steps if self.checkpointing else 0
+        total_steps, loss, cast = self.total_steps, self.adapter.loss, self.cast
         for idx in batches[loop.batches_done :]:
             if self.reporter.should_stop():
-                self._save(optimizer, scheduler, loop)
+                self._save(optimizer, scheduler, loop, start)
                 raise Cancelled()
-            total, parts = self._loss(idx)
+            total, parts = loss(idx, cast)
             total.backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_(parameters, clip)
@@ -345,52 +360,27 @@ class Trainer:
             names, values = stack_parts(total, parts)
             loop.totals.add(names, values)
             loop.window.add(names, values)
-            if self.step % LOG_EVERY == 0:
+            if self.step % LOG_EVERY == 0 or self.step == total_steps:
                 self._log_window(loop.epoch, loop.window)
                 loop.window = RunningSums()
             if every and self.step % every == 0:
-                self._save(optimizer, scheduler, loop)
-
-    def _loss(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = self.data.x_train[idx].to(self.device)  # (B, *input_shape)
-        y = None if self.data.y_train is None else self.data.y_train[idx].to(self.device)  # (B,)
-        augmented = self.augmenter is not None and self.augmenter.active
-        if augmented:
-            assert self.augmenter is not None
-            x, y = self.augmenter(x, y)  # targets may be mixed one-hot (B, K)
-        teacher_logits: torch.Tensor | None = None
-        teacher_features: dict[str, torch.Tensor] = {}
-        if self.objective.needs_teacher:
-            assert self.teacher is not None
-            teacher_logits, teacher_features = self.teacher(idx, x, augmented)
-        with autocast(self.device, self.training.precision):
-            student_logits, student_features = module_features(
-                self.student, x, self.objective.student_layers
-            )  # (B, K), layer -> (B, *S)
-            parts = self.objective.loss(
-                student_logits.float(),
-                (student_logits.detach() if teacher_logits is None else teacher_logits).float(),
-                y,
-                {k: v.float() for k, v in student_features.items()},
-                {k: v.float() for k, v in teacher_features.items()},
-            )
-        return parts.total, parts.parts
+                self._save(optimizer, scheduler, loop, start)
 
     def _save(
         self,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loop: _LoopState,
+        start: float,
     ) -> None:
         if self.checkpointing is None:
             return
         state = {
             "fingerprint": self.fingerprint,
-            **training_state(self.device, self.student, self.objective.loss, optimizer, scheduler),
+            **training_state(self.device, self.student, self.objective, optimizer, scheduler),
             "step": self.step,
-            "augment_rng": self.augmenter.generator.get_state()
-            if self.augmenter is not None
-            else torch.Generator().get_state(),
+            "seconds": self._seconds_before + time.perf_counter() - start,
+            "adapter_rng": self.adapter.rng_state(),
             "history": list(self.history),
             **loop.state(),
         }
@@ -408,24 +398,38 @@ class Trainer:
         if state is None:
             return False
         restore_training_state(
-            state, self.device, self.student, self.objective.loss, optimizer, scheduler
+            state, self.device, self.student, self.objective, optimizer, scheduler
         )
-        if self.augmenter is not None:
-            self.augmenter.generator.set_state(state["augment_rng"])
+        self.adapter.set_rng_state(state["adapter_rng"])
         self.step = int(state["step"])
-        self.history[:] = [tuple(row) for row in state["history"]]
+        self._seconds_before = float(state["seconds"])
+        self.history[:] = [(str(n), int(s), int(e), float(v)) for n, s, e, v in state["history"]]
         loop.restore(state)
-        self.reporter.event(
-            "resumed",
-            f"Resumed from a checkpoint at epoch {loop.epoch}, step {self.step}.",
-            {"epoch": loop.epoch, "step": self.step},
-        )
+        self._announce_resume(loop.epoch)
         return True
 
+    def _announce_resume(self, epoch: int) -> None:
+        run = "the baseline" if self.metric_prefix else "training"
+        if epoch > self.training.epochs:
+            message = f"Resumed {run} from its checkpoint: all {self.step} steps were done."
+        else:
+            message = f"Resumed {run} from a checkpoint at epoch {epoch}, step {self.step}."
+        data = {"epoch": epoch, "step": self.step, "baseline": bool(self.metric_prefix)}
+        self.reporter.event("resumed", message, data)
+
+    def _progress(self, epoch: int) -> None:
+        offset, share = self.progress_span
+        fraction = offset + share * self.step / max(self.total_steps, 1)
+        self.reporter.progress(fraction, epoch=epoch, step=self.step)
+
     def _log_window(self, epoch: int, window: RunningSums) -> None:
-        loss = self._checked(window.means().get("total", math.nan))
-        self.reporter.metric(f"{self.metric_prefix}train_loss", loss, step=self.step, epoch=epoch)
-        self.reporter.progress(self.step / self.total_steps, epoch=epoch, step=self.step)
+        means = window.means()
+        loss = self._checked(means.pop("total", math.nan))
+        prefix = self.metric_prefix
+        self.reporter.metric(f"{prefix}train_loss", loss, step=self.step, epoch=epoch)
+        for name, value in means.items():
+            self.reporter.metric(f"{prefix}loss_{name}", value, step=self.step, epoch=epoch)
+        self._progress(epoch)
 
     def _checked(self, mean: float) -> float:
         if not math.isfinite(mean):
@@ -438,18 +442,17 @@ class Trainer:
     def _end_epoch(self, epoch: int, totals: RunningSums, lr: float) -> float:
         means = totals.means()
         loss = self._checked(means.pop("total", math.nan))
-        student_logits = predict_logits(self.student, self.val.x, self.device)  # (M, K)
+        self.student.eval()
         values = {
             "train_loss_epoch": loss,
             **{f"train_{name}_epoch": value for name, value in means.items()},
-            "val_accuracy": accuracy(student_logits, self.val.labels),
-            "val_agreement": agreement(student_logits, self.val.teacher_logits),
+            **self.adapter.evaluate(),
             "lr": lr,
         }
         prefix = self.metric_prefix
         for name, value in values.items():
             self.reporter.metric(f"{prefix}{name}", value, step=self.step, epoch=epoch)
-        self.reporter.progress(self.step / self.total_steps, epoch=epoch, step=self.step)
+        self._progress(epoch)
         label = "Baseline epoch" if prefix else "Epoch"
         self.reporter.event(
             f"{prefix}epoch_end",

@@ -1,0 +1,73 @@
+"""The engine's shared data classes: a job checked and loaded (one per kind of job), a
+trained model, and what `distill` returns. Modules that pass a job along import it from
+here, so none of them needs the module that made it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.kd.data import Splits
+from worker.kd.hf.data import Encoded
+from worker.kd.hf.models import LoadedTeacher
+from worker.kd.hf.objective import TransformerObjective
+from worker.kd.spec import JobSpec
+from worker.kd.training.trainer import TrainOutcome
+
+
+@dataclass
+class Prepared:
+    """A tensor-classification job checked and loaded, ready to train."""
+
+    spec: JobSpec
+    teacher: nn.Module
+    data: Splits
+    input_shape: tuple[int, ...]
+    num_classes: int
+    device: torch.device
+    teacher_path: Path
+    dataset_path: Path | None
+    student_path: Path | None = None
+    task = "tensor_classification"
+
+    @property
+    def dataset_name(self) -> str:
+        builtin = self.spec.dataset.builtin
+        return f"builtin:{builtin}" if builtin else Path(str(self.dataset_path)).name
+
+
+@dataclass
+class HFPrepared:
+    """A transformer job (Hugging Face teacher) checked and loaded, ready to train."""
+
+    spec: JobSpec
+    teacher: LoadedTeacher
+    student: nn.Module
+    objective: TransformerObjective
+    train: Encoded
+    val: Encoded
+    device: torch.device
+    teacher_path: Path
+    dataset_path: Path | None
+
+    @property
+    def task(self) -> str:
+        return self.teacher.task
+
+
+@dataclass
+class Trained:
+    """A student architecture after a training run, and how the run went."""
+
+    student: nn.Module
+    outcome: TrainOutcome
+
+
+@dataclass
+class DistillResult:
+    report: dict[str, Any]  # exactly what is written to report.json
+    artifacts: dict[str, Path]  # artifact name -> file in out_dir

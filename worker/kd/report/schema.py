@@ -1,0 +1,137 @@
+"""report.json as a pydantic model: written by the worker, served by the API
+(`GET /v1/jobs/{id}/report`, with this schema in OpenAPI), read by the dashboard, the CLI
+and the model card. Torch-free, so the API can import it.
+
+One model per kind of task (`kind`), sharing the headline figures: quality (`accuracy`,
+the task's quality measure), agreement with the teacher, size, speed, and the gain over
+the same student trained without the teacher. Fields later features fill (`verdict`,
+`evaluation`, `search`, `perplexity`, `speculative`, `processes`) are optional and None
+until then. Reports of schema_version 2 (before `kind` named the task) are read through
+`parse_report`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from worker.kd.catalogue import TRANSFORMER_TASKS
+
+REPORT_SCHEMA_VERSION = 3  # 3: `kind` names the task kind; one model for every task
+
+
+class _Open(BaseModel):
+    """Keys the model does not name are kept, so that a report stays readable as it grows."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelFigures(_Open):
+    """One model's measured figures (teacher, student or baseline)."""
+
+    accuracy: float | None = Field(None, description="The task's quality measure.")
+    parameters: int | None = None
+    arch: str | None = None
+    layers: int | None = None
+    serialized_bytes: int | None = None
+    latency_ms_batch1: float | None = None
+    latency_ms_batch32: float | None = None
+    latency_ms_batch64: float | None = None
+    throughput_per_s: float | None = None
+    top5_accuracy: float | None = None
+    agreement: float | None = None
+    epochs: int | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+
+
+class Validation(_Open):
+    """Where the figures were measured: which split, how many samples, whose labels."""
+
+    source: str | None = None
+    samples: int
+    labels: str = Field(description="dataset: the dataset's labels; teacher: its argmax.")
+
+
+class Evaluation(_Open):
+    split: str
+    samples: int
+
+
+class ReportBase(_Open):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    validation: Validation
+    teacher: ModelFigures
+    student: ModelFigures
+    baseline: ModelFigures | None = None
+    agreement: float | None = None
+    quality_retained: float | None = None
+    size_reduction: float | None = None
+    speedup: float | None = Field(None, description="Teacher latency / student's, batch 1.")
+    kd_gain: float | None = Field(
+        None, description="Student quality minus the teacher-free baseline's, same measure."
+    )
+    device: str
+    epochs: int
+    steps: int
+    train_seconds: float
+    onnx_max_abs_diff: float | None = None
+    # Filled by later features; None until they are.
+    verdict: Literal["kd_better", "no_gain", "baseline_better"] | None = None
+    evaluation: Evaluation | None = None
+    search: dict[str, Any] | None = None
+    perplexity: dict[str, float | None] | None = None
+    speculative: dict[str, Any] | None = None
+    processes: int | None = None
+
+
+class TensorReport(ReportBase):
+    """A tensor classifier's report: accuracy on the validation split, timings at batch 1
+    and 64, and the recipe."""
+
+    kind: Literal["tensor_classification"] = "tensor_classification"
+    input_shape: list[int]
+    num_classes: int
+    kl_teacher_student: float | None = None
+    speedup_batch64: float | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    recipe: dict[str, Any] = Field(default_factory=dict)
+
+
+class TransformerReport(ReportBase):
+    """A transformer's report: the DistilBERT triple (quality retained, parameter
+    reduction, speed-up at batch 1 and 32 for a stated sequence length)."""
+
+    kind: Literal["sequence_classification", "sentence_embedding", "causal_lm"]
+    task: str
+    quality_metric: str
+    sequence_length: int
+    speedup_batch32: float | None = None
+    speedup_range: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    baseline_skipped: str | None = None
+    loss: list[str] = Field(default_factory=list)
+    resumable: bool = True
+    embedding: dict[str, float] | None = None
+
+
+Report = Annotated[TensorReport | TransformerReport, Field(discriminator="kind")]
+REPORT = TypeAdapter(Report)
+
+
+def parse_report(data: dict[str, Any]) -> TensorReport | TransformerReport:
+    """A stored report.json as its model; schema_version 2 reports (no `kind` for tensor
+    jobs, `kind: transformer` beside `task`) are read as their task's kind."""
+    kind = data.get("kind")
+    if kind is None:
+        data = {**data, "kind": "tensor_classification"}
+    elif kind == "transformer" and data.get("task") in TRANSFORMER_TASKS:
+        data = {**data, "kind": data["task"]}
+    return REPORT.validate_python(data)
+
+
+def report_json(report: TensorReport | TransformerReport) -> dict[str, Any]:
+    """What report.json holds: the fields the job measured (unset optional ones left out)."""
+    return report.model_dump(mode="json", exclude_unset=True)

@@ -1,0 +1,173 @@
+"""What a report says in words: one sentence for the event log (`summarize`), the figures
+the `training_finished` event carries (`headline`), and the model card (README.md beside
+the student): what it is, how it was made, what it kept. Torch-free; they read report.json
+as written (`worker.kd.report.schema.report_json`), for every task kind."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.kd.catalogue import TRANSFORMER_TASKS
+
+MODELS = ("teacher", "student", "baseline")  # the report's model entries
+HEADLINE = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
+
+
+def is_transformer(report: dict[str, Any]) -> bool:
+    return report.get("kind") in (*TRANSFORMER_TASKS, "transformer")
+
+
+def summarize(report: dict[str, Any]) -> str:
+    """One sentence for the event log: quality kept, size and speed, and the gain."""
+    if is_transformer(report):
+        return _summarize_transformer(report)
+    labels = "" if report["validation"]["labels"] == "dataset" else " (against teacher labels)"
+    parts = [
+        f"Student accuracy {report['student']['accuracy']:.4f} vs teacher "
+        f"{report['teacher']['accuracy']:.4f}{labels}"
+    ]
+    if report["size_reduction"] is not None:
+        parts.append(f"{report['size_reduction']:.1%} fewer parameters")
+    if report["speedup"] is not None:
+        parts.append(f"{report['speedup']:.2f}x the teacher's speed at batch 1")
+    if report["kd_gain"] is not None:
+        parts.append(f"{report['kd_gain']:+.4f} accuracy over the baseline without a teacher")
+    return "; ".join(parts) + "."
+
+
+def _summarize_transformer(report: dict[str, Any]) -> str:
+    retained = report["quality_retained"]
+    kept = "n/a" if retained is None else f"{retained:.1%}"
+    return (
+        f"Student {report['task']} {report['quality_metric']} {report['student']['accuracy']:.4f} "
+        f"vs teacher {report['teacher']['accuracy']:.4f} ({kept} retained); "
+        f"{report['size_reduction']:.1%} fewer parameters; {report['speedup']:.2f}x the "
+        f"teacher's speed at batch 1 and {report['speedup_batch32']:.2f}x at batch 32 "
+        f"(sequence length {report['sequence_length']})" + _gain_clause(report) + "."
+    )
+
+
+def _gain_clause(report: dict[str, Any]) -> str:
+    if report["kd_gain"] is not None:
+        return f"; {report['kd_gain']:+.4f} over the same student trained without the teacher"
+    if report.get("baseline_skipped"):
+        return f"; no baseline ({report['baseline_skipped']})"
+    return ""
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures the `training_finished` event carries."""
+    if is_transformer(report):
+        keys = ("quality_retained", "size_reduction", "speedup", "speedup_batch32", "kd_gain")
+        return {key: report[key] for key in keys}
+    return {
+        "student_accuracy": report["student"]["accuracy"],
+        "teacher_accuracy": report["teacher"]["accuracy"],
+        **{key: report[key] for key in HEADLINE},
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, fmt: str = "{:.4f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def model_card(report: dict[str, Any], teacher_name: str, dataset_name: str) -> str:
+    """README.md for the student, in the form its task kind is used."""
+    if is_transformer(report):
+        return _transformer_card(report)
+    teacher, student = report["teacher"], report["student"]
+    validation = report["validation"]
+    labels = (
+        "the dataset's labels"
+        if validation["labels"] == "dataset"
+        else "the teacher's predictions (the dataset has no labels)"
+    )
+    gain = report.get("kd_gain")
+    gain_line = (
+        f"- KD gain over the same student trained without a teacher: {gain:+.4f}"
+        if gain is not None
+        else "- KD gain: not measured (no baseline was trained in this job)"
+    )
+    models = [("teacher", teacher), ("student", student)]
+    if report.get("baseline"):
+        models.append(("baseline (no teacher)", report["baseline"]))
+    rows = [
+        ("accuracy", "accuracy", "{:.4f}"),
+        ("top-5 accuracy", "top5_accuracy", "{:.4f}"),
+        ("parameters", "parameters", "{:,}"),
+        ("serialized bytes", "serialized_bytes", "{:,}"),
+        ("latency, batch 1 (ms)", "latency_ms_batch1", "{:.3f}"),
+        ("latency, batch 64 (ms)", "latency_ms_batch64", "{:.3f}"),
+        ("throughput (samples/s)", "throughput_per_s", "{:,.0f}"),
+    ]
+    header = "| | " + " | ".join(name for name, _ in models) + " |\n"
+    header += "| --- |" + " --- |" * len(models) + "\n"
+    lines = [
+        f"| {label} | " + " | ".join(_num(m.get(key), fmt) for _, m in models) + " |"
+        for label, key, fmt in rows
+        if any(m.get(key) is not None for _, m in models)
+    ]
+    table = header + "\n".join(lines)
+    return f"""# Distilled student: {student["arch"]}
+
+A `{student["arch"]}` student distilled from the teacher `{teacher_name}` on `{dataset_name}`
+by Distillery. Inputs: samples of shape {tuple(report["input_shape"])}, float32;
+outputs: {report["num_classes"]} logits.
+
+## What it kept
+
+Measured on {validation["samples"]} validation samples ({validation["source"]}) against
+{labels}, on the worker's {report["device"]}:
+
+{table}
+
+- Quality retained (student / teacher accuracy): {_pct(report["quality_retained"])}
+- Size reduction (parameters): {_pct(report["size_reduction"])}
+- Speed-up at batch 1: {_num(report["speedup"], "{:.2f}x")}
+- Top-1 agreement with the teacher: {_num(report["agreement"])}
+- ONNX export, max abs difference from torch: {_num(report.get("onnx_max_abs_diff"), "{:.2e}")}
+{gain_line}
+
+![training curves](curves.png)
+
+## Use it
+
+```python
+import torch
+student = torch.jit.load("student.pt").eval()
+logits = student(x)  # x: (batch, {", ".join(str(d) for d in report["input_shape"])}) float32
+```
+
+Or rebuild it from `config.json` and `student.safetensors` (no pickle involved) with
+`worker.kd.export.load_student("config.json", "student.safetensors")`.
+
+## How it was trained
+
+```json
+{json.dumps(report["recipe"], indent=2)}
+```
+
+{report["epochs"]} epochs, {report["steps"]} steps, {report["train_seconds"]} s of training.
+"""
+
+
+def _transformer_card(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Distilled {report['task']} student",
+        "",
+        "Load it offline: unzip student.zip into `student/`, then "
+        "`AutoModel.from_pretrained('student', local_files_only=True)` (or the task's class).",
+        "",
+        summarize(report),
+        "",
+        "```json",
+        json.dumps({k: report[k] for k in MODELS if report.get(k)}, indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""A transformer's report (report.json): the DistilBERT triple, quality retained,
+parameter reduction and speed-up at batch 1 and 32 for a stated sequence length, measured
+here on the validation texts; with a baseline, what distillation added."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.kd.evaluate import count_parameters
+from worker.kd.hf import measure
+from worker.kd.hf.models import num_layers
+from worker.kd.jobs import HFPrepared, Trained
+from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
+from worker.kd.training.trainer import TrainOutcome
+
+
+def predict(prepared: HFPrepared, model: nn.Module) -> measure.ValOutputs:
+    """`model`'s outputs on the job's validation texts."""
+    t = prepared.teacher
+    return measure.predict(model, prepared.task, prepared.val, t.tokenizer, t.layout,
+                           prepared.device)  # fmt: skip
+
+
+def transformer_report(
+    prepared: HFPrepared,
+    outcome: TrainOutcome,
+    onnx_max_abs_diff: float | None,
+    *,
+    teacher_val: measure.ValOutputs | None = None,
+    baseline: Trained | None = None,
+    baseline_skipped: str | None = None,
+) -> TransformerReport:
+    """report.json: the DistilBERT triple (quality retained, parameter reduction, speed-up
+    at batch 1 and 32 for a stated sequence length), measured here; with a baseline, what
+    distillation added (kd_gain: student quality minus the baseline's, same measure)."""
+    task, teacher = prepared.task, prepared.teacher
+    t_out = teacher_val if teacher_val is not None else predict(prepared, teacher.model)
+    s_out = predict(prepared, prepared.student)
+    t_quality, s_quality = measure.quality(task, t_out, t_out), measure.quality(task, s_out, t_out)
+    t_params, s_params = count_parameters(teacher.model), count_parameters(prepared.student)
+    length = prepared.spec.dataset.max_length
+    timings = measure.speed(
+        measure.TaskModule(teacher.model, task, teacher.layout),
+        measure.TaskModule(prepared.student, task, teacher.layout),
+        int(teacher.tokenizer.vocab_size), length, prepared.device,
+    )  # fmt: skip
+    labels = "dataset" if t_out.targets and task != "causal_lm" else "teacher"
+    report: dict[str, Any] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": task,
+        "task": task,
+        "quality_metric": measure.QUALITY_METRICS[task],
+        "validation": {"samples": len(prepared.val), "labels": labels},
+        "sequence_length": length,
+        "teacher": _summary(teacher.model, t_quality, t_params, timings["teacher"]),
+        "student": {
+            "arch": prepared.spec.student.arch,
+            **_summary(prepared.student, s_quality, s_params, timings["student"]),
+        },
+        "agreement": _agreement(task, s_out, t_out),
+        "quality_retained": _ratio(s_quality, t_quality),
+        "size_reduction": 1.0 - s_params / t_params if t_params else None,
+        "speedup": timings["speedup"]["batch_1"],
+        "speedup_batch32": timings["speedup"]["batch_32"],
+        "speedup_range": timings["speedup_range"],
+        "timing": timings["timing"],
+        # A gain is claimed only when the baseline was trained and measured in this job.
+        "baseline": None,
+        "baseline_skipped": baseline_skipped,
+        "kd_gain": None,
+        "device": prepared.device.type,
+        "epochs": outcome.epochs,
+        "steps": outcome.steps,
+        "train_seconds": round(outcome.seconds, 3),
+        "loss": [f"{t.weight:g}*{t.name}" for t in prepared.objective.terms],
+        "onnx_max_abs_diff": onnx_max_abs_diff,
+        "resumable": True,
+    }
+    if baseline is not None:
+        b_out = predict(prepared, baseline.student)
+        b_quality = measure.quality(task, b_out, t_out)
+        report["baseline"] = {
+            "accuracy": b_quality,
+            "parameters": count_parameters(baseline.student),
+            "layers": num_layers(baseline.student),
+            "agreement": _agreement(task, b_out, t_out),
+            "epochs": baseline.outcome.epochs,
+            "steps": baseline.outcome.steps,
+            "train_seconds": round(baseline.outcome.seconds, 3),
+        }
+        report["kd_gain"] = s_quality - b_quality
+    if task == "sentence_embedding":
+        s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
+        report["embedding"] = {
+            "mean_cosine_student_teacher": measure.mean_cosine(s_emb, t_emb),
+            "retrieval_agreement": measure.retrieval_agreement(s_emb, t_emb),
+        }
+    return TransformerReport.model_validate(report)
+
+
+def _summary(model: nn.Module, quality: float, params: int, ms: dict[str, float]) -> dict[str, Any]:
+    return {
+        "accuracy": quality,
+        "parameters": params,
+        "layers": num_layers(model),
+        "latency_ms_batch1": ms["batch_1"],
+        "latency_ms_batch32": ms["batch_32"],
+    }
+
+
+def _agreement(task: str, student: measure.ValOutputs, teacher: measure.ValOutputs) -> float:
+    if task == "sentence_embedding":
+        return measure.retrieval_agreement(torch.cat(student.outputs), torch.cat(teacher.outputs))
+    s, t = torch.cat(student.outputs).argmax(-1), torch.cat(teacher.outputs).argmax(-1)
+    return float((s == t).float().mean())
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
