@@ -19,6 +19,7 @@ from rich.table import Table
 from app.client import Client, DistilleryError, load_spec_file
 from app.config import get_settings
 from app.schemas import JobPublic
+from worker.kd.report.summary import is_transformer
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -268,7 +269,7 @@ def report(
 def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
     """The report as a table of the models and lines of headline figures; a transformer
     job's has its own rows (its quality measure, batch 32, sequence length, embeddings)."""
-    transformer = data.get("kind") == "transformer"
+    transformer = is_transformer(data)
     rows, headline = (
         (TRANSFORMER_ROWS, TRANSFORMER_HEADLINE) if transformer else (REPORT_ROWS, REPORT_HEADLINE)
     )

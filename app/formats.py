@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ApiError
-from worker.kd.archives import check_archive
+from worker.kd.datasets.archives import check_archive
 from worker.kd.datasets.base import DatasetLimits, image_archive_limits
 from worker.kd.datasets.layout import image_layout
 from worker.kd.datasets.sniff import ACCEPTED, NPY_MAGIC, ZIP_MAGICS, looks_like_csv, sniff_zip

@@ -8,7 +8,11 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from worker.kd.report.schema import Report
 from worker.kd.spec import JobSpec
+
+# GET /v1/jobs/{id}/report: report.json as the worker wrote it (worker.kd.report.schema).
+JobReport = Report
 
 T = TypeVar("T")
 

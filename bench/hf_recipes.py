@@ -42,9 +42,9 @@ from torch import nn
 
 from bench.report import replace_block
 from worker.kd.engine import distill, prepare
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec, LossTerm
 from worker.kd.tasks.transformer_job import zip_directory
+from worker.kd.training.reporting import MemoryReporter
 
 Terms = list[dict[str, Any]]
 RESULTS = Path(__file__).parent / "results"

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.workloads import SEED, Workload
-from worker.kd.reporting import MemoryReporter
+from worker.kd.training.reporting import MemoryReporter
 
 Stamp = tuple[float, float]  # (wall, cpu) seconds
 
@@ -172,7 +172,7 @@ def engine_kwargs(distill: Any, work: Path) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for name in ("cache", "teacher_cache"):
         if name in params:
-            from worker.kd.cache import TeacherCache
+            from worker.kd.training.teacher_cache import TeacherCache
 
             kwargs[name] = TeacherCache(work / "teacher-cache", 2 * 1024**3)
     return kwargs

@@ -129,7 +129,7 @@ def main() -> None:
         from app.migrate import upgrade_head
         from app.models import Job, Tenant
         from bench import loops, workloads
-        from worker.kd.reporting import MemoryReporter
+        from worker.kd.training.reporting import MemoryReporter
         from worker.reporter import DatabaseReporter
 
         upgrade_head()

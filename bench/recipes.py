@@ -28,8 +28,8 @@ from torch import nn
 
 from bench.report import replace_block
 from worker.kd.engine import distill, prepare
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
+from worker.kd.training.reporting import MemoryReporter
 
 RECIPES: dict[str, dict[str, Any]] = {
     "textbook (T=4, a=0.7)": {"temperature": 4.0, "alpha": 0.7},

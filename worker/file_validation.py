@@ -29,7 +29,7 @@ def inspect_file(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     if purpose == "teacher" and fmt == "hf_zip":
         return {}  # the upload check already read the model directory's config
     if purpose == "teacher":
-        from worker.kd.inspection import inspect_teacher
+        from worker.kd.teachers.inspection import inspect_teacher
 
         return inspect_teacher(path, "auto")
     if purpose == "dataset" and fmt in ("jsonl", "text"):
@@ -47,7 +47,7 @@ def inspect_file(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
 
 
 def _inspect_dataset(path: Path) -> dict[str, Any]:
-    from worker.kd.data import load_dataset
+    from worker.kd.datasets.splits import load_dataset
     from worker.kd.spec import DatasetSpec
 
     data = load_dataset(DatasetSpec(file_id="upload"), path, 0.2, 0)

@@ -233,9 +233,11 @@ def announce_end(job_id: str) -> bool:
 
 
 def _run(job: Job, settings: Settings, work_dir: Path) -> None:
-    from worker.kd.cache import TeacherCache  # torch loads here, in the worker only
-    from worker.kd.training.checkpoint import Checkpointing
     from worker.kd.engine import distill, prepare
+    from worker.kd.training.checkpoint import Checkpointing
+    from worker.kd.training.teacher_cache import (
+        TeacherCache,  # torch loads here, in the worker only
+    )
 
     started = time.monotonic()
     spec = JobSpec.model_validate(job.spec)

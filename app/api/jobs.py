@@ -20,6 +20,7 @@ from app.schemas import (
     EventPublic,
     JobCreate,
     JobPublic,
+    JobReport,
     JobStatus,
     ListResponse,
     MetricPublic,
@@ -201,7 +202,7 @@ async def download_artifact(
     return await read(find)
 
 
-@router.get("/{job_id}/report", response_model=dict[str, Any])
+@router.get("/{job_id}/report", response_model=JobReport)
 async def get_report(job_id: str, storage: StorageDep, tenant: TenantDep) -> Response:
     """The comparison report: teacher vs student (same content as artifact `report.json`)."""
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from worker.kd.cache import TeacherCache
 from worker.kd.errors import InvalidSpec
 from worker.kd.jobs import DistillResult, HFPrepared, Prepared
-from worker.kd.reporting import Reporter
 from worker.kd.spec import JobKind, JobSpec
 from worker.kd.tasks.tensor_job import distill_tensor, prepare_tensor
 from worker.kd.tasks.transformer_job import distill_hf, is_hf_teacher, prepare_hf
 from worker.kd.training.checkpoint import Checkpointing
+from worker.kd.training.reporting import Reporter
+from worker.kd.training.teacher_cache import TeacherCache
 
 AnyPrepared = Prepared | HFPrepared
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class KDError(Exception):
     """Base class: `code` is stable and machine-readable, `message` says what to fix."""
@@ -38,3 +40,16 @@ class Cancelled(KDError):
 
     def __init__(self, message: str = "The job was cancelled.") -> None:
         super().__init__(message)
+
+
+# Helpers that keep error messages short and readable.
+def shorten(exc: BaseException, limit: int = 200) -> str:
+    """One line of an exception's text, cut to `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    """A shape as Python writes a tuple: (64,), (1, 8, 8)."""
+    dims = [str(int(d)) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

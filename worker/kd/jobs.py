@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.data import Splits
+from worker.kd.datasets.splits import Splits
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.models import LoadedTeacher
 from worker.kd.hf.objective import TransformerObjective

@@ -14,10 +14,10 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from worker.kd.data import split_indices
+from worker.kd.datasets.splits import split_indices
 from worker.kd.engine import DistillResult, Prepared, distill, prepare
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
+from worker.kd.training.reporting import MemoryReporter
 
 SEED = 0
 VAL_FRACTION = 0.2

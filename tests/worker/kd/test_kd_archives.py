@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.kd.archives import ArchiveLimits, check_archive, safe_extract
+from worker.kd.datasets.archives import ArchiveLimits, check_archive, safe_extract
 from worker.kd.errors import InvalidDataset
 
 

@@ -10,8 +10,8 @@ import torch
 
 from worker.kd.engine import distill, prepare
 from worker.kd.errors import Cancelled
-from worker.kd.reporting import MemoryReporter
 from worker.kd.training.checkpoint import Checkpointing, load_checkpoint
+from worker.kd.training.reporting import MemoryReporter
 
 from .conftest import job_spec
 

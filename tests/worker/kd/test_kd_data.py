@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.kd.data import Splits, load_dataset, split_indices
+from worker.kd.datasets.splits import Splits, load_dataset, split_indices
 from worker.kd.errors import InvalidDataset
 from worker.kd.spec import DatasetSpec
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.kd.data import DatasetLimits, Splits, load_dataset, split_indices
+from worker.kd.datasets.splits import DatasetLimits, Splits, load_dataset, split_indices
 from worker.kd.datasets.table import read_csv
 from worker.kd.errors import InvalidDataset
 from worker.kd.spec import DatasetSpec

@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from worker.kd.engine import distill, prepare
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
+from worker.kd.training.reporting import MemoryReporter
 
 MakeSpec = Callable[..., JobSpec]
 QUICK = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2}

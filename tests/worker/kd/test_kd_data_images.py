@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.kd.data import DatasetLimits, Splits, load_dataset
 from worker.kd.datasets.layout import image_layout
+from worker.kd.datasets.splits import DatasetLimits, Splits, load_dataset
 from worker.kd.errors import InvalidDataset
 from worker.kd.spec import DatasetSpec
 

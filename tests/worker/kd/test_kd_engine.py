@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from worker.kd.data import split_indices
+from worker.kd.datasets.splits import split_indices
 from worker.kd.engine import distill, prepare
 from worker.kd.errors import Cancelled, IncompatibleModels, InvalidSpec
-from worker.kd.export import load_student
-from worker.kd.reporting import MemoryReporter
+from worker.kd.exports.tensor import load_student
 from worker.kd.spec import JobSpec
+from worker.kd.training.reporting import MemoryReporter
 
 if TYPE_CHECKING:
     from conftest import Digits, Distilled
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MakeSpec = Callable[..., JobSpec]
 WriteNpz = Callable[..., Path]
 REPORT_KEYS = {
-    "schema_version", "validation", "input_shape", "num_classes", "teacher", "student",
+    "schema_version", "kind", "validation", "input_shape", "num_classes", "teacher", "student",
     "agreement", "kl_teacher_student", "quality_retained", "size_reduction", "speedup",
     "device", "epochs", "steps", "train_seconds", "recipe", "baseline", "kd_gain",
     "best_epoch", "stopped_early", "speedup_batch64", "onnx_max_abs_diff",
@@ -208,7 +208,7 @@ def test_cnn_student_on_images_with_explicit_validation(
 
 
 def test_model_card_and_curves_describe_the_run(tmp_path: Path) -> None:
-    from worker.kd.plots import plot_curves
+    from worker.kd.report.plots import plot_curves
     from worker.kd.report.summary import model_card
 
     metrics = [("train_loss", s, 1, 1.0 / s) for s in range(1, 11)]

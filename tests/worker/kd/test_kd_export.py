@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.kd.export import export_onnx, load_student, save_student, student_config
+from worker.kd.exports.tensor import export_onnx, load_student, save_student, student_config
 from worker.kd.spec import CNNStudent, ResNetStudent
 from worker.kd.students import build_student
 

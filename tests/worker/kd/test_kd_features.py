@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from worker.kd.errors import InvalidSpec
-from worker.kd.features import describe_layers, module_features
+from worker.kd.training.features import describe_layers, module_features
 
 
 class Shared(nn.Module):

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from worker.kd.cache import TeacherCache, TeacherOutputs
 from worker.kd.engine import Prepared, distill, prepare
 from worker.kd.errors import Cancelled, InvalidSpec
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec, TrainingSpec
 from worker.kd.training.checkpoint import Checkpointing
+from worker.kd.training.reporting import MemoryReporter
+from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs
 from worker.kd.training.trainer import lr_multiplier
 
 from .conftest import job_spec

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.export import save_student
-from worker.kd.features import describe_layers
+from worker.kd.exports.tensor import save_student
 from worker.kd.spec import CNNStudent, FileStudent, MLPStudent, ResNetStudent
 from worker.kd.students import build_student, cnn_layout, get_student, load_file_student
+from worker.kd.training.features import describe_layers
 
 K = 5
 MLP = MLPStudent(arch="mlp", hidden=[16, 8], dropout=0.1)

@@ -19,11 +19,11 @@ from torch import nn
 
 from worker.kd.engine import prepare
 from worker.kd.errors import InvalidSpec, InvalidTeacher
-from worker.kd.features import module_features
-from worker.kd.inspection import inspect_teacher
 from worker.kd.spec import CNNStudent, JobSpec, TeacherSpec
 from worker.kd.students import build_student
 from worker.kd.teachers import get_teacher_loader, load_teacher, probe_teacher, sniff_format
+from worker.kd.teachers.inspection import inspect_teacher
+from worker.kd.training.features import module_features
 
 EXPORT_HINT = r"torch\.jit\.script\(model\)\.save"
 SAMPLE = (3, 8, 8)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.kd.archives import ArchiveLimits
+from worker.kd.datasets.archives import ArchiveLimits
 from worker.kd.errors import InvalidDataset
 
 NON_IMAGE_MEMBERS = 10_000  # room for folders and stray files beside max_images

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from worker.kd.archives import check_archive
+from worker.kd.datasets.archives import check_archive
 from worker.kd.datasets.base import (
     Arrays,
     DatasetLimits,
@@ -23,8 +23,7 @@ from worker.kd.datasets.base import (
     over_limit,
 )
 from worker.kd.datasets.layout import image_layout
-from worker.kd.errors import InvalidDataset
-from worker.kd.text import shorten
+from worker.kd.errors import InvalidDataset, shorten
 
 
 def read_image_zip(

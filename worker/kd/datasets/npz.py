@@ -10,8 +10,7 @@ from typing import IO
 import numpy as np
 
 from worker.kd.datasets.base import Arrays, DatasetLimits, check_size
-from worker.kd.errors import InvalidDataset
-from worker.kd.text import shorten
+from worker.kd.errors import InvalidDataset, shorten
 
 SAVE_HINT = "Save it with np.savez(path, x=features, y=labels)."
 KNOWN_ARRAYS = ("x", "y", "x_val", "y_val")

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.kd.datasets.base import Arrays, DatasetLimits, check_size
-from worker.kd.errors import InvalidDataset
-from worker.kd.text import shorten
+from worker.kd.errors import InvalidDataset, shorten
 
 DELIMITERS = (",", "\t", ";")
 DEFAULT_LABEL_COLUMN = "label"

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from worker.kd.data import split_indices
+from worker.kd.datasets.splits import split_indices
 from worker.kd.errors import InvalidDataset
 from worker.kd.hf.textdata import TextExample, TextFormat, read_text_dataset, sniff_text
 from worker.kd.spec import DatasetSpec

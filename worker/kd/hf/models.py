@@ -15,11 +15,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from worker.kd.archives import ArchiveLimits, safe_extract
-from worker.kd.errors import InvalidDataset, InvalidSpec, InvalidTeacher
+from worker.kd.datasets.archives import ArchiveLimits, safe_extract
+from worker.kd.errors import InvalidDataset, InvalidSpec, InvalidTeacher, shorten
 from worker.kd.hf.layout import ModelLayout, config_value, read_layout
 from worker.kd.spec import FromTeacherStudent, HFStudent
-from worker.kd.text import shorten
 
 MODEL_LIMITS = ArchiveLimits(max_members=10_000, max_total_bytes=16 * 1024**3, max_ratio=1000.0)
 SENTENCE_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")

@@ -1,5 +1,5 @@
 """The teacher's outputs on the training texts, computed once and reused: across the
-epochs of a job and across jobs (`worker.kd.cache`, for transformers).
+epochs of a job and across jobs (`worker.kd.training.teacher_cache`, for transformers).
 
 Transformer jobs augment nothing, so a text's teacher outputs are the same every epoch.
 They are computed once per example, trimmed to the example's real tokens (the batch it is
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from worker.kd.cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import Outputs, forward
 from worker.kd.hf.objective import TransformerObjective, teacher_layers
 from worker.kd.jobs import HFPrepared
-from worker.kd.reporting import Reporter
+from worker.kd.training.reporting import Reporter
+from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
 
 MAX_IN_MEMORY_BYTES = 2 * 1024**3  # the cap when there is no disk cache (or a larger one)
 COMPUTE_BATCH = 32

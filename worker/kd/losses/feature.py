@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.kd.errors import fmt_shape
 from worker.kd.losses.base import LayerLoss, Shape, as_shape
 from worker.kd.losses.registry import register_loss
-from worker.kd.text import fmt_shape
 
 POOLS: dict[int, Callable[..., torch.Tensor]] = {
     1: F.adaptive_avg_pool1d,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.evaluate import (
+from worker.kd.report.evaluate import (
     ValidationSet,
     accuracy,
     agreement,

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.evaluate import count_parameters
 from worker.kd.hf import measure
 from worker.kd.hf.models import num_layers
 from worker.kd.jobs import HFPrepared, Trained
+from worker.kd.report.evaluate import count_parameters
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
 from worker.kd.training.trainer import TrainOutcome
 

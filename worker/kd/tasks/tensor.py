@@ -10,11 +10,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from worker.kd.augment import Augmenter
-from worker.kd.data import Splits
-from worker.kd.evaluate import ValidationSet, accuracy, agreement, predict_logits
-from worker.kd.features import module_features
+from worker.kd.datasets.splits import Splits
 from worker.kd.losses import CompositeLoss
+from worker.kd.report.evaluate import ValidationSet, accuracy, agreement, predict_logits
+from worker.kd.training.augment import Augmenter
+from worker.kd.training.features import module_features
 from worker.kd.training.trainer import Cast
 
 TeacherBatch = tuple[torch.Tensor, dict[str, torch.Tensor]]  # logits (B, K), layer -> (B, *S)

@@ -15,27 +15,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.augment import Augmenter
-from worker.kd.cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
-from worker.kd.data import Splits, load_dataset
-from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.evaluate import ValidationSet, count_parameters
-from worker.kd.export import export_onnx, save_student, student_config
-from worker.kd.features import module_features
-from worker.kd.history import RecordingReporter
+from worker.kd.datasets.splits import Splits, load_dataset
+from worker.kd.errors import IncompatibleModels, InvalidSpec, fmt_shape, shorten
+from worker.kd.exports.tensor import export_onnx, save_student, student_config
 from worker.kd.jobs import DistillResult, Prepared
 from worker.kd.losses import build_loss_terms, shape_key
-from worker.kd.plots import plot_curves
+from worker.kd.report.evaluate import ValidationSet, count_parameters
+from worker.kd.report.plots import plot_curves
 from worker.kd.report.schema import TensorReport, report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.tensor import ModelUnderTest, tensor_report
-from worker.kd.reporting import Reporter
 from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
 from worker.kd.students import build_student, load_file_student
 from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
 from worker.kd.teachers import load_teacher, probe_teacher
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.training.augment import Augmenter
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.features import module_features
+from worker.kd.training.reporting import RecordingReporter, Reporter
+from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
 from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"

@@ -15,12 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.cache import TeacherCache
 from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.evaluate import count_parameters
+from worker.kd.exports.transformer import export_onnx
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
-from worker.kd.hf.export import export_onnx
 from worker.kd.hf.layout import is_model_zip
 from worker.kd.hf.models import (
     LoadedTeacher,
@@ -38,12 +36,11 @@ from worker.kd.hf.objective import (
     layer_map,
 )
 from worker.kd.hf.teacher_outputs import teacher_source
-from worker.kd.history import RecordingReporter
 from worker.kd.jobs import DistillResult, HFPrepared, Trained
+from worker.kd.report.evaluate import count_parameters
 from worker.kd.report.schema import report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.transformer import predict, transformer_report
-from worker.kd.reporting import Reporter
 from worker.kd.spec import FromTeacherStudent, JobSpec
 from worker.kd.tasks.transformer import (
     TRANSFORMER_ADAPTERS,
@@ -51,6 +48,8 @@ from worker.kd.tasks.transformer import (
     TransformerTeacherSource,
 )
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.reporting import RecordingReporter, Reporter
+from worker.kd.training.teacher_cache import TeacherCache
 from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"  # the prefix of the baseline's metrics

@@ -8,9 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from worker.kd.errors import InvalidSpec, InvalidTeacher
-from worker.kd.features import LayerShapes, unknown_layer_message
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.errors import InvalidSpec, InvalidTeacher, fmt_shape, shorten
+from worker.kd.training.features import LayerShapes, unknown_layer_message
 
 Features = dict[str, torch.Tensor]
 

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from worker.kd.errors import InvalidTeacher
-from worker.kd.features import LayerShapes
+from worker.kd.errors import InvalidTeacher, fmt_shape, shorten
 from worker.kd.teachers.base import EXPORT_HINT, Features, Teacher
 from worker.kd.teachers.registry import looks_like, register_teacher
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.training.features import LayerShapes
 
 if TYPE_CHECKING:
     import onnx

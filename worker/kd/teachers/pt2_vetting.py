@@ -41,8 +41,7 @@ from typing import Any
 
 import torch
 
-from worker.kd.errors import InvalidTeacher
-from worker.kd.text import shorten
+from worker.kd.errors import InvalidTeacher, shorten
 
 MODEL = "model"  # torch.export.save writes one program under this name; load returns it
 MEMBER_PATTERNS = [

@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from worker.kd.errors import InvalidTeacher
+from worker.kd.errors import InvalidTeacher, shorten
 from worker.kd.spec import TeacherSpec
 from worker.kd.teachers.base import EXPORT_HINT, Teacher
-from worker.kd.text import shorten
 
 # (file, the spec's inline architecture for safetensors weights, a batch of dataset inputs)
 TeacherLoader = Callable[[Path, dict[str, Any] | None, torch.Tensor | None], Teacher]

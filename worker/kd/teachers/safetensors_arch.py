@@ -18,12 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from worker.kd.errors import InvalidSpec, InvalidTeacher
-from worker.kd.features import LayerShapes, describe_layers, module_features
+from worker.kd.errors import InvalidSpec, InvalidTeacher, fmt_shape, shorten
 from worker.kd.students import build_student, parse_student_spec
 from worker.kd.teachers.base import EXPORT_HINT, Features, Teacher, freeze
 from worker.kd.teachers.registry import looks_like, register_teacher
-from worker.kd.text import fmt_shape, shorten
+from worker.kd.training.features import LayerShapes, describe_layers, module_features
 
 LISTED_KEYS = 6
 

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.errors import InvalidSpec, InvalidTeacher
-from worker.kd.features import LayerShapes, describe_layers, module_features
+from worker.kd.errors import InvalidSpec, InvalidTeacher, shorten
 from worker.kd.teachers.base import EXPORT_HINT, Features, Teacher, freeze
 from worker.kd.teachers.pt2_vetting import vet_archive, vet_program
 from worker.kd.teachers.registry import looks_like, register_teacher
-from worker.kd.text import shorten
+from worker.kd.training.features import LayerShapes, describe_layers, module_features
 
 DYNAMIC_BATCH_HINT = (
     "Export it with a dynamic batch: torch.export.export(model, (x,), "

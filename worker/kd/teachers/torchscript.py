@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from worker.kd.errors import InvalidTeacher
+from worker.kd.errors import InvalidTeacher, shorten
 from worker.kd.teachers.base import EXPORT_HINT, Teacher, freeze
 from worker.kd.teachers.registry import looks_like, register_teacher
-from worker.kd.text import shorten
 
 
 class TorchScriptTeacher(Teacher):

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from worker.kd.errors import Cancelled, InvalidSpec
-from worker.kd.reporting import Reporter
 from worker.kd.spec import TrainingSpec
 from worker.kd.training.checkpoint import (
     Checkpointing,
@@ -34,6 +33,7 @@ from worker.kd.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from worker.kd.training.reporting import Reporter
 
 LOG_EVERY = 10  # steps between train_loss metrics
 

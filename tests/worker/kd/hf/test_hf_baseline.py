@@ -15,9 +15,10 @@ from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_di
 from worker.kd.engine import distill, prepare
 from worker.kd.hf.models import forward
 from worker.kd.hf.objective import baseline_objective
-from worker.kd.reporting import MemoryReporter
+from worker.kd.report.schema import REPORT_SCHEMA_VERSION
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared, new_student
+from worker.kd.training.reporting import MemoryReporter
 
 
 def spec(student: dict[str, Any]) -> JobSpec:
@@ -86,7 +87,7 @@ def test_baseline_is_trained_and_kd_gain_reported(
 
     report = result.report
     baseline = report["baseline"]
-    assert report["schema_version"] == 2 and report["baseline_skipped"] is None
+    assert report["schema_version"] == REPORT_SCHEMA_VERSION and report["baseline_skipped"] is None
     assert baseline["parameters"] == report["student"]["parameters"]
     assert baseline["layers"] == 2 and baseline["steps"] == report["steps"] == 6
     assert report["kd_gain"] == report["student"]["accuracy"] - baseline["accuracy"]

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
-from worker.kd.cache import TeacherCache
 from worker.kd.engine import DistillResult, distill, prepare
 from worker.kd.hf import measure
 from worker.kd.hf.models import forward
@@ -30,9 +29,10 @@ from worker.kd.hf.teacher_outputs import (
     probe_shapes,
     teacher_source,
 )
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
+from worker.kd.training.reporting import MemoryReporter
+from worker.kd.training.teacher_cache import TeacherCache
 
 # Every output the cache keeps: next-token logits, hidden states, attention maps.
 ALL_OUTPUTS = [

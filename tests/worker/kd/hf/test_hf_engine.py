@@ -16,9 +16,9 @@ from worker.kd.errors import InvalidSpec, InvalidTeacher
 from worker.kd.hf.layout import read_layout
 from worker.kd.hf.models import from_teacher
 from worker.kd.hf.textdata import sniff_text
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
+from worker.kd.training.reporting import MemoryReporter
 
 
 def spec(student: dict[str, Any], **training: Any) -> JobSpec:

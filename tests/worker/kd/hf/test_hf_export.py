@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import prepare
-from worker.kd.hf.export import (
+from worker.kd.exports.transformer import (
     TRACE_OPSET,
     Batch,
     compare,
@@ -25,10 +25,9 @@ from worker.kd.hf.export import (
     random_batch,
 )
 from worker.kd.hf.measure import TaskModule
-from worker.kd.history import RecordingReporter
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
+from worker.kd.training.reporting import MemoryReporter, RecordingReporter
 
 STUDENTS = {
     "sequence_classification": {"arch": "from_teacher", "num_layers": 2},

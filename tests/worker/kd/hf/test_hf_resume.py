@@ -12,10 +12,10 @@ import torch
 from tests.worker.kd.hf.factories import bert_dir, write_jsonl, zip_dir
 from worker.kd.engine import DistillResult, distill, prepare
 from worker.kd.errors import Cancelled
-from worker.kd.reporting import MemoryReporter
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared, checkpoint_fingerprint
 from worker.kd.training.checkpoint import Checkpointing, load_checkpoint
+from worker.kd.training.reporting import MemoryReporter
 
 # 30 texts: 24 to train on, in batches of 8, for 3 epochs: 9 steps; then the baseline's 9.
 SPEC = JobSpec.model_validate({

@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from worker.kd.errors import InvalidTeacher
-from worker.kd.features import LayerShapes
+from worker.kd.errors import InvalidTeacher, shorten
 from worker.kd.spec import TeacherSpec
 from worker.kd.teachers import EXPORT_HINT, Teacher, load_teacher, looks_like, sniff_format
-from worker.kd.text import shorten
+from worker.kd.training.features import LayerShapes
 
 MAX_LAYERS = 1000  # details stay a readable size for very deep models
 EXAMPLE_BATCH = 2  # batch 1 can be special-cased by exporters; 2 is not

@@ -1,8 +1,12 @@
-"""How the engine tells the outside world what it is doing, without knowing who listens."""
+"""How the engine tells the outside world what it is doing, without knowing who listens:
+the `Reporter` protocol, a `MemoryReporter` for library use and tests, and the
+`RecordingReporter` that keeps a run's metrics for metrics.csv."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -43,3 +47,34 @@ class MemoryReporter:
 
     def should_stop(self) -> bool:
         return self.stop
+
+
+METRICS_COLUMNS = ("name", "step", "epoch", "value")
+
+
+@dataclass
+class RecordingReporter:
+    """A Reporter that forwards to `inner` and remembers every metric for metrics.csv."""
+
+    inner: Reporter
+    metrics: list[tuple[str, int, int, float]] = field(default_factory=list)
+    onnx_max_abs_diff: float | None = None
+
+    def progress(self, fraction: float, *, epoch: int, step: int) -> None:
+        self.inner.progress(fraction, epoch=epoch, step=step)
+
+    def metric(self, name: str, value: float, *, step: int, epoch: int) -> None:
+        self.metrics.append((name, step, epoch, float(value)))
+        self.inner.metric(name, value, step=step, epoch=epoch)
+
+    def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        self.inner.event(kind, message, data)
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(METRICS_COLUMNS)
+            writer.writerows(self.metrics)

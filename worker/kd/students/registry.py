@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import nn
 
-from worker.kd.errors import IncompatibleModels, InvalidSpec
+from worker.kd.errors import IncompatibleModels, InvalidSpec, fmt_shape, shorten
 from worker.kd.spec import CNNStudent, FileStudent, MLPStudent, ResNetStudent, StudentSpec
-from worker.kd.text import fmt_shape, shorten
 
 StudentBuilder = Callable[[Any, tuple[int, ...], int], nn.Module]
 

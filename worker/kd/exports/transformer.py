@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.errors import shorten
 from worker.kd.hf import measure
 from worker.kd.hf.models import config_of
-from worker.kd.history import RecordingReporter
 from worker.kd.jobs import HFPrepared
-from worker.kd.text import shorten
+from worker.kd.training.reporting import RecordingReporter
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "output"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.kd.data import Splits
+from worker.kd.datasets.splits import Splits
 
 # Large enough that validation sets of usual size run as one batch, as a user would run them.
 EVAL_BATCH = 8192

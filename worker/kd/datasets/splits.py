@@ -21,9 +21,8 @@ from worker.kd.datasets.images import read_image_zip
 from worker.kd.datasets.npz import SAVE_HINT, read_npz
 from worker.kd.datasets.sniff import ACCEPTED, sniff_dataset
 from worker.kd.datasets.table import read_csv
-from worker.kd.errors import InvalidDataset
+from worker.kd.errors import InvalidDataset, fmt_shape
 from worker.kd.spec import DatasetSpec
-from worker.kd.text import fmt_shape
 
 __all__ = ["DatasetLimits", "Splits", "load_dataset", "split", "split_indices"]
 
