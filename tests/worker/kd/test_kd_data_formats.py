@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,16 +83,3 @@ def test_npz_limits_are_read_from_headers(
 ) -> None:
     with pytest.raises(InvalidDataset, match=match):
         load(write_npz(x=X, y=Y, x_val=X[:3]), limits)
-
-
-def test_shared_rules_import_neither_torch_nor_pillow() -> None:
-    code = (
-        "import sys, worker.kd.datasets.sniff, worker.kd.datasets.table, "
-        "worker.kd.datasets.layout; "
-        "print([m for m in ('torch', 'PIL', 'sklearn') if m in sys.modules])"
-    )
-    root = Path(__file__).resolve().parents[3]
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from torch import nn
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import forward
-from worker.kd.report.evaluate import paired_times_ms
+from worker.kd.training.evaluate import paired_times_ms
 
 EVAL_BATCH = 32
 SPEED_BATCHES = (1, 32)

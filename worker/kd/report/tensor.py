@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.report.evaluate import (
+from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TensorReport
+from worker.kd.spec import JobSpec
+from worker.kd.training.evaluate import (
     ValidationSet,
     accuracy,
     agreement,
@@ -19,8 +21,6 @@ from worker.kd.report.evaluate import (
     predict_logits,
     top_k_accuracy,
 )
-from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TensorReport
-from worker.kd.spec import JobSpec
 from worker.kd.training.trainer import TrainOutcome
 
 THROUGHPUT_BATCH = 64

@@ -12,8 +12,8 @@ from torch import nn
 from worker.kd.hf import measure
 from worker.kd.hf.models import num_layers
 from worker.kd.jobs import HFPrepared, Trained
-from worker.kd.report.evaluate import count_parameters
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
+from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.trainer import TrainOutcome
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 from worker.kd.datasets.splits import Splits
 from worker.kd.losses import CompositeLoss
-from worker.kd.report.evaluate import ValidationSet, accuracy, agreement, predict_logits
 from worker.kd.training.augment import Augmenter
+from worker.kd.training.evaluate import ValidationSet, accuracy, agreement, predict_logits
 from worker.kd.training.features import module_features
 from worker.kd.training.trainer import Cast
 

@@ -20,7 +20,6 @@ from worker.kd.errors import IncompatibleModels, InvalidSpec, fmt_shape, shorten
 from worker.kd.exports.tensor import export_onnx, save_student, student_config
 from worker.kd.jobs import DistillResult, Prepared
 from worker.kd.losses import build_loss_terms, shape_key
-from worker.kd.report.evaluate import ValidationSet, count_parameters
 from worker.kd.report.plots import plot_curves
 from worker.kd.report.schema import TensorReport, report_json
 from worker.kd.report.summary import headline, model_card, summarize
@@ -31,6 +30,7 @@ from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.training.augment import Augmenter
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.evaluate import ValidationSet, count_parameters
 from worker.kd.training.features import module_features
 from worker.kd.training.reporting import RecordingReporter, Reporter
 from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256

@@ -2,7 +2,7 @@
 (and, when asked, the teacher-free baseline), saves it (Hugging Face directory ZIP, ONNX)
 and writes the report. `worker.kd.engine` calls these when the teacher is a model-directory
 ZIP. Training resumes exactly from its checkpoint (`worker.kd.training.trainer`), and the teacher's
-outputs on the training texts are computed once (`worker.kd.hf.teacher_outputs`)."""
+outputs on the training texts are computed once (`worker.kd.tasks.transformer_teacher`)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,7 @@ from worker.kd.hf.objective import (
     build_objective,
     layer_map,
 )
-from worker.kd.hf.teacher_outputs import teacher_source
 from worker.kd.jobs import DistillResult, HFPrepared, Trained
-from worker.kd.report.evaluate import count_parameters
 from worker.kd.report.schema import report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.transformer import predict, transformer_report
@@ -47,7 +45,9 @@ from worker.kd.tasks.transformer import (
     TransformerAdapter,
     TransformerTeacherSource,
 )
+from worker.kd.tasks.transformer_teacher import teacher_source
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.reporting import RecordingReporter, Reporter
 from worker.kd.training.teacher_cache import TeacherCache
 from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything

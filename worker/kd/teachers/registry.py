@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from worker.kd.errors import InvalidTeacher, shorten
+from worker.kd.hf.layout import is_model_zip
 from worker.kd.spec import TeacherSpec
 from worker.kd.teachers.base import EXPORT_HINT, Teacher
+from worker.kd.teachers.hf_zip import load_hf_zip
 
 # (file, the spec's inline architecture for safetensors weights, a batch of dataset inputs)
 TeacherLoader = Callable[[Path, dict[str, Any] | None, torch.Tensor | None], Teacher]
@@ -112,8 +114,6 @@ def _zip_format(path: Path) -> str:
         name.endswith("serialized_exported_program.json") for name in names
     ):
         return "torch_export"
-    from worker.kd.hf.layout import is_model_zip  # pure Python: names and JSON only
-
     if is_model_zip(path):
         return "hf_zip"
     raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
@@ -122,8 +122,6 @@ def _zip_format(path: Path) -> str:
 @register_teacher("hf_zip")
 def _load_hf_zip(path: Path, arch: dict[str, Any] | None, example: torch.Tensor | None) -> Teacher:
     """A Hugging Face model-directory ZIP (transformers loads lazily, on first use)."""
-    from worker.kd.hf.teacher import load_hf_zip
-
     return load_hf_zip(path, arch, example)
 
 

@@ -18,7 +18,9 @@ from worker.kd.engine import DistillResult, distill, prepare
 from worker.kd.hf import measure
 from worker.kd.hf.models import forward
 from worker.kd.hf.objective import teacher_layers
-from worker.kd.hf.teacher_outputs import (
+from worker.kd.spec import JobSpec
+from worker.kd.tasks.transformer_job import HFPrepared
+from worker.kd.tasks.transformer_teacher import (
     CachedTeacher,
     Needed,
     OnlineTeacher,
@@ -29,8 +31,6 @@ from worker.kd.hf.teacher_outputs import (
     probe_shapes,
     teacher_source,
 )
-from worker.kd.spec import JobSpec
-from worker.kd.tasks.transformer_job import HFPrepared
 from worker.kd.training.reporting import MemoryReporter
 from worker.kd.training.teacher_cache import TeacherCache
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from worker.kd.hf.models import LoadedTeacher, forward, load_teacher
-from worker.kd.report.evaluate import count_parameters
 from worker.kd.teachers.base import Teacher
+from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.features import LayerShapes
 
 EXAMPLE_TEXTS = ["a short example", "another example sentence"]
