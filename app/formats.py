@@ -19,11 +19,15 @@ from app.errors import ApiError
 from worker.kd.datasets.archives import check_archive
 from worker.kd.datasets.base import DatasetLimits, image_archive_limits
 from worker.kd.datasets.layout import image_layout
-from worker.kd.datasets.sniff import ACCEPTED, NPY_MAGIC, ZIP_MAGICS, looks_like_csv, sniff_zip
 from worker.kd.datasets.table import DEFAULT_LABEL_COLUMN, sample_csv
 from worker.kd.errors import InvalidDataset, InvalidTeacher
-from worker.kd.hf.layout import is_model_zip, read_layout
-from worker.kd.hf.textdata import TextFormat, describe, read_text_dataset, sniff_text
+from worker.kd.formats import (
+    ACCEPTED,
+    TextFormat,
+    sniff_file,
+)
+from worker.kd.hf.layout import read_layout
+from worker.kd.hf.textdata import describe, read_text_dataset
 
 MAX_NPZ_MEMBERS = 64
 MAX_LISTED = 1000  # column and class names shown in a file's details
@@ -37,29 +41,8 @@ class InvalidFile(ApiError):
 
 
 def sniff_format(path: Path, head: bytes) -> str:
-    """Name what the bytes are: `npz`, `image_zip`, `torchscript`, `zip`, `npy`, `pickle`,
-    `csv` or `unknown`."""
-    if head.startswith(ZIP_MAGICS):
-        kind = sniff_zip(path)
-        if kind == "zip" and is_model_zip(path):
-            return "hf_zip"
-        return "torchscript" if kind == "zip" and _is_torchscript(path) else kind
-    if head.startswith(NPY_MAGIC):
-        return "npy"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    text = sniff_text(head)  # before CSV: JSONL and text lines are delimited text too
-    if text is not None:
-        return text
-    if looks_like_csv(head):
-        return "csv"
-    return "unknown"
-
-
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(name.endswith("/data.pkl") for name in names) and any("/code/" in n for n in names)
+    """Name what the bytes are, in the engine's one vocabulary (worker.kd.formats)."""
+    return sniff_file(path, head)
 
 
 def inspect_npz(path: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def test_import_linter_contracts_hold() -> None:
 def test_app_loads_no_torch_and_the_engine_no_web_code() -> None:
     app_side = [
         "app.main", "app.cli_client", "app.formats", "worker.kd.spec",
-        "worker.kd.report.schema", "worker.kd.report.summary", "worker.kd.datasets.sniff",
+        "worker.kd.report.schema", "worker.kd.report.summary", "worker.kd.formats",
         "worker.kd.datasets.table", "worker.kd.datasets.layout",
     ]  # fmt: skip
     assert loaded(app_side, ["torch", "PIL", "sklearn", "transformers"]) == []

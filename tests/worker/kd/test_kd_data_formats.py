@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from worker.kd.datasets.sniff import sniff_dataset
 from worker.kd.datasets.splits import DatasetLimits, Splits, load_dataset, split_indices
 from worker.kd.errors import InvalidDataset
+from worker.kd.formats import sniff_dataset
 from worker.kd.spec import DatasetSpec
 
 WriteNpz = Callable[..., Path]

@@ -1,5 +1,7 @@
-"""Dataset readers, one module per format; `worker.kd.data.load_dataset` picks one.
+"""Dataset readers, one module per format; `splits.load_dataset` picks one by the format
+`worker.kd.formats` sniffs, and splits the samples for training and validation.
 
-`sniff`, `layout` and `table` import neither torch nor Pillow: the API's upload checks use
-them, so a file is judged by the same rules when it is uploaded and when a job reads it.
+`layout` and `table` import neither torch nor Pillow (nor does `worker.kd.formats`): the
+API's upload checks use them, so a file is judged by the same rules when it is uploaded and
+when a job reads it.
 """

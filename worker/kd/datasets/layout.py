@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from worker.kd.datasets.sniff import is_image_name
 from worker.kd.errors import InvalidDataset
+from worker.kd.formats import is_image_name
 
 FORMAT_HINT = (
     "An image dataset is a ZIP with one folder per class holding .png/.jpg/.jpeg files "

@@ -19,9 +19,9 @@ from worker.kd.datasets.base import Arrays, DatasetLimits, check_file_size
 from worker.kd.datasets.builtin import load_builtin
 from worker.kd.datasets.images import read_image_zip
 from worker.kd.datasets.npz import SAVE_HINT, read_npz
-from worker.kd.datasets.sniff import ACCEPTED, sniff_dataset
 from worker.kd.datasets.table import read_csv
 from worker.kd.errors import InvalidDataset, fmt_shape
+from worker.kd.formats import ACCEPTED, sniff_dataset
 from worker.kd.spec import DatasetSpec
 
 __all__ = ["DatasetLimits", "Splits", "load_dataset", "split", "split_indices"]

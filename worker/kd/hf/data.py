@@ -11,7 +11,8 @@ import torch
 
 from worker.kd.datasets.splits import split_indices
 from worker.kd.errors import InvalidDataset
-from worker.kd.hf.textdata import TextExample, TextFormat, read_text_dataset, sniff_text
+from worker.kd.formats import TextFormat, sniff_text
+from worker.kd.hf.textdata import TextExample, read_text_dataset
 from worker.kd.spec import DatasetSpec
 
 TEXT_ACCEPTED = (

@@ -8,13 +8,14 @@ import json
 import math
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from worker.kd.errors import InvalidTeacher
+from worker.kd.formats import HF_PICKLED_WEIGHTS, HF_WEIGHTS, model_root
 
-WEIGHTS = "model.safetensors"
-PICKLED_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+WEIGHTS = HF_WEIGHTS
+PICKLED_WEIGHTS = HF_PICKLED_WEIGHTS
 MAX_JSON_BYTES = 4 * 1024**2
 MAX_HEADER_BYTES = 100 * 1024**2
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
@@ -58,27 +59,6 @@ def config_value(config: dict[str, Any], *names: str) -> Any:
     return next((config[n] for n in names if config.get(n) is not None), None)
 
 
-def is_model_zip(path: Path) -> bool:
-    """A ZIP holding a `config.json` next to safetensors weights (or pickled ones, which
-    `read_layout` then refuses by name)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    root = _root(names)
-    weights = (WEIGHTS, *PICKLED_WEIGHTS)
-    return root is not None and any(f"{root}{w}" in names for w in weights)
-
-
-def _root(names: list[str]) -> str | None:
-    configs = [n for n in names if PurePosixPath(n).name == "config.json"]
-    if not configs:
-        return None
-    shallowest = min(configs, key=lambda n: (n.count("/"), n))
-    return shallowest[: -len("config.json")]
-
-
 def read_layout(path: Path) -> ModelLayout:
     """The model directory in the ZIP `path`, or InvalidTeacher saying what is missing."""
     try:
@@ -90,7 +70,7 @@ def read_layout(path: Path) -> ModelLayout:
 
 def _layout(archive: zipfile.ZipFile) -> ModelLayout:
     names = archive.namelist()
-    root = _root(names)
+    root = model_root(names)
     if root is None:
         raise InvalidTeacher(f"The model ZIP has no config.json. {SAVE_HINT}")
     if f"{root}{WEIGHTS}" not in names:

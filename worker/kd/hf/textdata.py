@@ -8,15 +8,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from worker.kd.datasets.sniff import decode_head
 from worker.kd.errors import InvalidDataset
+from worker.kd.formats import TextFormat
 
 MAX_EXAMPLES = 1_000_000
 MAX_LINE_CHARS = 1_000_000
 JSONL_HINT = 'Write one JSON object per line: {"text": "...", "label": 0} (label optional).'
-TextFormat = Literal["jsonl", "text"]
 
 
 @dataclass(frozen=True)
@@ -24,41 +22,6 @@ class TextExample:
     text: str
     text_pair: str | None = None
     label: int | None = None
-
-
-def sniff_text(head: bytes) -> TextFormat | None:
-    """`jsonl` when the first line is a JSON object with a `text`; `text` for UTF-8 lines
-    with no delimiters (so a CSV is never taken for text); else None."""
-    decoded = decode_head(head)
-    if decoded is None or "\n" not in decoded:
-        return None
-    lines = [line.strip() for line in decoded.splitlines() if line.strip()]
-    if not lines:
-        return None
-    if lines[0].startswith("{"):
-        return "jsonl" if _first_object_has_text(lines[0], decoded) else None
-    complete = lines[:-1] if len(lines) > 1 and not decoded.endswith("\n") else lines
-    if any(ch in line for line in complete for ch in ",;\t") or any(
-        ord(ch) < 32 for line in complete for ch in line
-    ):
-        return None
-    return "text" if any(not _is_number(line) for line in complete[1:] or complete) else None
-
-
-def _first_object_has_text(first: str, decoded: str) -> bool:
-    try:
-        value = json.loads(first)
-    except ValueError:
-        return "\n" not in decoded and '"text"' in first  # a first line longer than the head
-    return isinstance(value, dict) and "text" in value
-
-
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def read_text_dataset(path: Path, fmt: TextFormat) -> list[TextExample]:

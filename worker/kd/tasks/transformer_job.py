@@ -17,9 +17,9 @@ from torch import nn
 
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx
+from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
-from worker.kd.hf.layout import is_model_zip
 from worker.kd.hf.models import (
     LoadedTeacher,
     build_student,

@@ -8,7 +8,6 @@ Sniffing reads bytes and zip member names only; nothing is unpickled to find out
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from worker.kd.errors import InvalidTeacher, shorten
-from worker.kd.hf.layout import is_model_zip
+from worker.kd.formats import read_head, sniff_file
 from worker.kd.spec import TeacherSpec
 from worker.kd.teachers.base import EXPORT_HINT, Teacher
 from worker.kd.teachers.hf_zip import load_hf_zip
@@ -28,8 +27,8 @@ TeacherLoader = Callable[[Path, dict[str, Any] | None, torch.Tensor | None], Tea
 TEACHER_LOADERS: dict[str, TeacherLoader] = {}
 
 PICKLE_MAGIC = b"\x80"
+SNIFFED_TEACHER_FORMATS = ("torchscript", "torch_export", "hf_zip", "safetensors")
 ZIP_MAGIC = b"PK\x03\x04"
-MAX_SAFETENSORS_HEADER = 100 * 2**20  # the safetensors library's own limit
 NOT_A_TEACHER = (
     "The teacher file is not a TorchScript module, torch.export program (.pt2), ONNX model "
     "or safetensors weights"
@@ -68,15 +67,30 @@ def load_teacher(
 
 
 def sniff_format(path: Path) -> str:
-    """The registered format whose layout the file has, or InvalidTeacher saying what it is."""
-    head = _head(path, 9)
+    """The registered format whose layout the file has (worker.kd.formats names it; ONNX,
+    which needs a parser, is checked here), or InvalidTeacher saying what it is."""
+    try:
+        head = read_head(path)
+    except OSError as exc:
+        raise InvalidTeacher(f"The teacher file cannot be read: {shorten(exc)}") from exc
+    fmt = sniff_file(path, head)
+    if fmt in SNIFFED_TEACHER_FORMATS:
+        return fmt
     if head.startswith(ZIP_MAGIC):
-        return _zip_format(path)
-    if _is_safetensors(path, head):
-        return "safetensors"
-    if not head.startswith(PICKLE_MAGIC) and _is_onnx(path):
+        _check_zip(path)
+    elif not head.startswith(PICKLE_MAGIC) and _is_onnx(path):
         return "onnx"
     raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
+
+
+def _check_zip(path: Path) -> None:
+    try:
+        zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidTeacher(
+            f"{NOT_A_TEACHER}; it is a damaged zip archive, perhaps a truncated upload "
+            f"({shorten(exc)}). {EXPORT_HINT}"
+        ) from exc
 
 
 def looks_like(path: Path) -> str:
@@ -100,44 +114,10 @@ def looks_like(path: Path) -> str:
     return ""
 
 
-def _zip_format(path: Path) -> str:
-    try:
-        names = zipfile.ZipFile(path).namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidTeacher(
-            f"{NOT_A_TEACHER}; it is a damaged zip archive, perhaps a truncated upload "
-            f"({shorten(exc)}). {EXPORT_HINT}"
-        ) from exc
-    if any("/code/" in name for name in names) and any(n.endswith("data.pkl") for n in names):
-        return "torchscript"
-    if any(name.endswith("archive_format") for name in names) or any(
-        name.endswith("serialized_exported_program.json") for name in names
-    ):
-        return "torch_export"
-    if is_model_zip(path):
-        return "hf_zip"
-    raise InvalidTeacher(f"{NOT_A_TEACHER}{looks_like(path)}. {EXPORT_HINT}")
-
-
 @register_teacher("hf_zip")
 def _load_hf_zip(path: Path, arch: dict[str, Any] | None, example: torch.Tensor | None) -> Teacher:
     """A Hugging Face model-directory ZIP (transformers loads lazily, on first use)."""
     return load_hf_zip(path, arch, example)
-
-
-def _is_safetensors(path: Path, head: bytes) -> bool:
-    """8-byte little-endian header length, then that many bytes of JSON: an object."""
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    length = int.from_bytes(head[:8], "little")
-    if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
-        return False
-    with open(path, "rb") as f:
-        f.seek(8)
-        try:
-            return isinstance(json.loads(f.read(length)), dict)
-        except ValueError:
-            return False
 
 
 def _is_onnx(path: Path) -> bool:

@@ -13,9 +13,9 @@ import torch
 from tests.worker.kd.hf.factories import bert_dir, bert_tokenizer, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import distill, prepare
 from worker.kd.errors import InvalidSpec, InvalidTeacher
+from worker.kd.formats import sniff_text
 from worker.kd.hf.layout import read_layout
 from worker.kd.hf.models import from_teacher
-from worker.kd.hf.textdata import sniff_text
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
 from worker.kd.training.reporting import MemoryReporter
