@@ -1,11 +1,11 @@
 """Where an engine training step spends its time, next to the hand-written loop's.
 
-The parts of a step that differ between the engine (worker/kd/train.py, runner.py) and
+The parts of a step that differ between the engine (worker/kd/training/trainer.py, tasks/tensor_job.py) and
 the hand-written loop (bench/loops.py) are timed in isolation on one batch, each pair
 interleaved in 40 rounds of 50 calls (medians): the loss (student forward, loss, backward),
 the teacher call, gradient clipping with the parameter list each builds, and the running
 loss bookkeeping. The per-step differences should add up to the measured (c) - (b) per
-step. This reaches into engine internals (`runner.build_objective`, `OnlineTeacher`,
+step. This reaches into engine internals (`tensor_job.build_objective`, `OnlineTeacher`,
 `Trainer.parameters`, `RunningSums`); if they move, the result says so and the rest of the
 section still runs. A py-spy profile of whole runs says the same at lower resolution.
 """
@@ -31,7 +31,7 @@ def _pairs(workload: Workload) -> list[Pair]:
     from worker.kd.engine import prepare
     from worker.kd.spec import JobSpec
     from worker.kd.tasks.tensor_job import OnlineTeacher, _new_student, build_objective
-    from worker.kd.train import RunningSums, Trainer, stack_parts
+    from worker.kd.training.trainer import RunningSums, Trainer, stack_parts
 
     spec = JobSpec.model_validate(workload.spec(2, cache_teacher=False))
     prepared: Any = prepare(spec, workload.teacher_path, workload.dataset_path)
@@ -63,7 +63,7 @@ def _pairs(workload: Workload) -> list[Pair]:
     engine_loss()
     own_loss()
     trainer = Trainer.__new__(Trainer)  # only for its parameters() method
-    trainer.student, trainer.objective = engine_student, objective
+    trainer.student, trainer.objective = engine_student, objective.loss
 
     engine_parameters = trainer.parameters()  # the engine builds the list once per epoch
 

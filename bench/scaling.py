@@ -9,7 +9,7 @@
   validation set, timing both models at batch 1, writing metrics.csv, curves.png and the
   model card. One more run at the smallest and the largest size times each step of the
   phase (the runner's functions wrapped with timers from here), and the two ONNX exporters
-  the engine has (`worker.kd.export._export` with `dynamo=True`, the torch.export-based
+  the engine has (`worker.kd.exports.tensor._export` with `dynamo=True`, the torch.export-based
   one, and `dynamo=False`, the TorchScript-based one, now tried first) export the same
   student, interleaved.
 

@@ -2,14 +2,14 @@
 
     module      what it does                                           imports torch
     layout      what a model-directory ZIP holds (task, sizes, files)  no (the API uses it)
-    textdata    JSONL / plain-text datasets, read and sniffed          no (the API uses it)
+    textdata    JSONL / plain-text datasets, read                      no (the API uses it)
+    data        token ids of the training and validation texts, padded per batch
     models      load the teacher offline; build from_teacher/hf students; pooling
     objective   the job's loss terms on transformer outputs (layer maps, token masks)
-    teacher_outputs  the teacher's outputs on the training texts, computed once, cached
-    train       the training loop: schedule, checkpoints, exact resume
-    engine      prepare and distill a transformer job (student, baseline, outputs, report)
+    measure     validation outputs, the task's quality measure, timings
 
-`worker.kd.engine` hands a job over to `engine` when its teacher is a model-directory ZIP.
+A transformer job is prepared and run by `worker.kd.tasks.transformer_job` and trained by
+the one `Trainer` (worker.kd.training) through its task's adapter (worker.kd.tasks.transformer).
 Nothing is downloaded: models load with `local_files_only=True` from the extracted ZIP,
 and only safetensors weights are read (a `pytorch_model.bin` pickle is refused).
 """

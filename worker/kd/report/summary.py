@@ -144,7 +144,7 @@ logits = student(x)  # x: (batch, {", ".join(str(d) for d in report["input_shape
 ```
 
 Or rebuild it from `config.json` and `student.safetensors` (no pickle involved) with
-`worker.kd.export.load_student("config.json", "student.safetensors")`.
+`worker.kd.exports.tensor.load_student("config.json", "student.safetensors")`.
 
 ## How it was trained
 
