@@ -34,6 +34,7 @@ from app.services.files import get_file
 from app.services.jobs import file_refs
 from app.storage import Storage
 from worker.kd.errors import Cancelled, KDError
+from worker.kd.report.summary import HEADLINE
 from worker.kd.spec import JobSpec
 from worker.lifecycle import SHUTTING_DOWN
 from worker.reporter import DatabaseReporter
@@ -41,7 +42,6 @@ from worker.reporter import DatabaseReporter
 log = logging.getLogger(__name__)
 
 ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
-RESULT_KEYS = ("agreement", "quality_retained", "size_reduction", "speedup", "kd_gain")
 
 
 class FileMissing(KDError):
@@ -288,13 +288,14 @@ def _file_path(storage: Storage, tenant_id: str, role: str, file_id: str) -> Pat
     return path
 
 
-def summarize(report: dict[str, Any], artifact_names: list[str]) -> dict[str, Any]:
-    """The short result on the job object; the whole report is at /report."""
+def job_result(report: dict[str, Any], artifact_names: list[str]) -> dict[str, Any]:
+    """The short result on the job object (the report's headline figures, every task kind
+    alike); the whole report is at /report."""
     summary: dict[str, Any] = {
         "teacher_accuracy": report["teacher"]["accuracy"],
         "student_accuracy": report["student"]["accuracy"],
     }
-    summary.update({key: report.get(key) for key in RESULT_KEYS})
+    summary.update({key: report.get(key) for key in HEADLINE})
     summary["artifacts"] = artifact_names
     return summary
 
@@ -317,7 +318,7 @@ def _store_success(
             status=JobStatus.succeeded,
             finished_at=utcnow(),
             progress=1.0,
-            result=summarize(report, sorted(stored)),
+            result=job_result(report, sorted(stored)),
         )
         if not done:
             session.rollback()

@@ -20,7 +20,7 @@ from torch import nn
 
 from worker.kd.spec import JobSpec
 
-FORMAT_VERSION = 2  # 2: cuda_rng; the loss under "loss" for every loop
+FORMAT_VERSION = 3  # 3: one format for every task (adapter_rng, seconds, loop state)
 
 
 @dataclass
