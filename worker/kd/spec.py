@@ -278,6 +278,12 @@ class TrainingSpec(_Strict):
 
 JobKind = Literal["tensor", "transformer"]
 
+# Fields that apply to one kind of job only: a spec of the other kind that states one is a 422.
+_FIELDS_FOR: dict[tuple[TaskKind, ...], set[str]] = {
+    TENSOR_TASKS: {"teacher.arch", "dataset.image_size", "dataset.grayscale"},
+    TRANSFORMER_TASKS: {"teacher.task", "dataset.max_length"},
+}
+
 # The recipe a job gets when its spec names no `distillation` at all, per kind of job.
 # Tensor jobs: the one that measured best on the bench tasks (BENCHMARKS.md, "Default
 # recipe"; `python -m bench.recipes`): consistent teaching, one mixed-up, noised batch seen
@@ -329,10 +335,22 @@ class JobSpec(_Strict):
             return TENSOR_TASKS
         return (self.teacher.task,) if self.teacher.task else TRANSFORMER_TASKS
 
+    def _fields_set(self) -> set[str]:
+        """The dotted names of the teacher and dataset fields the spec states."""
+        return {f"teacher.{name}" for name in self.teacher.model_fields_set} | {
+            f"dataset.{name}" for name in self.dataset.model_fields_set
+        }
+
     @model_validator(mode="after")
     def _fits_task(self) -> JobSpec:
         """Each field a job sets applies to its task kind; a 422 says which kinds it is for."""
         tasks = self.task_kinds()
+        only = TENSOR_TASKS if self.kind == "transformer" else TRANSFORMER_TASKS
+        for field in sorted(_FIELDS_FOR[only] & self._fields_set()):
+            raise ValueError(
+                f"{field} applies to {', '.join(only)} jobs only, not to {' or '.join(tasks)}: "
+                f"remove it"
+            )
         if self.kind == "transformer" and self.distillation.augment.active:
             raise ValueError(
                 "distillation.augment applies to tensor_classification jobs only (inputs that "

@@ -131,3 +131,16 @@ def test_a_loss_for_another_task_kind_is_refused_with_the_kinds_it_applies_to() 
             "distillation": {"losses": [{"kind": "rkd_distance", "teacher_layer": "a",
                                          "student_layer": "b"}]},
         })  # fmt: skip
+
+
+def test_fields_of_the_other_kind_of_job_are_refused() -> None:
+    with pytest.raises(ValidationError, match="dataset.image_size applies to tensor_class"):
+        JobSpec.model_validate({
+            "teacher": {"file_id": "t"}, "student": {"arch": "hf"},
+            "dataset": {"file_id": "d", "image_size": [8, 8]},
+        })  # fmt: skip
+    with pytest.raises(ValidationError, match="dataset.max_length applies to sequence_class"):
+        JobSpec.model_validate({
+            "teacher": {"file_id": "t"}, "student": {"arch": "mlp"},
+            "dataset": {"file_id": "d", "max_length": 16},
+        })  # fmt: skip
