@@ -134,12 +134,12 @@ def test_a_loss_for_another_task_kind_is_refused_with_the_kinds_it_applies_to() 
 
 
 def test_fields_of_the_other_kind_of_job_are_refused() -> None:
-    with pytest.raises(ValidationError, match="dataset.image_size applies to tensor_class"):
+    with pytest.raises(ValidationError, match=r"dataset\.image_size applies to tensor_class"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "hf"},
             "dataset": {"file_id": "d", "image_size": [8, 8]},
         })  # fmt: skip
-    with pytest.raises(ValidationError, match="dataset.max_length applies to sequence_class"):
+    with pytest.raises(ValidationError, match=r"dataset\.max_length applies to sequence_class"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "mlp"},
             "dataset": {"file_id": "d", "max_length": 16},
