@@ -36,7 +36,7 @@ from bench.common import LoadMeter, log, median, rotate, section_args, write_res
 REPORT_STEPS = {
     "save_student": "student.pt (TorchScript) + safetensors",
     "export_onnx": "student.onnx export",
-    "build_report": "report: evaluate, batch-1 latency of both models",
+    "tensor_report": "report: evaluate, batch-1 latency of both models",
     "plot_curves": "curves.png (matplotlib)",
     "model_card": "README.md model card",
 }
@@ -45,7 +45,7 @@ REPORT_STEPS = {
 @contextmanager
 def timed_steps() -> Iterator[dict[str, float]]:
     """Wrap the runner's report-phase functions with timers while the body runs."""
-    from worker.kd import runner
+    from worker.kd.tasks import tensor_job as runner
 
     spent: dict[str, float] = {}
     originals = {name: getattr(runner, name) for name in REPORT_STEPS if hasattr(runner, name)}
