@@ -4,10 +4,10 @@ The parts of a step that differ between the engine (worker/kd/training/trainer.p
 tasks/tensor.py, tasks/tensor_job.py) and the hand-written loop (bench/loops.py) are timed
 in isolation on one batch, each pair interleaved in 40 rounds of 50 calls (medians): the
 loss (student forward, loss, backward), the teacher call, gradient clipping with the
-parameter list each builds, and the running loss bookkeeping. The per-step differences should add up to the measured (c) - (b) per
-step. This reaches into engine internals (`tensor_job.build_objective`, `OnlineTeacher`,
-`Trainer.parameters`, `RunningSums`); if they move, the result says so and the rest of the
-section still runs. A py-spy profile of whole runs says the same at lower resolution.
+parameter list each builds, and the running loss bookkeeping. The per-step differences
+should add up to the measured (c) - (b) per step. This reaches into engine internals
+(`tensor_job.build_objective`, `OnlineTeacher`, `Trainer.parameters`, `RunningSums`); if
+they move, the result says so and the rest of the section still runs. A py-spy profile of whole runs says the same at lower resolution.
 """
 
 from __future__ import annotations
