@@ -7,7 +7,8 @@ loss (student forward, loss, backward), the teacher call, gradient clipping with
 parameter list each builds, and the running loss bookkeeping. The per-step differences
 should add up to the measured (c) - (b) per step. This reaches into engine internals
 (`tensor_job.build_objective`, `OnlineTeacher`, `Trainer.parameters`, `RunningSums`); if
-they move, the result says so and the rest of the section still runs. A py-spy profile of whole runs says the same at lower resolution.
+they move, the result says so and the rest of the section still runs. A py-spy profile
+of whole runs says the same at lower resolution.
 """
 
 from __future__ import annotations
