@@ -17,6 +17,7 @@ from torch import nn
 from worker.kd.errors import InvalidSpec
 from worker.kd.hf.models import Outputs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
+from worker.kd.losses.transformer import attention_log_probs
 from worker.kd.spec import DEFAULT_RECIPE, DistillationSpec, JobSpec
 
 TRANSFORMER_KINDS = ("ce", "embedding_mse", "hidden_cosine", "kd", "logit_mse",
@@ -123,7 +124,7 @@ class TransformerObjective(nn.Module):
             if term.loss.key == "hidden_cosine":
                 s, t = student.hidden_states[s_layer][mask], teacher.hidden_states[t_layer][mask]
             else:  # (B, heads, T, T) -> one row of (heads, T) per real query token
-                s = student.attentions[s_layer - 1].transpose(1, 2)[mask]
+                s = attention_log_probs(student.attentions[s_layer - 1].transpose(1, 2)[mask])
                 t = teacher.attentions[t_layer - 1].transpose(1, 2)[mask]
             values.append(term.loss.compute(LossInputs(s, t, None, s, t)))
         return torch.stack(values).mean()
