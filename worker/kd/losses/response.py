@@ -26,11 +26,16 @@ def kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over rows.
 
-    A teacher logit of -inf (a class the teacher rules out) contributes 0."""
+    A teacher logit of -inf (a class the teacher rules out) contributes 0: its
+    log-probability is raised to the dtype's lowest finite value, whose exp is still 0, so
+    that `kl_div` does not compute 0 * -inf = NaN. The clamp is on the teacher's side only,
+    which has no gradient: the student's step costs what `kl_div` alone costs."""
     t = temperature
     log_p_student = F.log_softmax(student / t, dim=-1)  # (B, K)
     log_p_teacher = F.log_softmax(teacher / t, dim=-1)  # (B, K)
-    return t * t * kl_terms(log_p_teacher, log_p_student).sum() / student.shape[0]
+    log_p_teacher = log_p_teacher.clamp(min=torch.finfo(log_p_teacher.dtype).min)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return t * t * kl
 
 
 def check_temperature(temperature: float) -> None:
