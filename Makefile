@@ -57,7 +57,9 @@ bench: install
 .PHONY: bench-recipes
 bench-recipes: install
 	$(PY) -m bench.recipes
+	$(PY) -m bench.report
 
 .PHONY: bench-hf-recipes
 bench-hf-recipes: install
 	$(PY) -m bench.hf_recipes
+	$(PY) -m bench.report

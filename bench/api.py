@@ -3,8 +3,8 @@
 One `python -m app.cli api` process per database (DISTILLERY_RATE_LIMIT_PER_MINUTE=0,
 uvicorn as `distillery api` runs it, access log on), each database seeded directly with
 SQLAlchemy: one tenant with N jobs. A load generator in a separate process (wrk, one
-thread, closed loop) drives 127.0.0.1 with 32 connections (at 64 the server used to
-deadlock; the probe below checks that it no longer does).
+thread, closed loop) drives 127.0.0.1 with 32 connections (the probe below uses 64, to
+check that the server does not deadlock).
 
 - `GET /v1/jobs/{id}` (authenticated: key lookup, tenant-scoped read, serialisation) vs
   `GET /healthz` (an `async def` returning a constant: the barest route) of the same
@@ -38,7 +38,22 @@ from typing import Any
 import httpx
 
 from bench import profiles, servers
-from bench.common import LoadMeter, log, median, paired_ratio, rotate, write_result
+from bench.common import (
+    Block,
+    LoadMeter,
+    Result,
+    Row,
+    Table,
+    log,
+    median,
+    paired_ratio,
+    rng,
+    rotate,
+    run_section,
+    section_parser,
+    verdict,
+    x,
+)
 
 CONNECTIONS = 32
 PROBE_CONNECTIONS = 64
@@ -152,14 +167,7 @@ def profile(base: str, pid: int, seeded: servers.Seeded, seconds: float) -> dict
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--work", type=Path)
-    parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--no-postgres", action="store_true")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> Result:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         sizes = [s for s in sizes if s <= 10000] or sizes[:1]
@@ -239,9 +247,131 @@ def main() -> None:
         else:
             result["postgres"] = None
     result["load"] = load.stop()
-    path = write_result("api", result, args.out)
-    log(f"wrote {path}")
+    return result
+
+
+ENDPOINT_HEADER = ["endpoint", "requests/s", "p50 ms", "p99 ms", "server CPU ms/request", "errors"]
+
+
+def endpoint_row(name: str, e: dict[str, Any]) -> Row:
+    return [
+        name,
+        f"{e['rps']:.0f}",
+        f"{e['p50_ms']:.1f}",
+        f"{e['p99_ms']:.1f}",
+        f"{e['server_cpu_ms_per_request']:.2f}",
+        str(e["errors"]),
+    ]
+
+
+def rows(r: Result) -> list[Block]:
+    blocks: list[Block] = []
+    for db in ("sqlite", "postgres"):
+        block = r.get(db)
+        if not block:
+            continue
+        ratio = block["rps_ratio"]
+        blocks.append(
+            Table(
+                ENDPOINT_HEADER,
+                [endpoint_row(f"`{n}`", e) for n, e in block["endpoints"].items()],
+                title=f"**{'SQLite' if db == 'sqlite' else 'PostgreSQL'}**, "
+                f"{block['jobs_in_table']} jobs, {r['connections']} connections:",
+                note=f"GET /v1/jobs/{{id}} / GET /healthz, requests/s: **{ratio['median']:.2f}**"
+                + rng(ratio)
+                + f" [target >= {ratio['target']}: {verdict(ratio['met'])}]; as server CPU per "
+                f"request (healthz / job): {block['cpu_ratio']:.2f}.",
+            )
+        )
+    for label, block in (r.get("list") or {}).items():
+        ratio = block["p99_ratio_largest_smallest"]
+        query = "limit=20" if label == "all" else f"limit=20&{label}"
+        blocks.append(
+            Table(
+                ["jobs in table", *ENDPOINT_HEADER[1:]],
+                [endpoint_row(f"{int(n):,}", e) for n, e in block["by_size"].items()],
+                title=f"`GET /v1/jobs?{query}` (SQLite):",
+                note=f"p99 largest / smallest table: **{ratio['median']:.2f}**{rng(ratio)}; "
+                "server CPU per request, largest / smallest: "
+                f"{block['cpu_ratio_largest_smallest']:.2f}.",
+            )
+        )
+    probe = r.get("deadlock_probe")
+    if probe:
+        bursts = "; ".join(
+            f"{b['burst_requests']} requests, then healthz in {b['healthz_after_s']:.2f} s"
+            for b in probe["bursts"]
+        )
+        blocks.append(
+            f"Deadlock probe, 1 s bursts of {probe['connections']} connections on "
+            "`GET /v1/jobs/{id}`, each followed by one `GET /healthz`:\n\n"
+            f"- {'**stalled**' if probe['stalled'] else 'no stall'} ({bursts})"
+        )
+    prof = r.get("profile") or {}
+    if prof.get("available"):
+        names = [k for k, v in prof.items() if isinstance(v, dict)]
+        groups = sorted({g for n in names for g in prof[n]})
+        profile_rows = [[g] + [f"{prof[n].get(g, 0):.0f}%" for n in names] for g in groups]
+        profile_rows.sort(key=lambda row: -float(row[1].rstrip("%")))
+        blocks.append(
+            Table(
+                ["", *[f"`{n}`" for n in names]],
+                profile_rows,
+                title="Where the server's time goes under load (py-spy, samples of the thread "
+                "holding the GIL):",
+            )
+        )
+    tool = (r.get("sqlite") or {}).get("endpoints", {}).get("healthz", {}).get("tool", "wrk")
+    blocks.append(
+        f"{r['rounds']} rounds x {r['seconds_per_run']:g} s per endpoint, interleaved; "
+        f"medians over rounds; load from `{tool}`."
+    )
+    return blocks
+
+
+def targets(r: Result) -> list[Row]:
+    summary = []
+    for db in ("sqlite", "postgres"):
+        if r.get(db):
+            ratio = r[db]["rps_ratio"]
+            summary.append(
+                [
+                    f"2. GET job / healthz requests/s ({db})",
+                    f">= {TARGET_RATIO}",
+                    x(ratio["median"]),
+                    verdict(ratio["met"]),
+                ]
+            )
+    for label, block in (r.get("list") or {}).items():
+        ratio = block["p99_ratio_largest_smallest"]
+        sizes = list(block["by_size"])
+        summary.append(
+            [
+                f"2. list p99, {int(sizes[-1]):,} / {int(sizes[0]):,} jobs ({label})",
+                "flat",
+                x(ratio["median"]),
+                verdict(ratio["median"] <= 1.25),
+            ]
+        )
+    probe = r.get("deadlock_probe")
+    if probe:
+        summary.append(
+            [
+                f"2. no stall at {probe['connections']} connections",
+                "none",
+                f"{probe['longest_stall_s']:.1f} s",
+                verdict(not probe["stalled"]),
+            ]
+        )
+    return summary
+
+
+def parser() -> argparse.ArgumentParser:
+    options = section_parser(__doc__ or "")
+    options.add_argument("--sizes", default="1000,10000,100000")
+    options.add_argument("--no-postgres", action="store_true")
+    return options
 
 
 if __name__ == "__main__":
-    main()
+    run_section("api", measure, parser())

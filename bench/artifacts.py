@@ -38,7 +38,22 @@ import httpx
 import numpy as np
 
 from bench import servers
-from bench.common import ROOT, LoadMeter, log, median, paired_ratio, rotate, write_result
+from bench.common import (
+    ROOT,
+    LoadMeter,
+    Result,
+    Row,
+    Table,
+    log,
+    median,
+    paired_ratio,
+    rng,
+    rotate,
+    run_section,
+    section_parser,
+    verdict,
+    x,
+)
 
 TARGET = 0.8
 BLOCK = 8 * 1024 * 1024
@@ -138,13 +153,7 @@ def resume(url: str, key: str, sha256: str, size: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--work", type=Path)
-    parser.add_argument("--mb", type=int, default=500)
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> Result:
     mb = 100 if args.quick else args.mb
     rounds = 2 if args.quick else 9
     load = LoadMeter()
@@ -224,32 +233,80 @@ def main() -> None:
 
     ratio = paired_ratio(speeds("http"), speeds("disk"))
     http_rss = [r["server_rss_growth_mb"] for name in runs if "http" in name for r in runs[name]]
-    write_result(
-        "artifacts",
-        {
-            "quick": args.quick,
-            "megabytes": mb,
-            "rounds": rounds,
-            "mb_per_s": {name: median(speeds(name)) for name in runs},
-            "ratio": {**ratio, "target": TARGET, "met": ratio["median"] >= TARGET},
-            "ratio_page_cache": paired_ratio(
-                speeds("http (page cache)"), speeds("disk (page cache)")
-            ),
-            "server_cpu_s_per_gb": {
-                name: median([r["server_cpu_s"] / (r["bytes"] / 1e9) for r in runs[name]])
-                for name in runs
-                if "http" in name
-            },
-            "server_rss_growth_mb": {"median": median(http_rss), "max": max(http_rss)},
-            "server_rss_before_mb": runs["http"][0]["server_rss_before_mb"],
-            "resume": resumed,
-            "runs": runs,
-            "load": load.stop(),
+    return {
+        "quick": args.quick,
+        "megabytes": mb,
+        "rounds": rounds,
+        "mb_per_s": {name: median(speeds(name)) for name in runs},
+        "ratio": {**ratio, "target": TARGET, "met": ratio["median"] >= TARGET},
+        "ratio_page_cache": paired_ratio(speeds("http (page cache)"), speeds("disk (page cache)")),
+        "server_cpu_s_per_gb": {
+            name: median([r["server_cpu_s"] / (r["bytes"] / 1e9) for r in runs[name]])
+            for name in runs
+            if "http" in name
         },
-        args.out,
+        "server_rss_growth_mb": {"median": median(http_rss), "max": max(http_rss)},
+        "server_rss_before_mb": runs["http"][0]["server_rss_before_mb"],
+        "resume": resumed,
+        "runs": runs,
+        "load": load.stop(),
+    }
+
+
+def rows(r: Result) -> list[Table]:
+    speed_rows = []
+    for name, speed in r["mb_per_s"].items():
+        cpu = r["server_cpu_s_per_gb"].get(name)
+        speed_rows.append([name, f"{speed:.0f}", "-" if cpu is None else f"{cpu:.2f}"])
+    ratio, cached, resume = r["ratio"], r["ratio_page_cache"], r["resume"]
+    growth = r["server_rss_growth_mb"]
+    note = (
+        f"- HTTP / disk (both from disk): **{ratio['median']:.2f}**{rng(ratio)} "
+        f"[target >= {ratio['target']}: {verdict(ratio['met'])}]; both from the page cache: "
+        f"{cached['median']:.2f}{rng(cached)}."
+        f"\n- Server RSS during a download: +{growth['median']:.1f} MB median, "
+        f"+{growth['max']:.1f} MB at most, on {r['server_rss_before_mb']:.0f} MB, for a "
+        f"{r['megabytes']} MB file: streamed [flat: {verdict(streamed(r))}]."
+        f"\n- Resume: full response says `Accept-Ranges: {resume['accept_ranges']}`; broken "
+        f"off after {resume['first_part_bytes']:,} bytes, "
+        f"`Range: bytes={resume['first_part_bytes']}-` "
+        f"answered {resume['range_status']} with `Content-Range: {resume['content_range']}`; "
+        f"the two parts hash to the artifact's sha256: "
+        f"{'yes' if resume['sha256_matches'] else '**no**'}."
+        f"\n\n{r['rounds']} rounds, variants interleaved."
     )
-    log("wrote artifacts results")
+    return [Table(["read", "MB/s (median)", "server CPU s per GB"], speed_rows, note=note)]
+
+
+def streamed(r: Result) -> bool:
+    """The server's memory stayed flat: it grew by less than a tenth of the file."""
+    return bool(r["server_rss_growth_mb"]["max"] < 0.1 * r["megabytes"])
+
+
+def targets(r: Result) -> list[Row]:
+    matches = r["resume"]["sha256_matches"]
+    return [
+        [
+            f"4. download / disk read, {r['megabytes']} MB",
+            f">= {r['ratio']['target']}",
+            x(r["ratio"]["median"]),
+            verdict(r["ratio"]["met"]),
+        ],
+        [
+            "4. server RSS growth during download",
+            "flat",
+            f"+{r['server_rss_growth_mb']['max']:.1f} MB",
+            verdict(streamed(r)),
+        ],
+        ["4. Range resumes a broken download", "yes", "yes" if matches else "no", verdict(matches)],
+    ]
+
+
+def parser() -> argparse.ArgumentParser:
+    options = section_parser(__doc__ or "")
+    options.add_argument("--mb", type=int, default=500)
+    return options
 
 
 if __name__ == "__main__":
-    main()
+    run_section("artifacts", measure, parser())

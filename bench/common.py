@@ -1,4 +1,10 @@
-"""What every section shares: paths, statistics, the result files, and the machine's name.
+"""What every section shares: paths, statistics, the result files, the machine's name, and
+the shape of what a section hands the renderer.
+
+Every section module exports `measure(args) -> Result` (runs it, returns what goes in
+bench/results/NAME.json) and `rows(result) -> list[Block]` (that result as tables, and
+the odd sentence between them); a section with targets also exports `targets(result)`,
+its rows of the summary table. bench/report.py lays them out in BENCHMARKS.md.
 
 Rules every figure follows: the compared variants run in the same process (or the same
 machine at the same time), interleaved round by round, repeated, and summarised by medians;
@@ -16,14 +22,47 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-PLOTS = BENCH / "plots"
+Result = dict[str, Any]
+Row = list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of a section: an optional line above it, the table, an optional text below."""
+
+    header: Row
+    rows: list[Row]
+    title: str = ""
+    note: str = ""
+
+
+Block = Table | str  # a table, or a paragraph of text between tables
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def x(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "**missed**")
+
+
+def rng(row: dict[str, Any]) -> str:
+    """' (low-high)' of a paired ratio's range, or nothing."""
+    low, high = row.get("range") or (None, None)
+    return "" if low is None else f" ({low:.2f}-{high:.2f})"
 
 
 def median(values: Sequence[float]) -> float:
@@ -85,7 +124,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def section_args(description: str) -> argparse.Namespace:
+def section_parser(description: str) -> argparse.ArgumentParser:
+    """The options every section takes; a section adds its own to the parser."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer, smaller rounds")
     parser.add_argument("--out", type=Path, help="where to write the JSON result")
@@ -93,7 +133,17 @@ def section_args(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, the same for every variant"
     )
-    return parser.parse_args()
+    return parser
+
+
+def run_section(
+    name: str, measure: Callable[[argparse.Namespace], Result], parser: argparse.ArgumentParser
+) -> None:
+    """A section's command line: measure, then write bench/results/NAME.json (a --quick
+    run's to bench/results/quick/, or --out)."""
+    args = parser.parse_args()
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS) / f"{name}.json"
+    log(f"wrote {write_result(name, measure(args), out)}")
 
 
 def write_result(name: str, data: dict[str, Any], out: Path | None = None) -> Path:

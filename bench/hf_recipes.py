@@ -13,11 +13,11 @@ Cases that share a branch of `default_terms()` (worker/kd/hf/objective.py) form 
 classification and LM students as wide as their teacher, narrower students, embeddings.
 A group's default is the recipe with the best mean student over its cases and seeds, as
 bench/recipes.py chose over its tasks; tests/worker/kd/hf/test_hf_defaults.py keeps
-`default_terms()` and these winners in step. Results: bench/results/hf_recipes.json; a
-full run rewrites the table in BENCHMARKS.md ("Transformer default losses"), keeping the
-written conclusion around it. Needs transformers 5 (its tokenizers take a `vocab` dict).
+`default_terms()` and these winners in step. Results: bench/results/hf_recipes.json, from
+which `python -m bench.report` rewrites the table in BENCHMARKS.md ("Transformer default
+losses"). Needs transformers 5 (its tokenizers take a `vocab` dict).
 
-Run: .venv/bin/python -m bench.hf_recipes [--quick]
+Run: .venv/bin/python -m bench.hf_recipes [--quick], then .venv/bin/python -m bench.report
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.report import replace_block
+from bench.common import Result, Table, run_section, section_parser
 from worker.kd.engine import distill, prepare
 from worker.kd.spec import JobSpec, LossTerm
 from worker.kd.tasks.transformer_job import zip_directory
 from worker.kd.training.reporting import MemoryReporter
 
 Terms = list[dict[str, Any]]
-RESULTS = Path(__file__).parent / "results"
 
 # Synthetic English: a topic noun, then one or three mood phrases, each possibly negated.
 # The sentiment is the majority polarity after negation, so the label needs every phrase
@@ -473,15 +472,11 @@ TEACHERS: dict[str, Callable[[Path, int], None]] = {
 }  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=RESULTS / "hf_recipes.json")
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> Result:
     torch.set_num_threads(1)
     seeds = [0] if args.quick else [0, 1]
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
+    measured: list[dict[str, Any]] = []
     teacher_seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -505,58 +500,45 @@ def main() -> None:
                 case.epochs = 2
             case_rows = measure_case(case, zips[case.teacher], datasets[case.name], seeds,
                                      root / "out")  # fmt: skip
-            rows.extend(case_rows)
-    result = {
-        "section": "hf_recipes", "quick": args.quick, "seconds": time.monotonic() - started,
-        "teacher_seconds": teacher_seconds, "rows": rows, "defaults": decisions(rows),
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for d in result["defaults"]:
+            measured.extend(case_rows)
+    defaults = decisions(measured)
+    for d in defaults:
         print(f"{d['group']}: {d['recipe']} ({d['margin']:+.4f} over {d['runner_up']}; "
               f"per seed {d['paired_differences']})")  # fmt: skip
-    if not args.quick:
-        render(result)
+    return {
+        "quick": args.quick, "seconds": time.monotonic() - started,
+        "teacher_seconds": teacher_seconds, "rows": measured, "defaults": defaults,
+    }  # fmt: skip
 
 
-def render(
-    result: dict[str, Any], path: Path = Path(__file__).parents[1] / "BENCHMARKS.md"
-) -> None:
-    """Rewrite the table and the margins between the markers in BENCHMARKS.md; the
-    written conclusion around them is kept."""
-    lines = [
-        "| task | recipe | teacher | scratch | student | gain |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def rows(result: Result) -> list[Table | str]:
     best = {(c["case"], d["recipe"]) for d in result["defaults"] for c in d["cases"]}
+    table_rows = []
     for row in result["rows"]:
         mark = " **(default)**" if (row["case"], row["recipe"]) in best else ""
         student, scratch = f"{row['student']:.4f}", f"{row['scratch']:.4f}"
         if "mean_cosine" in row:
             student += f" (cos {row['mean_cosine']:.3f})"
             scratch += f" (cos {row['scratch_mean_cosine']:.3f})"
-        lines.append(
-            f"| {row['case']} | {row['recipe']}{mark} | {row['teacher']:.4f} | {scratch} | "
-            f"{student} | {row['gain']:+.4f} |"
-        )
-    lines.append("")
+        table_rows.append([row["case"], row["recipe"] + mark, f"{row['teacher']:.4f}", scratch,
+                           student, f"{row['gain']:+.4f}"])  # fmt: skip
+    margins = []
     for d in result["defaults"]:
         paired = ", ".join(f"{x:+.4f}" for x in d["paired_differences"])
         tasks = " and ".join(sorted({c["task"] for c in d["cases"]}))
-        lines.append(
+        margins.append(
             f"- {d['group']} ({tasks}): **{d['recipe']}**, mean {d['student']:.4f}, "
             f"{d['margin']:+.4f} over {d['runner_up']} (per seed {paired}); one recipe's "
             f"seeds differ by {d['mean_seed_spread']:.4f} on average."
         )
-    seeds = result["rows"][0]["seeds"]
-    lines.append("")
-    lines.append(
-        f"Each cell is the mean of {seeds} seeds (the seed also draws the validation half); "
-        f"teachers trained in {sum(result['teacher_seconds'].values()):.0f} s, "
+    method = (
+        f"Each cell is the mean of {result['rows'][0]['seeds']} seeds (the seed also draws the "
+        f"validation half); teachers trained in {sum(result['teacher_seconds'].values()):.0f} s, "
         f"{result['seconds']:.0f} s in all."
     )
-    path.write_text(replace_block(path.read_text(), "hf_recipes", "\n".join(lines)))
+    header = ["task", "recipe", "teacher", "scratch", "student", "gain"]
+    return [Table(header, table_rows), "\n".join(margins), method]
 
 
 if __name__ == "__main__":
-    main()
+    run_section("hf_recipes", measure, section_parser(__doc__ or ""))

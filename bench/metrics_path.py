@@ -17,6 +17,7 @@ Run: .venv/bin/python -m bench.metrics_path [--quick]
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import tempfile
@@ -26,7 +27,22 @@ from typing import Any
 
 import torch
 
-from bench.common import LoadMeter, log, median, paired_ratio, rotate, section_args, write_result
+from bench.common import (
+    LoadMeter,
+    Result,
+    Row,
+    Table,
+    log,
+    median,
+    ms,
+    paired_ratio,
+    rng,
+    rotate,
+    run_section,
+    section_parser,
+    verdict,
+    x,
+)
 
 TARGET = 1.02
 
@@ -112,8 +128,7 @@ def flush_anatomy(job_id: str, rounds: int, rows: int = 18) -> dict[str, Any]:
     return {"rows": rows, "ms": {name: median(s) for name, s in spent.items()}}
 
 
-def main() -> None:
-    args = section_args(__doc__ or "")
+def measure(args: argparse.Namespace) -> Result:
     torch.set_num_threads(args.threads)
     rounds, epochs = (2, 3) if args.quick else (9, 5)
     load = LoadMeter()
@@ -214,23 +229,88 @@ def main() -> None:
                 "statements_per_epoch": {v: median(s) for v, s in sql.items()},
             }
         flush = flush_anatomy(new_job(), 10 if args.quick else 40)
-    path = write_result(
-        "metrics_path",
-        {
-            "threads": args.threads,
-            "rounds": rounds,
-            "epochs_per_run": epochs,
-            "quick": args.quick,
-            "target_ratio": TARGET,
-            "database": "SQLite (WAL, synchronous=NORMAL), the embedded default",
-            "load": load.stop(),
-            "flush": flush,
-            "workloads": results,
-        },
-        args.out,
+    return {
+        "threads": args.threads,
+        "rounds": rounds,
+        "epochs_per_run": epochs,
+        "quick": args.quick,
+        "target_ratio": TARGET,
+        "database": "SQLite (WAL, synchronous=NORMAL), the embedded default",
+        "load": load.stop(),
+        "flush": flush,
+        "workloads": results,
+    }
+
+
+def rows(r: Result) -> list[Table]:
+    table_rows = []
+    for name, w in r["workloads"].items():
+        for variant, row in w["ratio_vs_memory"].items():
+            label = (
+                "DatabaseReporter (defaults: flush 1 s, cancel poll 0.5 s)"
+                if variant == "database"
+                else "DatabaseReporter unthrottled (flush 0, cancel poll 0)"
+            )
+            table_rows.append(
+                [
+                    name,
+                    label,
+                    ms(w["epoch_s"]["memory"]),
+                    ms(w["epoch_s"][variant]),
+                    x(row["median"], 3) + rng(row),
+                    x(row.get("cpu"), 3),
+                    f"{w['inside_ms_per_epoch'][variant]:.2f} ms = {row['inside_pct']:.2f}%"
+                    if "inside_pct" in row
+                    else "-",
+                    x(w["writes_per_epoch"][variant], 1),
+                    x(w["statements_per_epoch"][variant], 1),
+                    f"<= {100 * (r['target_ratio'] - 1):.0f}%: {verdict(w['met'])}"
+                    if variant == "database"
+                    else "-",
+                ]
+            )
+    header = [
+        "workload",
+        "reporter",
+        "epoch, MemoryReporter",
+        "epoch, this",
+        "ratio (wall)",
+        "ratio (CPU)",
+        "inside the reporter, per epoch",
+        "writes / epoch",
+        "SQL statements / epoch",
+        "target",
+    ]
+    memory = ", ".join(
+        f"{w['inside_ms_per_epoch']['memory']:.3f} ms ({n})" for n, w in r["workloads"].items()
     )
-    log(f"wrote {path}")
+    note = (
+        f"{r['database']}; {r['rounds']} rounds x {r['epochs_per_run']} epochs. The target is "
+        "judged on the time inside the reporter (the A/B ratios, whose range shows the noise, "
+        f"agree within it); the MemoryReporter spends {memory} per epoch."
+    )
+    if r.get("flush"):
+        note += (
+            f"\n\nOne epoch's flush ({r['flush']['rows']} metric rows, the epoch_end event, the "
+            "progress update, one commit), interleaved: "
+            + ", ".join(f"{n} {v:.2f} ms" for n, v in r["flush"]["ms"].items())
+            + "."
+        )
+    return [Table(header, table_rows, note=note)]
+
+
+def targets(r: Result) -> list[Row]:
+    return [
+        [
+            f"5. reporting overhead, DatabaseReporter ({name})",
+            f"<= {100 * (r['target_ratio'] - 1):.0f}% of epoch",
+            f"{w['inside_pct']:.2f}% inside the reporter; A/B wall ratio "
+            f"{w['ratio_vs_memory']['database']['median']:.3f}",
+            verdict(w["met"]),
+        ]
+        for name, w in r["workloads"].items()
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    run_section("metrics_path", measure, section_parser(__doc__ or ""))

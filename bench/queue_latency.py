@@ -36,7 +36,19 @@ import torch
 from torch import nn
 
 from bench import servers
-from bench.common import LoadMeter, log, median, percentile, rotate, write_result
+from bench.common import (
+    LoadMeter,
+    Result,
+    Row,
+    Table,
+    log,
+    median,
+    percentile,
+    rotate,
+    run_section,
+    section_parser,
+    verdict,
+)
 
 TARGET_REDIS_S = 0.2
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -98,13 +110,7 @@ class Stack:
         }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--work", type=Path)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> Result:
     jobs, idle_s = (3, 4.0) if args.quick else (9, 10.0)
     rng = random.Random(0)
     load = LoadMeter()
@@ -173,21 +179,65 @@ def main() -> None:
             "samples": runs,
         }
     redis = results.get("redis")
-    write_result(
-        "queue",
-        {
-            "quick": args.quick,
-            "jobs_per_stack": jobs,
-            "idle_seconds": idle_s,
-            "target_redis_median_s": TARGET_REDIS_S,
-            "met": None if redis is None else redis["to_running_median_s"] <= TARGET_REDIS_S,
-            "stacks": results,
-            "load": load.stop(),
-        },
-        args.out,
+    return {
+        "quick": args.quick,
+        "jobs_per_stack": jobs,
+        "idle_seconds": idle_s,
+        "target_redis_median_s": TARGET_REDIS_S,
+        "met": None if redis is None else redis["to_running_median_s"] <= TARGET_REDIS_S,
+        "stacks": results,
+        "load": load.stop(),
+    }
+
+
+def rows(r: Result) -> list[Table]:
+    header = [
+        "broker",
+        "jobs",
+        "to claimed (validating), median",
+        "to running, median",
+        "p90",
+        "max",
+        "idle worker CPU",
+    ]
+    stack_rows = [
+        [
+            name,
+            str(s["jobs"]),
+            f"{s['to_validating_median_s']:.3f} s",
+            f"{s['to_running_median_s']:.3f} s",
+            f"{s['to_running_p90_s']:.3f} s",
+            f"{s['to_running_max_s']:.3f} s",
+            f"{s['idle_worker_cpu_pct']:.2f}%",
+        ]
+        for name, s in r["stacks"].items()
+    ]
+    note = (
+        f"Target: median to running on Redis <= {r['target_redis_median_s']} s: "
+        f"{verdict(r['met'])}. Idle CPU measured over {r['idle_seconds']:g} s with an empty "
+        "queue (one core = 100%)."
     )
-    log("wrote queue results")
+    return [Table(header, stack_rows, note=note)]
+
+
+def targets(r: Result) -> list[Row]:
+    if "redis" not in r["stacks"]:
+        return []
+    return [
+        [
+            "3. submit -> running, median, Redis",
+            f"<= {r['target_redis_median_s']} s",
+            f"{r['stacks']['redis']['to_running_median_s']:.3f} s",
+            verdict(r["met"]),
+        ]
+    ]
+
+
+def parser() -> argparse.ArgumentParser:
+    options = section_parser(__doc__ or "")
+    options.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    return options
 
 
 if __name__ == "__main__":
-    main()
+    run_section("queue", measure, parser())

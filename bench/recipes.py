@@ -6,13 +6,12 @@ student is trained from scratch (labels only) as the baseline. The default is th
 with the best mean student accuracy over tasks and seeds; the table shows the gain of each
 over the scratch baseline.
 
-Run: .venv/bin/python -m bench.recipes --out bench/results/recipes.json [--quick]
+Run: .venv/bin/python -m bench.recipes [--quick], then .venv/bin/python -m bench.report
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ import torch
 from sklearn.datasets import load_digits, make_classification
 from torch import nn
 
-from bench.report import replace_block
+from bench.common import Result, Table, run_section, section_parser
 from worker.kd.engine import distill, prepare
 from worker.kd.spec import JobSpec
 from worker.kd.training.reporting import MemoryReporter
@@ -142,15 +141,11 @@ def scratch(task: Task, teacher_path: Path, data_path: Path, seed: int, work: Pa
     return run_recipe(task, teacher_path, data_path, {"alpha": 0.0}, seed, work)["student"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/recipes.json"))
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs")
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> Result:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     seeds = [0] if args.quick else [0, 1]
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
+    measured: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for t, task in enumerate(tasks()):
@@ -164,54 +159,48 @@ def main() -> None:
                 runs = [run_recipe(task, teacher_path, data_path, recipe, s, root / "r")
                         for s in seeds]  # fmt: skip
                 student = statistics.mean(r["student"] for r in runs)
-                rows.append({
+                measured.append({
                     "task": task.name, "recipe": name, "teacher": runs[0]["teacher"],
                     "scratch": statistics.mean(base), "student": student,
                     "gain": student - statistics.mean(base), "seeds": len(seeds),
                 })  # fmt: skip
                 print(
                     f"{task.name:46s} {name:32s} student {student:.4f} "
-                    f"scratch {statistics.mean(base):.4f} gain {rows[-1]['gain']:+.4f}"
+                    f"scratch {statistics.mean(base):.4f} gain {measured[-1]['gain']:+.4f}"
                 )
     means = {
-        name: statistics.mean(r["student"] for r in rows if r["recipe"] == name) for name in RECIPES
+        name: statistics.mean(r["student"] for r in measured if r["recipe"] == name)
+        for name in RECIPES
     }
     best = max(means, key=lambda name: means[name])
-    result = {
-        "section": "recipes", "quick": args.quick, "seconds": time.monotonic() - started,
-        "rows": rows, "mean_student": means, "best": best, "best_recipe": RECIPES[best],
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"best recipe: {best} (mean student accuracy {means[best]:.4f})")
-    if not args.quick:
-        render(result)
+    return {
+        "quick": args.quick, "seconds": time.monotonic() - started,
+        "rows": measured, "mean_student": means, "best": best, "best_recipe": RECIPES[best],
+    }  # fmt: skip
 
 
-def render(
-    result: dict[str, Any], path: Path = Path(__file__).parents[1] / "BENCHMARKS.md"
-) -> None:
-    """Rewrite the default-recipe table in BENCHMARKS.md from a full run's results."""
-    lines = [
-        "| task | recipe | teacher | scratch | student | gain |",
-        "| --- | --- | --- | --- | --- | --- |",
+def rows(result: Result) -> list[Table]:
+    table_rows = [
+        [
+            row["task"],
+            row["recipe"] + (" **(default)**" if row["recipe"] == result["best"] else ""),
+            f"{row['teacher']:.4f}",
+            f"{row['scratch']:.4f}",
+            f"{row['student']:.4f}",
+            f"{row['gain']:+.4f}",
+        ]
+        for row in result["rows"]
     ]
-    for row in result["rows"]:
-        mark = " **(default)**" if row["recipe"] == result["best"] else ""
-        lines.append(
-            f"| {row['task']} | {row['recipe']}{mark} | {row['teacher']:.4f} | "
-            f"{row['scratch']:.4f} | {row['student']:.4f} | {row['gain']:+.4f} |"
-        )
-    lines.append("")
-    lines.append(
+    note = (
         "Mean student accuracy over the three tasks: "
         + "; ".join(f"{name} {value:.4f}" for name, value in result["mean_student"].items())
-        + "."
+        + f".\nEach cell is the mean of {result['rows'][0]['seeds']} seeds; "
+        f"{result['seconds']:.0f} s in all."
     )
-    seeds = result["rows"][0]["seeds"]
-    lines.append(f"Each cell is the mean of {seeds} seeds; {result['seconds']:.0f} s in all.")
-    path.write_text(replace_block(path.read_text(), "recipes", "\n".join(lines)))
+    header = ["task", "recipe", "teacher", "scratch", "student", "gain"]
+    return [Table(header, table_rows, note=note)]
 
 
 if __name__ == "__main__":
-    main()
+    run_section("recipes", measure, section_parser(__doc__ or ""))

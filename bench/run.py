@@ -1,5 +1,6 @@
-"""Run every benchmark section, each in its own process, then rewrite the tables of
-BENCHMARKS.md and the plots in bench/plots/ from bench/results/*.json.
+"""Run every benchmark section, each in its own process (its `measure`, writing
+bench/results/NAME.json), then rewrite the tables of BENCHMARKS.md from those results
+(bench/report.py, which asks each section for its `rows`).
 
 Run: make bench                          (installs first, then all of it)
      .venv/bin/python -m bench.run [--quick] [--only training,api] [--no-render]
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 
+from bench import report
 from bench.common import RESULTS, ROOT, log
 
+# `make bench`'s sections, in the order they run (bench.recipes and bench.hf_recipes, longer
+# runs, have their own make targets).
 SECTIONS = ["training", "metrics_path", "scaling", "api", "queue", "artifacts"]
-MODULES = {"queue": "bench.queue_latency"}
 
 
 def main() -> None:
@@ -42,7 +45,7 @@ def main() -> None:
     failed: list[str] = []
     started = time.monotonic()
     for section in chosen:
-        module = MODULES.get(section, f"bench.{section}")
+        module = report.SECTIONS[section]
         out = (out_dir / f"{section}.json").relative_to(ROOT)  # the command, as recorded
         command = [sys.executable, "-m", module, "--out", str(out)]
         command += ["--quick"] if args.quick else []
@@ -60,10 +63,7 @@ def main() -> None:
         + f"; total {total:.0f} s"
     )
     if not args.no_render and (not args.quick or args.render_quick):
-        from bench import report
-
-        report.RESULTS = out_dir
-        log(f"rendered {report.render()}")
+        log(f"rendered {report.render(out_dir)}")
     if failed:
         sys.exit(f"failed sections: {', '.join(failed)}")
 

@@ -18,6 +18,7 @@ Run: .venv/bin/python -m bench.scaling [--quick]
 
 from __future__ import annotations
 
+import argparse
 import gc
 import tempfile
 import time
@@ -30,7 +31,19 @@ from typing import Any
 import torch
 
 from bench import loops, workloads
-from bench.common import LoadMeter, log, median, rotate, section_args, write_result
+from bench.common import (
+    LoadMeter,
+    Result,
+    Row,
+    Table,
+    log,
+    median,
+    ms,
+    rotate,
+    run_section,
+    section_parser,
+    verdict,
+)
 
 # worker.kd.tasks.tensor_job's names for the steps of the report phase, as it calls them.
 REPORT_STEPS = {
@@ -92,8 +105,7 @@ def onnx_exporters(workload: workloads.Workload, work: Path, rounds: int) -> dic
     return {"available": True, "seconds": {name: median(s) for name, s in spent.items()}}
 
 
-def main() -> None:
-    args = section_args(__doc__ or "")
+def measure(args: argparse.Namespace) -> Result:
     torch.set_num_threads(args.threads)
     if args.quick:
         train_sizes, val_sizes, rounds, epochs = [1000, 4000], [500, 4000], 2, 3
@@ -136,7 +148,7 @@ def main() -> None:
                 "rest_s": phase - sum(spent.values()),
             }
         exporters = onnx_exporters(base, work, 2 if args.quick else 5)
-    result: dict[str, Any] = {
+    return {
         "threads": args.threads,
         "rounds": rounds,
         "quick": args.quick,
@@ -157,9 +169,68 @@ def main() -> None:
         "onnx_exporters": exporters,
         "load": load.stop(),
     }
-    write_result("scaling", result, args.out)
-    log("wrote scaling results")
+
+
+def growth(r: Result) -> float:
+    """How much faster than the data the epoch time grows, first to last size (1 = linear)."""
+    first, last = r["epoch_vs_train_size"][0], r["epoch_vs_train_size"][-1]
+    return (last["epoch_s"] / first["epoch_s"]) / (last["train_samples"] / first["train_samples"])
+
+
+def rows(r: Result) -> list[Table]:
+    epoch_rows = [
+        [f"{e['train_samples']:,}", ms(e["epoch_s"]), f"{e['us_per_sample']:.1f} us"]
+        for e in r["epoch_vs_train_size"]
+    ]
+    report_rows = [[f"{e['val_samples']:,}", ms(e["report_s"])] for e in r["report_vs_val_size"]]
+    first, last = r["report_vs_val_size"][0], r["report_vs_val_size"][-1]
+    report_note = (
+        f"{last['val_samples'] // first['val_samples']}x the validation samples: "
+        f"{last['report_s'] / first['report_s']:.2f}x the report time."
+        + exporters_note(r.get("onnx_exporters") or {})
+    )
+    tables = [
+        Table(
+            ["training samples", "epoch", "per sample"],
+            epoch_rows,
+            note=f"Epoch time grows {growth(r):.2f}x as fast as the data (1.00 = linear).",
+        ),
+        Table(["validation samples", "report phase"], report_rows, note=report_note),
+    ]
+    steps = r.get("report_steps") or {}
+    if steps:
+        tables.append(report_steps_table(steps))
+    return tables
+
+
+def report_steps_table(steps: dict[str, Any]) -> Table:
+    sizes = list(steps)
+    names = list(dict.fromkeys(n for size in sizes for n in steps[size]["steps"]))
+    step_rows = [[n] + [ms(steps[size]["steps"].get(n)) for size in sizes] for n in names]
+    step_rows.append(
+        ["everything else (reload, metrics.csv, ...)"] + [ms(steps[s]["rest_s"]) for s in sizes]
+    )
+    step_rows.append(["**report phase**"] + [ms(steps[s]["phase_s"]) for s in sizes])
+    header = ["step", *[f"{int(s):,} validation samples" for s in sizes]]
+    return Table(header, step_rows, title="The report phase step by step:")
+
+
+def exporters_note(block: dict[str, Any]) -> str:
+    if not block.get("available"):
+        return ""
+    seconds = block["seconds"]
+    names = list(seconds)
+    return (
+        " ONNX export of the same student, interleaved: "
+        + ", ".join(f"{n} {ms(v)}" for n, v in seconds.items())
+        + f" ({names[0]} / {names[1]}: {seconds[names[0]] / seconds[names[1]]:.1f}x)."
+    )
+
+
+def targets(r: Result) -> list[Row]:
+    value = growth(r)
+    return [["6. epoch time vs data size", "linear", f"{value:.2f}x linear", verdict(value < 1.25)]]
 
 
 if __name__ == "__main__":
-    main()
+    run_section("scaling", measure, section_parser(__doc__ or ""))

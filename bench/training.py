@@ -17,7 +17,9 @@ Run: .venv/bin/python -m bench.training [--quick] [--threads 1]
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,21 @@ import torch
 
 from bench import anatomy, loops, workloads
 from bench.common import (
+    Block,
     LoadMeter,
+    Result,
+    Row,
+    Table,
     log,
     median,
+    ms,
     paired_ratio,
+    rng,
     rotate,
-    section_args,
-    write_result,
+    run_section,
+    section_parser,
+    verdict,
+    x,
 )
 
 TARGETS = {"c/b": 1.05, "d/a": 1.10}
@@ -131,8 +141,7 @@ def bench_workload(
     }
 
 
-def main() -> None:
-    args = section_args(__doc__ or "")
+def measure(args: argparse.Namespace) -> Result:
     torch.set_num_threads(args.threads)
     rounds, epochs = (2, 3) if args.quick else (7, 6)
     load = LoadMeter()
@@ -159,22 +168,116 @@ def main() -> None:
             parts["measured_c_minus_b_cpu_us_per_step"] = (
                 (variants_mlp["c"]["epoch_cpu_s"] - variants_mlp["b"]["epoch_cpu_s"]) / steps * 1e6
             )
-    path = write_result(
-        "training",
-        {
-            "threads": args.threads,
-            "rounds": rounds,
-            "epochs_per_run": epochs,
-            "quick": args.quick,
-            "cache": cache,
-            "step_anatomy": parts,
-            "load": load.stop(),
-            "workloads": results,
-        },
-        args.out,
+    return {
+        "threads": args.threads,
+        "rounds": rounds,
+        "epochs_per_run": epochs,
+        "quick": args.quick,
+        "cache": cache,
+        "step_anatomy": parts,
+        "load": load.stop(),
+        "workloads": results,
+    }
+
+
+def rows(r: Result) -> list[Block]:
+    tables: list[Block] = []
+    for name, w in r["workloads"].items():
+        variant_rows = [
+            [
+                v["label"],
+                ms(v["epoch_s"]),
+                f"{v['step_ms']:.3f} ms",
+                ms(v.get("epoch_cpu_s")),
+                f"{v['val_accuracy']:.3f}",
+            ]
+            for v in w["variants"].values()
+        ]
+        title = (
+            f"**{name}**: {w['train_samples']} training samples, {w['val_samples']} validation, "
+            f"{w['steps_per_epoch']} steps of 64 per epoch; student `{json.dumps(w['student'])}`; "
+            f"teacher accuracy {w['teacher_val_accuracy']:.3f}."
+        )
+        header = ["variant", "epoch (wall)", "per step", "epoch (CPU)", "val accuracy"]
+        tables.append(Table(header, variant_rows, title=title))
+        ratio_rows = [
+            [
+                pair,
+                x(row["median"], 3) + rng(row),
+                x(row.get("cpu"), 3),
+                "-" if row.get("target") is None else f"<= {row['target']:.2f}",
+                verdict(row.get("met")),
+            ]
+            for pair, row in w["ratios"].items()
+        ]
+        tables.append(Table(["ratio", "wall, median (range)", "CPU", "target", ""], ratio_rows))
+    anat = r.get("step_anatomy") or {}
+    if anat.get("available"):
+        tables.append(anatomy_table(anat))
+    cache = r["cache"]
+    calls = cache.get("teacher_calls") or {}
+    cache_note = (
+        f"Teacher-output cache probe: {cache['reason']} (teacher forward calls per epoch, "
+        f"online {calls.get('online')}, cache {calls.get('cache')})."
     )
-    log(f"wrote {path}")
+    if not cache["available"]:
+        cache_note += " **(d) is not measured**: it is added once the engine stops calling the"
+        cache_note += " teacher after the first epoch with `cache_teacher: true`."
+    method = (
+        f"{r['rounds']} rounds x {r['epochs_per_run']} epochs per run, "
+        f"`torch.set_num_threads({r['threads']})` for every variant."
+    )
+    if anat and not anat.get("available"):
+        tables.append(f"Step anatomy unavailable: {anat.get('reason')}")
+    return [*tables, cache_note, method]
+
+
+def anatomy_table(anat: dict[str, Any]) -> Table:
+    anatomy_rows = [
+        [
+            row["part"],
+            f"{row['engine_us']:.0f}",
+            f"{row['handwritten_us']:.0f}",
+            f"{row['delta_us']:+.0f}",
+            row["note"],
+        ]
+        for row in anat["rows"]
+    ]
+    measured = anat.get("measured_c_minus_b_us_per_step")
+    measured_cpu = anat.get("measured_c_minus_b_cpu_us_per_step")
+    note = (
+        f"Sum of delta: {anat['delta_us_total']:+.0f} us per step; measured (c) - (b): "
+        + ("-" if measured is None else f"{measured:+.0f} us per step (wall)")
+        + ("." if measured_cpu is None else f", {measured_cpu:+.0f} us (CPU).")
+    )
+    return Table(
+        ["part", "engine", "hand-written", "delta", "what differs"],
+        anatomy_rows,
+        title=f"Step anatomy ({anat['workload']}, one batch, us per step, medians of "
+        "interleaved rounds):",
+        note=note,
+    )
+
+
+def targets(r: Result) -> list[Row]:
+    summary = []
+    for name, w in r["workloads"].items():
+        for pair, row in w["ratios"].items():
+            if row.get("target") is not None:
+                summary.append(
+                    [
+                        f"1. epoch time {pair} ({name})",
+                        f"<= {row['target']:.2f}",
+                        x(row["median"], 3),
+                        verdict(row["met"]),
+                    ]
+                )
+        if not r["cache"]["available"]:
+            summary.append(
+                [f"1. epoch time d/a ({name})", "<= 1.10", "not measured (no cache yet)", "-"]
+            )
+    return summary
 
 
 if __name__ == "__main__":
-    main()
+    run_section("training", measure, section_parser(__doc__ or ""))

@@ -18,6 +18,7 @@ from worker.kd.catalogue import LOGIT_TASKS, LOSS_CATALOGUE, TRANSFORMER_TASKS
 from worker.kd.errors import InvalidSpec
 from worker.kd.hf.models import Outputs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
+from worker.kd.losses.transformer import attention_log_probs
 from worker.kd.spec import JobSpec
 
 TRANSFORMER_KINDS = tuple(
@@ -123,7 +124,7 @@ class TransformerObjective(nn.Module):
             if term.loss.key == "hidden_cosine":
                 s, t = student.hidden_states[s_layer][mask], teacher.hidden_states[t_layer][mask]
             else:  # (B, heads, T, T) -> one row of (heads, T) per real query token
-                s = student.attentions[s_layer - 1].transpose(1, 2)[mask]
+                s = attention_log_probs(student.attentions[s_layer - 1].transpose(1, 2)[mask])
                 t = teacher.attentions[t_layer - 1].transpose(1, 2)[mask]
             values.append(term.loss.compute(LossInputs(s, t, None, s, t)))
         return torch.stack(values).mean()

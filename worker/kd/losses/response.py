@@ -10,15 +10,30 @@ import torch.nn.functional as F
 from worker.kd.losses.base import LogitLoss, LossInputs
 from worker.kd.losses.registry import register_loss
 
-# DKD pushes the true class's logit this far down so that a softmax sees only the others.
-GT_SUPPRESSION = 1000.0
+
+def kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """The elementwise terms p * (log p - log q) of KL(p || q), from log-probabilities.
+
+    A class that p gives zero probability (log p = -inf, or exp(log p) underflowing)
+    contributes 0, the limit of p log p at 0; `F.kl_div(..., log_target=True)` computes
+    0 * -inf = NaN there, in the value and in the gradient.
+    """
+    p = log_p.exp()
+    gap = torch.where(p > 0, log_p - log_q, 0.0)
+    return p * gap
 
 
 def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over rows."""
+    """T^2 * KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over rows.
+
+    A teacher logit of -inf (a class the teacher rules out) contributes 0: its
+    log-probability is raised to the dtype's lowest finite value, whose exp is still 0, so
+    that `kl_div` does not compute 0 * -inf = NaN. The clamp is on the teacher's side only,
+    which has no gradient: the student's step costs what `kl_div` alone costs."""
     t = temperature
     log_p_student = F.log_softmax(student / t, dim=-1)  # (B, K)
     log_p_teacher = F.log_softmax(teacher / t, dim=-1)  # (B, K)
+    log_p_teacher = log_p_teacher.clamp(min=torch.finfo(log_p_teacher.dtype).min)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return t * t * kl
 
@@ -97,9 +112,13 @@ class DKD(LogitLoss):
         NCKD = T^2 * KL(q_t || q_s),  q = softmax over the non-target classes of z / T
 
     with y the true class; both KLs are summed over classes and averaged over the batch.
-    q is computed as mdistiller does: softmax(z / T - 1000 * onehot(y)), which drives the
-    target's probability to zero. mdistiller's linear warm-up of the whole term over the
-    first epochs belongs to the training schedule, not to this module. Needs labels.
+    Everything is computed in log space: log p_y, log(1 - p_y) as the log-sum-exp of the
+    other classes' logits less that of all, and log q as a log-softmax with the target
+    masked out. mdistiller takes log(1 - p_y) of probabilities and masks the target by
+    subtracting 1000, which is the same value while no probability underflows and NaN
+    once one does (a confident logit a few hundred above the rest). mdistiller's linear
+    warm-up of the whole term over the first epochs belongs to the training schedule, not
+    to this module. Needs labels.
     """
 
     needs_labels = True
@@ -115,15 +134,10 @@ class DKD(LogitLoss):
         self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         t, batch = self.temperature, student.shape[0]
-        gt_mask = F.one_hot(labels, student.shape[-1]).to(student.dtype)  # (B, K)
-        p_student = F.softmax(student / t, dim=-1)  # (B, K)
-        p_teacher = F.softmax(teacher / t, dim=-1)  # (B, K)
-        b_student = target_and_rest(p_student, gt_mask)  # (B, 2)
-        b_teacher = target_and_rest(p_teacher, gt_mask)  # (B, 2)
-        tckd = F.kl_div(torch.log(b_student), b_teacher, reduction="sum") * t * t / batch
-        log_q_student = F.log_softmax(student / t - GT_SUPPRESSION * gt_mask, dim=-1)  # (B, K)
-        q_teacher = F.softmax(teacher / t - GT_SUPPRESSION * gt_mask, dim=-1)  # (B, K)
-        nckd = F.kl_div(log_q_student, q_teacher, reduction="sum") * t * t / batch
+        log_b_student, log_q_student = decoupled_log_probs(student / t, labels)
+        log_b_teacher, log_q_teacher = decoupled_log_probs(teacher / t, labels)
+        tckd = kl_terms(log_b_teacher, log_b_student).sum() * t * t / batch
+        nckd = kl_terms(log_q_teacher, log_q_student).sum() * t * t / batch
         return self.alpha * tckd + self.beta * nckd
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
@@ -132,11 +146,19 @@ class DKD(LogitLoss):
         return value
 
 
-def target_and_rest(probs: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
-    """(B, K) probabilities -> (B, 2): the target class's, and the others' summed."""
-    target = (probs * gt_mask).sum(dim=-1, keepdim=True)  # (B, 1)
-    rest = (probs * (1 - gt_mask)).sum(dim=-1, keepdim=True)  # (B, 1)
-    return torch.cat([target, rest], dim=-1)
+def decoupled_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) logits and (B,) labels -> DKD's two distributions, as log-probabilities:
+    log b (B, 2), the target's log p_y and the rest's log(1 - p_y); and log q (B, K), the
+    distribution over the non-target classes, -inf at the target."""
+    target_mask = F.one_hot(labels, logits.shape[-1]).bool()  # (B, K)
+    others = logits.masked_fill(target_mask, float("-inf"))  # (B, K)
+    log_all = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+    log_others = torch.logsumexp(others, dim=-1, keepdim=True)  # (B, 1)
+    target = logits.gather(-1, labels.unsqueeze(-1))  # (B, 1)
+    log_b = torch.cat([target - log_all, log_others - log_all], dim=-1)  # (B, 2)
+    return log_b, others - log_others
 
 
 @register_loss("logit_mse")

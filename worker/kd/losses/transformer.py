@@ -1,5 +1,8 @@
 """Transformer losses (the DistilBERT and MiniLM recipes). Token-level tensors come here
-with padding already removed: a caller passes the real tokens' rows, batch first."""
+with padding already removed: a caller passes the real tokens' rows, batch first.
+
+They compute in the inputs' dtype promoted to at least float32: half-precision
+activations from autocast are upcast, float64 stays float64."""
 
 from __future__ import annotations
 
@@ -9,6 +12,24 @@ import torch.nn.functional as F
 from worker.kd.losses.base import LayerLoss, LogitLoss, Shape
 from worker.kd.losses.registry import register_loss
 from worker.kd.losses.response import check_temperature
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The inputs' dtypes promoted together and with float32."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def attention_log_probs(probs: torch.Tensor) -> torch.Tensor:
+    """The log of attention probabilities (..., keys), for a caller that has only the
+    probabilities (a transformer's `output_attentions`), as `self_attention_kl` takes
+    the student's. Clamped at the dtype's smallest normal number rather than a larger
+    epsilon, so the gradient reaches every probability that has not underflowed to zero;
+    at those that have, the clamp stops 0 * inf."""
+    dtype = compute_dtype(probs)
+    return probs.to(dtype).clamp(min=torch.finfo(dtype).tiny).log()
 
 
 @register_loss("soft_ce")
@@ -29,9 +50,9 @@ class SoftTargetCE(LogitLoss):
         self.temperature = temperature
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        t = self.temperature
-        targets = F.softmax(teacher.float() / t, dim=-1)  # (N, K)
-        log_p = F.log_softmax(student.float() / t, dim=-1)  # (N, K)
+        t, dtype = self.temperature, compute_dtype(student, teacher)
+        targets = F.softmax(teacher.to(dtype) / t, dim=-1)  # (N, K)
+        log_p = F.log_softmax(student.to(dtype) / t, dim=-1)  # (N, K)
         return t * t * -(targets * log_p).sum(dim=-1).mean()
 
 
@@ -54,7 +75,8 @@ class EmbeddingMSE(LogitLoss):
         self.reduction = reduction
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        squares = (student.float() - teacher.float()).pow(2)  # (B, D)
+        dtype = compute_dtype(student, teacher)
+        squares = (student.to(dtype) - teacher.to(dtype)).pow(2)  # (B, D)
         return squares.mean() if self.reduction == "mean" else squares.sum(-1).mean()
 
 
@@ -79,7 +101,8 @@ class HiddenCosine(LayerLoss):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         self.check_shapes(tuple(student.shape), tuple(teacher.shape))
-        cosine = F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+        dtype = compute_dtype(student, teacher)
+        cosine = F.cosine_similarity(student.to(dtype), teacher.to(dtype), dim=-1, eps=1e-8)
         return (1.0 - cosine).mean()
 
 
@@ -91,12 +114,16 @@ class AttentionKL(LayerLoss):
 
         L = mean_{rows, heads} sum_j a_t[j] * (log a_t[j] - log a_s[j])
 
-    on attention probabilities shaped (..., heads, keys) whose last dimension sums to 1;
-    rows are real query tokens. Head counts must match.
+    on maps shaped (..., heads, keys); rows are real query tokens and head counts must
+    match. The teacher's are probabilities summing to 1 over the keys; the student's are
+    attention scores or log-probabilities, and log a_s = log_softmax(student) normalises
+    either (`attention_log_probs` turns probabilities into log-probabilities). Working in
+    log space keeps the gradient a_s - a_t on the scores even where a_s has underflowed,
+    so the student is pulled towards keys the teacher attends to; a key the teacher gives
+    zero probability contributes 0.
     """
 
     family = "feature"
-    eps = 1e-12
 
     @classmethod
     def check_shapes(cls, student_shape: Shape, teacher_shape: Shape) -> None:
@@ -108,6 +135,9 @@ class AttentionKL(LayerLoss):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         self.check_shapes(tuple(student.shape[1:]), tuple(teacher.shape[1:]))
-        s, t = student.float(), teacher.float().clamp(min=0.0)
-        kl = torch.xlogy(t, t) - t * torch.log(s.clamp(min=self.eps))  # (..., keys)
+        dtype = compute_dtype(student, teacher)
+        log_s = F.log_softmax(student.to(dtype), dim=-1)  # (..., keys)
+        t = teacher.to(dtype).clamp(min=0.0)  # (..., keys)
+        cross = torch.where(t > 0, t * log_s, 0.0)  # 0 where a_t = 0, even if log a_s = -inf
+        kl = torch.xlogy(t, t) - cross  # (..., keys)
         return kl.sum(dim=-1).mean()

@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from worker.kd.losses import get_loss
+from worker.kd.losses.transformer import attention_log_probs
 from worker.kd.spec import LossTerm
 
 
@@ -48,8 +49,9 @@ def test_hidden_cosine_golden_and_width_check() -> None:
 def test_self_attention_kl_golden() -> None:
     s = torch.tensor([[[0.5, 0.5]]])  # (N=1, heads=1, keys=2)
     t = torch.tensor([[[1.0, 0.0]]])
-    assert get_loss("self_attention_kl")(s, t).item() == pytest.approx(math.log(2.0))
-    assert get_loss("self_attention_kl")(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    loss = get_loss("self_attention_kl")  # the student's maps as log-probabilities
+    assert loss(attention_log_probs(s), t).item() == pytest.approx(math.log(2.0))
+    assert loss(attention_log_probs(t), t).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mapped_layer_terms_take_both_layers_or_neither() -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import decimal
+import math
+from decimal import Decimal
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.worker.kd.losses.reference import arr, kl, log_softmax, softmax
 from worker.kd.losses import DKD, KD, HintonKDLoss, LogitMSE, LossInputs
@@ -103,6 +108,48 @@ def test_kd_rejects_a_non_positive_temperature() -> None:
         KD(temperature=0.0)
 
 
+def test_a_minus_inf_teacher_logit_contributes_zero() -> None:
+    """A class the teacher rules out (logit -inf, probability 0) adds nothing to KL(p_t || p_s):
+    kd and hinton equal the KL over the finite classes, and the gradient T (p_s - p_t) / B
+    with p_t = 0 there, where kl_div(log_target=True) gives NaN."""
+    student = torch.tensor(STUDENT, requires_grad=True)  # (B, K)
+    teacher = torch.tensor(TEACHER)
+    teacher[0, 1] = -math.inf
+    s, t = np.array(STUDENT), np.array(TEACHER)
+    log_ps, log_pt = log_softmax(s / T), log_softmax(t / T)
+    log_pt[0] = -np.inf
+    log_pt[0, [0, 2]] = log_softmax(t[0, [0, 2]] / T)  # the softmax over its finite classes
+    pt = np.exp(log_pt)
+    finite = np.isfinite(log_pt)
+    expected = T * T * (pt[finite] * (log_pt[finite] - log_ps[finite])).sum() / len(s)
+    value = KD(temperature=T)(student, teacher)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    value.backward()
+    assert student.grad is not None
+    expected_grad = T * (np.exp(log_ps) - pt) / len(s)
+    np.testing.assert_allclose(student.grad.numpy(), expected_grad, rtol=1e-5, atol=1e-7)
+
+    ce = -log_softmax(s)[np.arange(len(s)), LABELS].mean()
+    parts = HintonKDLoss(T, ALPHA)(student, teacher, torch.tensor(LABELS))
+    assert parts.total.item() == pytest.approx(ALPHA * expected + (1 - ALPHA) * ce, rel=1e-6)
+    student.grad = None
+    parts.total.backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all()
+
+
+def test_kd_equals_kl_div_on_finite_logits() -> None:
+    """On finite logits the value is kl_div(log_target=True)'s, to float precision."""
+    student, teacher = random_logits()
+    student, teacher = student.float(), teacher.float()
+    expected = 9.0 * F.kl_div(
+        F.log_softmax(student / 3.0, dim=-1),
+        F.log_softmax(teacher / 3.0, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    assert KD(temperature=3.0)(student, teacher).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 # dkd
 
 
@@ -119,6 +166,83 @@ def dkd_reference(
         others = [k for k in range(len(ps)) if k != label]
         nckd += kl(softmax(t[b, others] / temp), softmax(s[b, others] / temp))
     return temp * temp * (alpha * tckd + beta * nckd) / len(y)
+
+
+def dkd_exact(
+    s: list[list[float]], t: list[list[float]], y: list[int], alpha: float, beta: float, temp: float
+) -> float:
+    """dkd_reference in 400-digit decimal arithmetic, where 1 - p[y] keeps its digits even
+    when p[y] is within exp(-800) of 1."""
+    with decimal.localcontext() as context:
+        context.prec = 400
+
+        def softmax_exact(z: list[float]) -> list[Decimal]:
+            e = [(Decimal(v) / Decimal(temp)).exp() for v in z]
+            return [v / sum(e) for v in e]
+
+        def kl_exact(p: list[Decimal], q: list[Decimal]) -> Decimal:
+            return sum((a * (a.ln() - b.ln()) for a, b in zip(p, q, strict=True)), Decimal(0))
+
+        total = Decimal(0)
+        for b, label in enumerate(y):
+            ps, pt = softmax_exact(s[b]), softmax_exact(t[b])
+            tckd = kl_exact([pt[label], 1 - pt[label]], [ps[label], 1 - ps[label]])
+            others = [k for k in range(len(s[b])) if k != label]
+            qs = softmax_exact([s[b][k] for k in others])
+            qt = softmax_exact([t[b][k] for k in others])
+            total += Decimal(alpha) * tckd + Decimal(beta) * kl_exact(qt, qs)
+        return float(Decimal(temp) ** 2 * total / len(y))
+
+
+def dkd_mdistiller(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temp: float
+) -> torch.Tensor:
+    """(TCKD, NCKD) as the official mdistiller code computes them: in probabilities, with
+    the target masked out by subtracting 1000."""
+    gt = F.one_hot(labels, student.shape[-1]).to(student.dtype)  # (B, K)
+    p_s, p_t = F.softmax(student / temp, dim=-1), F.softmax(teacher / temp, dim=-1)  # (B, K)
+    b_s = torch.stack([(p_s * gt).sum(-1), (p_s * (1 - gt)).sum(-1)], dim=-1)  # (B, 2)
+    b_t = torch.stack([(p_t * gt).sum(-1), (p_t * (1 - gt)).sum(-1)], dim=-1)  # (B, 2)
+    scale = temp * temp / student.shape[0]
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * scale
+    log_q_s = F.log_softmax(student / temp - 1000.0 * gt, dim=-1)  # (B, K)
+    q_t = F.softmax(teacher / temp - 1000.0 * gt, dim=-1)  # (B, K)
+    nckd = F.kl_div(log_q_s, q_t, reduction="sum") * scale
+    return torch.stack([tckd, nckd])
+
+
+def test_dkd_equals_the_mdistiller_formula_on_moderate_logits() -> None:
+    student, teacher = random_logits()
+    student, teacher = 3 * student.float(), 3 * teacher.float()
+    labels = torch.tensor([0, 3, 4, 1])
+    tckd, nckd = dkd_mdistiller(student, teacher, labels, 4.0)
+    assert DKD(alpha=1.0, beta=0.0, temperature=4.0)(student, teacher, labels).item() == (
+        pytest.approx(tckd.item(), rel=1e-6)
+    )
+    assert DKD(alpha=0.0, beta=1.0, temperature=4.0)(student, teacher, labels).item() == (
+        pytest.approx(nckd.item(), rel=1e-6)
+    )
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_dkd_stays_finite_and_exact_at_a_target_logit_of_800(temp: float) -> None:
+    """Once p_s[y] rounds to 1, mdistiller's log(1 - p_s[y]) is log 0; in log space the loss
+    keeps its exact value and a gradient."""
+    s = [[800.0, 0.0, 1.0, -1.0], [0.5, 2.0, -800.0, 1.0]]
+    t = [[5.0, 1.0, 0.0, 2.0], [800.0, 0.0, 3.0, -2.0]]
+    labels = [0, 2]
+    student = torch.tensor(s, requires_grad=True)  # (B, K)
+    teacher, y = torch.tensor(t), torch.tensor(labels)
+    assert not torch.isfinite(dkd_mdistiller(student, teacher, y, temp)).all()
+
+    value = DKD(alpha=1.0, beta=8.0, temperature=temp)(student, teacher, y)
+    assert value.item() == pytest.approx(dkd_exact(s, t, labels, 1.0, 8.0, temp), rel=1e-5)
+    value.backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all()
+    loss64 = DKD(alpha=1.0, beta=8.0, temperature=temp)
+    student64 = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+    teacher64 = teacher.double()
+    assert torch.autograd.gradcheck(lambda z: loss64(z, teacher64, y), (student64,))
 
 
 def test_dkd_golden_value() -> None:
