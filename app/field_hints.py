@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -52,7 +52,7 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     origin = typing.get_origin(annotation)
-    args: Iterable[Any] = typing.get_args(annotation)
+    args: tuple[Any, ...] = typing.get_args(annotation)
     if origin is typing.Annotated:
         args = args[:1]
     elif origin is dict:
