@@ -264,7 +264,7 @@ def test_failed_job_blank_form_fields_and_the_jobs_table_at_1400px(
     page.set_input_files("#teacher-upload", teacher)
     page.set_input_files("#dataset-upload", dataset)
     page.select_option("#arch", "mlp")
-    page.fill("#mlp-hidden", "16")
+    page.fill("#mlp-hidden", "512, 256, 128, 64, 32, 16, 8, 4")  # a wide row
     page.fill("#epochs", "2")
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
         page.click("#submit")

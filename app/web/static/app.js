@@ -134,7 +134,7 @@
       el("td", {}, el("a", { class: "mono", href: "/jobs/" + encodeURIComponent(job.id) }, job.id)),
       el("td", {}, badge(job.status)),
       el("td", {}, progressCell(job.progress)),
-      el("td", {}, studentLabel(job.spec)),
+      el("td", { class: "student" }, studentLabel(job.spec)),
       el("td", { class: "created" }, formatTime(job.created_at)),
       el("td", { class: "num" }, accuracy),
     );
