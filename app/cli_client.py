@@ -7,26 +7,29 @@ config file `distillery up` writes (`~/.config/distillery/config.json`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from app.client import Client, DistilleryError, load_spec_file
+from app.client import Client, DirectoryInUse, DistilleryError, load_spec_file
 from app.config import get_settings
 from app.schemas import JobPublic
 from worker.kd.report.summary import is_transformer
+from worker.kd.spec import TRANSFORMER_ARCHS
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 FILE_ROLES = {"teacher": "teacher", "dataset": "dataset"}
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line a script can grep
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="Server URL (or DISTILLERY_URL).")]
 KeyOpt = Annotated[
@@ -74,7 +77,7 @@ def _call(url: str | None, key: str | None, action: Callable[[Client], T]) -> T:
 
 
 def _fail(exc: DistilleryError) -> typer.Exit:
-    err.print(f"[red]error[/red] {exc.code}: {exc.message}")
+    err.print(f"[red]error[/red] {exc.code}: {escape(exc.message)}")
     return typer.Exit(1)
 
 
@@ -115,8 +118,8 @@ def submit(
         except DistilleryError as exc:
             raise _fail(exc) from exc
         except ValueError as exc:
-            err.print(f"[red]error[/red] {exc}")
-            raise typer.Exit(2) from exc
+            err.print(f"[red]error[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
         if as_json:
             _print_json(job.model_dump(mode="json"))
         else:
@@ -136,28 +139,41 @@ def watch(job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonO
         raise typer.Exit(1)
 
 
-def _watch(client: Client, job_id: str, *, quiet: bool) -> JobPublic:
-    columns = (
+class _ProgressWithDetail(Progress):
+    """The bar on one line (status, bar, percentage, elapsed, ETA: about 65 columns, so the
+    bar keeps its width in an 80-column terminal) and the newest epoch, step, loss and
+    validation figure on the line below it."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("detail"):
+                yield Text("  " + str(task.fields["detail"]), overflow="ellipsis", no_wrap=True)
+
+
+def make_progress(console: Console, *, disable: bool = False) -> Progress:
+    return _ProgressWithDetail(
         TextColumn("{task.fields[status]:<10}"),
-        BarColumn(),
+        BarColumn(bar_width=30),
         TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
+        console=console,
+        disable=disable,
     )
+
+
+def _watch(client: Client, job_id: str, *, quiet: bool) -> JobPublic:
     state: dict[str, Any] = {"after": None, "detail": ""}
-    with Progress(*columns, console=err, disable=quiet) as progress:
+    with make_progress(err, disable=quiet) as progress:
         task = progress.add_task(job_id, total=1.0, status="", detail="")
 
         def update(job: JobPublic) -> None:
-            for event in client._json(  # the newest epoch summary, if any
-                "GET",
-                f"/v1/jobs/{job.id}/events",
-                params={} if state["after"] is None else {"after": state["after"]},
-            )["data"]:
-                state["after"] = event["id"]
-                if event["kind"] == "epoch_end":
-                    state["detail"] = _epoch_detail(job, event["data"])
+            if _is_transformer(job):
+                state["detail"] = _transformer_detail(client, job) or state["detail"]
+            else:
+                state["detail"] = _newest_epoch_detail(client, job, state) or state["detail"]
             progress.update(
                 task, completed=job.progress, status=str(job.status), detail=state["detail"]
             )
@@ -167,7 +183,7 @@ def _watch(client: Client, job_id: str, *, quiet: bool) -> JobPublic:
         except DistilleryError as exc:
             raise _fail(exc) from exc
     if job.status == "failed" and job.error is not None:
-        err.print(f"[red]failed[/red] {job.error.code}: {job.error.message}")
+        err.print(f"[red]failed[/red] {job.error.code}: {escape(job.error.message)}")
     elif job.status == "succeeded" and job.result:
         r = job.result
         err.print(
@@ -179,13 +195,43 @@ def _watch(client: Client, job_id: str, *, quiet: bool) -> JobPublic:
     return job
 
 
-def _epoch_detail(job: JobPublic, data: dict[str, Any]) -> str:
-    epochs = job.spec.get("training", {}).get("epochs", "?")
-    return (
-        f"epoch {data.get('epoch')}/{epochs}  step {data.get('step')}  "
-        f"loss {data.get('train_loss_epoch', float('nan')):.4g}  "
-        f"val acc {data.get('val_accuracy', float('nan')):.4f}"
-    )
+def _newest_epoch_detail(client: Client, job: JobPublic, state: dict[str, Any]) -> str | None:
+    """The newest `epoch_end` event's figures (events after the last one read)."""
+    detail = None
+    for event in client.list_events(job.id, after=state["after"]):
+        state["after"] = event.id
+        if event.kind == "epoch_end":
+            data = event.data
+            detail = _detail(
+                job, data.get("epoch"), data.get("step"), data.get("train_loss_epoch"),
+                data.get("val_accuracy"),
+            )  # fmt: skip
+    return detail
+
+
+def _transformer_detail(client: Client, job: JobPublic) -> str | None:
+    """Transformer jobs write no epoch events: their newest `train_loss` and
+    `val_accuracy` points (the task's quality measure) say where they are."""
+    losses = client.metrics(job.id, "train_loss")
+    if not losses:
+        return None
+    quality = client.metrics(job.id, "val_accuracy")
+    last = losses[-1]
+    return _detail(job, last.epoch, last.step, last.value, quality[-1].value if quality else None)
+
+
+def _detail(job: JobPublic, epoch: Any, step: Any, loss: float | None, val: float | None) -> str:
+    epochs = job.spec.get("training", {}).get("epochs")
+    parts = [f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}", f"step {step}"]
+    if loss is not None:
+        parts.append(f"loss {loss:.4g}")
+    if val is not None:
+        parts.append(f"val {'quality' if _is_transformer(job) else 'acc'} {val:.4f}")
+    return "  ".join(parts)
+
+
+def _is_transformer(job: JobPublic) -> bool:
+    return job.spec.get("student", {}).get("arch") in TRANSFORMER_ARCHS
 
 
 def jobs(
@@ -302,21 +348,32 @@ def _fmt(fmt: str, value: Any) -> str:
 
 def download(
     job_id: JobArg,
-    directory: Annotated[Path, typer.Option("--dir", help="Where to put the files.")] = Path("."),
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Where to put the files (default: ./JOB_ID/).", show_default=False
+        ),
+    ] = None,
     name: Annotated[list[str] | None, typer.Option(help="Only these artifacts.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another job's files in --dir.")
+    ] = False,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Download a job's artifacts (all, or those named)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Download a job's artifacts (all, or those named) into ./JOB_ID/ or --dir."""
     with make_client(url, key) as client:
         try:
             names = name or [a.name for a in client.artifacts(job_id)]
             if not names:
                 err.print(f"job {job_id} has no artifacts (yet)")
                 raise typer.Exit(1)
-            for artifact in names:
-                print(client.download(job_id, artifact, directory))
+            target = directory if directory is not None else Path(job_id)
+            for path in client.download_job(job_id, target, names, overwrite=overwrite):
+                print(path)
+        except DirectoryInUse as exc:
+            err.print(f"[red]error[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
         except DistilleryError as exc:
             raise _fail(exc) from exc
 

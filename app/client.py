@@ -33,6 +33,9 @@ from app.schemas import (
 from app.storage import sha256_of
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Written beside downloaded artifacts: which job they are, so another job's download into
+# the same folder is refused instead of silently mixing the two.
+DOWNLOAD_MARKER = ".distillery-job.json"
 
 
 class DistilleryError(Exception):
@@ -43,6 +46,10 @@ class DistilleryError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class DirectoryInUse(Exception):
+    """A download folder already holds another job's artifacts."""
 
 
 class Client:
@@ -213,6 +220,39 @@ class Client:
         body = self._json("GET", f"/v1/jobs/{job_id}/artifacts")
         return [ArtifactPublic.model_validate(a) for a in body["data"]]
 
+    def download_job(
+        self,
+        job_id: str,
+        directory: str | Path,
+        names: list[str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Download a job's artifacts (all, or those named) into `directory`, and record
+        there which job they belong to. A folder holding another job's artifacts raises
+        DirectoryInUse unless `overwrite`, which also removes that job's files."""
+        directory = Path(directory)
+        names = names or [a.name for a in self.artifacts(job_id)]
+        previous = _downloaded(directory)
+        other = previous.get("job_id")
+        if other != job_id:
+            clashing = sorted(set(previous.get("files", [])) | _present(directory, names))
+            if clashing and not overwrite:
+                whose = f"job {other}" if other else "an earlier download"
+                raise DirectoryInUse(
+                    f"{directory}/ already holds {', '.join(clashing)} from {whose}; "
+                    "pass --overwrite to replace them, or choose another --dir."
+                )
+            for stale in previous.get("files", []):
+                if stale not in names and "/" not in stale and stale != DOWNLOAD_MARKER:
+                    (directory / stale).unlink(missing_ok=True)
+            previous = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        files = sorted(set(previous.get("files", [])) | set(names))
+        marker = {"job_id": job_id, "url": self.url, "files": files}
+        (directory / DOWNLOAD_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        return [self.download(job_id, name, directory) for name in names]
+
     def download(self, job_id: str, name: str, dest: str | Path) -> Path:
         """Stream an artifact to `dest` (a folder or a file path); the sha256 is checked."""
         dest = Path(dest)
@@ -269,15 +309,40 @@ def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
             data.append(line[5:].lstrip())
 
 
+def _downloaded(directory: Path) -> dict[str, Any]:
+    """What the folder's marker says was downloaded into it (empty when none)."""
+    try:
+        marker = json.loads((directory / DOWNLOAD_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _present(directory: Path, names: list[str]) -> set[str]:
+    return {name for name in names if (directory / name).exists()}
+
+
 def load_spec_file(path: Path) -> dict[str, Any]:
-    """A job spec from YAML or JSON."""
+    """A job spec from YAML or JSON; a syntax error is a ValueError naming the file, line
+    and column."""
     text = path.read_text()
     if path.suffix.lower() in {".yaml", ".yml"}:
         import yaml
 
-        loaded = yaml.safe_load(text)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = exc.problem or exc.context or "is not valid YAML"
+            raise ValueError(f"{where}: {problem} (YAML syntax)") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: is not valid YAML ({exc})") from None
     else:
-        loaded = json.loads(text)
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg} (JSON syntax)") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} does not hold a job spec (a mapping at the top level).")
     return loaded

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from app.field_hints import unknown_field_message
+
 
 class ApiError(Exception):
     """An error a client can act on: a stable `code`, an HTTP status, a sentence."""
@@ -54,11 +58,15 @@ class Unprocessable(ApiError):
     code = "invalid_request"
 
 
-def describe_validation_errors(errors: list[Any]) -> str:
-    """Pydantic's errors as one sentence per problem: `student.hidden.0: must be >= 1`."""
+def describe_validation_errors(errors: list[Any], model: type[BaseModel] | None = None) -> str:
+    """Pydantic's errors as one sentence per problem: `student.hidden.0: must be >= 1`; with
+    the `model` validated, an unknown key names the nearest known field."""
     parts = []
     for error in errors[:10]:
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        loc = [part for part in error.get("loc", ()) if part != "body"]
+        location = ".".join(str(part) for part in loc)
         message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden" and model is not None and loc:
+            message = unknown_field_message(model, loc)
         parts.append(f"{location}: {message}" if location else message)
-    return "; ".join(parts) + ("." if parts and not parts[-1].endswith(".") else "")
+    return "; ".join(parts) + ("." if parts and not parts[-1].endswith((".", "?")) else "")

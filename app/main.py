@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import web
@@ -41,9 +42,13 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, exc.code, exc.message, exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _error(422, "invalid_request", describe_validation_errors(list(exc.errors())))
+    body = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        model = None  # only a JSON body's model can name the field a key was meant to be
+    return _error(422, "invalid_request", describe_validation_errors(list(exc.errors()), model))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -37,7 +37,13 @@ def file_refs(spec: JobSpec) -> dict[str, str]:
 def _check_files(session: Session, tenant_id: str, spec: JobCreate) -> None:
     for role, file_id in file_refs(spec).items():
         purpose = role
-        file = get_file(session, tenant_id, file_id)
+        try:
+            file = get_file(session, tenant_id, file_id)
+        except NotFound:
+            raise NotFound(
+                f"{role}.file_id: there is no file {file_id!r} in your account; upload the "
+                f"{role} first (POST /v1/files with purpose={purpose!r}) and use its id."
+            ) from None
         if file.purpose != purpose:
             raise Unprocessable(
                 f"{role}.file_id: file {file_id!r} was uploaded with purpose "

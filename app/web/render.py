@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.schemas import TERMINAL_STATUSES
+from worker.kd.spec import TRANSFORMER_ARCHS
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
@@ -59,6 +60,23 @@ def student_label(spec: dict[str, Any]) -> str:
     return arch
 
 
+def is_transformer(spec: dict[str, Any]) -> bool:
+    """A Hugging Face student: its loss is the task's, not temperature and alpha."""
+    return spec.get("student", {}).get("arch") in TRANSFORMER_ARCHS
+
+
+def loss_label(spec: dict[str, Any]) -> str | None:
+    """What the student learns from, as the spec states it: `0.9·kd + 1·hint`, or
+    `temperature 4.0 · alpha 0.9` for Hinton's loss; None for a transformer job that
+    states no losses (its loss is the task's default, named by the report)."""
+    recipe = spec.get("distillation") or {}
+    if recipe.get("losses"):
+        return " + ".join(f"{term['weight']:g}·{term['kind']}" for term in recipe["losses"])
+    if is_transformer(spec):
+        return None
+    return f"temperature {recipe.get('temperature', '—')} · alpha {recipe.get('alpha', '—')}"
+
+
 def is_finished(status: str) -> bool:
     return status in TERMINAL_STATUSES
 
@@ -79,7 +97,12 @@ def static_files() -> StaticFiles:
 
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
 templates.env.filters.update(
-    when=format_time, percent=format_percent, student=student_label, finished=is_finished
+    when=format_time,
+    percent=format_percent,
+    student=student_label,
+    finished=is_finished,
+    transformer=is_transformer,
+    loss=loss_label,
 )
 templates.env.globals["static_url"] = static_url
 

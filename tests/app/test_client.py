@@ -4,13 +4,14 @@ scripted HTTP answers; the end-to-end tests drive it against the real server."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.client import Client, DistilleryError
+from app.client import DOWNLOAD_MARKER, Client, DirectoryInUse, DistilleryError, load_spec_file
 
 JOB = {
     "id": "job_1",
@@ -115,3 +116,77 @@ def test_download_checks_the_sha256(tmp_path: Path) -> None:
         client.download("job_1", "bad.pt", tmp_path)
     assert not (tmp_path / "bad.pt").exists()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def artifact_server(jobs: dict[str, dict[str, bytes]]) -> Callable[[httpx.Request], httpx.Response]:
+    """Answers the artifact list and downloads of the given jobs' files."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.strip("/").split("/")  # v1 jobs JOB artifacts [NAME]
+        files = jobs[parts[2]]
+        if len(parts) == 4:
+            listed = [
+                {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                 "created_at": "2026-01-01T00:00:00Z"}
+                for name, data in files.items()
+            ]  # fmt: skip
+            return httpx.Response(200, json={"object": "list", "data": listed})
+        data = files[parts[4]]
+        sha = hashlib.sha256(data).hexdigest()
+        return httpx.Response(200, content=data, headers={"x-content-sha256": sha})
+
+    return handler
+
+
+def test_download_job_refuses_a_folder_holding_another_jobs_files(tmp_path: Path) -> None:
+    client = client_for(
+        artifact_server(
+            {
+                "job_a": {"student.pt": b"a", "curves.png": b"a-png"},
+                "job_b": {"student.pt": b"b"},
+            }
+        )
+    )
+    out = tmp_path / "student"
+    assert [p.name for p in client.download_job("job_a", out)] == ["student.pt", "curves.png"]
+    client.download_job("job_a", out, ["student.pt"])  # the same job again: fine
+
+    with pytest.raises(DirectoryInUse, match=r"from job job_a; pass --overwrite"):
+        client.download_job("job_b", out)
+    assert (out / "student.pt").read_bytes() == b"a"
+
+    client.download_job("job_b", out, overwrite=True)
+    assert (out / "student.pt").read_bytes() == b"b"
+    assert not (out / "curves.png").exists()  # job_a's file is not left to mix with job_b's
+    assert json.loads((out / DOWNLOAD_MARKER).read_text())["job_id"] == "job_b"
+
+
+def test_download_job_refuses_files_of_an_unknown_download(tmp_path: Path) -> None:
+    client = client_for(artifact_server({"job_a": {"student.pt": b"a", "report.json": b"{}"}}))
+    (tmp_path / "student.pt").write_bytes(b"from curl")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DirectoryInUse, match=r"holds student.pt from an earlier download"):
+        client.download_job("job_a", tmp_path)
+    client.download_job("job_a", tmp_path, overwrite=True)
+    assert (tmp_path / "student.pt").read_bytes() == b"a"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("job.yaml", "teacher: {path: t.pt}\nstudent: {arch: mlp\n", ":3:1: "),
+        ("job.yaml", "training:\n  epochs: 3\n epochs: 4\n", ":3:2: "),
+        ("job.json", '{"teacher": {"path": "t.pt"},\n "student": }', ":2:13: "),
+    ],
+)
+def test_spec_syntax_errors_name_file_line_and_column(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_spec_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{where}"), message
+    assert "\n" not in message

@@ -7,6 +7,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tests.e2e.conftest import (
     free_port,
     wait_ready,
 )
+from tests.factories import small_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +39,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 JOB_TIMEOUT_MS = 150_000
+# Screenshots worth a look by a person (layout): kept after the run, like pytest's tmp dirs.
+SHOTS = Path(tempfile.gettempdir()) / "distillery-dashboard-shots"
+SHOTS.mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +244,54 @@ def test_cancel_button_stops_a_long_job(page: Page, server: Api, digits: dict[st
 
     expect(row.locator(".badge")).to_have_text("cancelled")
     assert page.evaluate("window.notReloaded") is True
+
+
+def test_failed_job_blank_form_fields_and_the_jobs_table_at_1400px(
+    page: Page, server: Api, tmp_path: Path
+) -> None:
+    """The form sends only the fields filled (blank ones get the server's defaults); a job
+    that fails before training says so in its charts, and its legend names no teacher
+    line that is not drawn; the jobs table fits a 1400 px window."""
+    page.set_viewport_size({"width": 1400, "height": 900})
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"not a model at all" * 50)
+    dataset = tmp_path / "data.npz"
+    dataset.write_bytes(small_dataset())
+    sign_in(page, server.key)
+    page.goto("/new")
+    for field in ("#temperature", "#alpha", "#epochs", "#batch-size", "#learning-rate", "#seed"):
+        expect(page.locator(field)).to_have_value("")
+    page.set_input_files("#teacher-upload", teacher)
+    page.set_input_files("#dataset-upload", dataset)
+    page.select_option("#arch", "mlp")
+    page.fill("#mlp-hidden", "512, 256, 128, 64, 32, 16, 8, 4")  # a wide row
+    page.fill("#epochs", "2")
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
+        page.click("#submit")
+    body = sent.value.post_data_json
+    assert "distillation" not in body and body["training"] == {"epochs": 2}, body
+    page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
+
+    expect(page.locator("#job-status")).to_have_text("failed", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#job")).to_have_attribute("data-live", "done")
+    expect(page.locator("#chart-loss .placeholder")).to_have_text(
+        "No data: the job failed before this was measured."
+    )
+    expect(page.locator("#chart-accuracy .placeholder")).to_contain_text("the job failed")
+    expect(page.locator("#legend-teacher")).to_be_hidden()
+    default_recipe = "temperature 4.0 · alpha 0.9"
+    expect(page.locator("#job-loss")).to_have_text(default_recipe)
+    page.screenshot(path=tmp_path / "failed.png", full_page=True)
+
+    page.goto("/")
+    table = page.locator("#jobs")
+    expect(table).to_be_visible()
+    overflow = page.evaluate(
+        "() => { const card = document.querySelector('#jobs').parentElement;"
+        " return card.scrollWidth - card.clientWidth; }"
+    )
+    last = page.locator("#jobs thead th").last.bounding_box()
+    card = page.locator("#jobs").locator("xpath=..").bounding_box()
+    page.screenshot(path=SHOTS / "jobs-1400.png", full_page=True)
+    assert overflow <= 0, f"the jobs table overflows its card by {overflow} px"
+    assert last and card and last["x"] + last["width"] <= card["x"] + card["width"] + 0.5

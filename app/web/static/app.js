@@ -134,8 +134,8 @@
       el("td", {}, el("a", { class: "mono", href: "/jobs/" + encodeURIComponent(job.id) }, job.id)),
       el("td", {}, badge(job.status)),
       el("td", {}, progressCell(job.progress)),
-      el("td", {}, studentLabel(job.spec)),
-      el("td", { class: "nowrap" }, formatTime(job.created_at)),
+      el("td", { class: "student" }, studentLabel(job.spec)),
+      el("td", { class: "created" }, formatTime(job.created_at)),
       el("td", { class: "num" }, accuracy),
     );
   }
@@ -252,11 +252,23 @@
 
   // ---- job page ----------------------------------------------------------------------
 
+  /** What the report's "accuracy" measures: a transformer job names its own measure. */
+  function qualityLabel(report) {
+    const metric = report.kind === "transformer" && report.quality_metric ? String(report.quality_metric) : "accuracy";
+    return metric.charAt(0).toUpperCase() + metric.slice(1);
+  }
+
+  /** Whether the teacher's own figure is a measurement (not agreement with itself). */
+  function teacherIsMeasured(report) {
+    return !(report.kind === "transformer" && report.task === "sentence_embedding");
+  }
+
   function reportRows(report) {
     const t = report.teacher || {};
     const s = report.student || {};
+    const teacherQuality = teacherIsMeasured(report) ? formatPercent(t.accuracy) : "— (the reference)";
     const models = [
-      ["Accuracy", formatPercent(t.accuracy), formatPercent(s.accuracy), "accuracy"],
+      [qualityLabel(report), teacherQuality, formatPercent(s.accuracy), "accuracy"],
       ["Parameters", formatCount(t.parameters), formatCount(s.parameters), "parameters"],
       ["Serialized size", formatBytes(t.serialized_bytes), formatBytes(s.serialized_bytes), "bytes"],
       ["Latency, batch 1 (ms)", formatFixed(t.latency_ms_batch1, 3), formatFixed(s.latency_ms_batch1, 3), "latency"],
@@ -272,6 +284,24 @@
       ["KD gain", gain, "kd-gain"],
     ];
     return { models, summary };
+  }
+
+  const VALIDATION_SOURCES = { x_val: "the dataset's x_val", split: "held out from the training data" };
+
+  /** Where and on what the report's figures were measured, saying only what it knows. */
+  function reportNote(report) {
+    const validation = report.validation || {};
+    const source = VALIDATION_SOURCES[validation.source] || validation.source;
+    const parts = [`Measured on ${formatCount(validation.samples)} validation samples`];
+    if (source) parts.push(` (${source})`);
+    if (report.device) parts.push(` on ${report.device}`);
+    const budget = [];
+    if (report.epochs !== undefined && report.epochs !== null) budget.push(`${formatCount(report.epochs)} epochs`);
+    if (report.steps !== undefined && report.steps !== null) budget.push(`${formatCount(report.steps)} steps`);
+    let note = parts.join("");
+    if (budget.length) note += ": " + budget.join(", ");
+    if (typeof report.train_seconds === "number") note += ` in ${formatFixed(report.train_seconds, 1)} s`;
+    return note + ".";
   }
 
   function renderReport(report, artifacts, jobBase) {
@@ -292,13 +322,8 @@
         el("tr", {}, el("th", { scope: "row" }, label), el("td", { class: "num", "data-field": field }, value)),
       ),
     );
-    const validation = report.validation || {};
-    setText(
-      "report-note",
-      `Measured on ${formatCount(validation.samples)} validation samples (${validation.source || "?"}) ` +
-        `on ${report.device || "?"}: ${formatCount(report.epochs)} epochs, ${formatCount(report.steps)} steps ` +
-        `in ${formatFixed(report.train_seconds, 1)} s.`,
-    );
+    setText("report-note", reportNote(report));
+    if (Array.isArray(report.loss) && report.loss.length) setText("job-loss", report.loss.join(" + "));
     document.getElementById("artifacts").replaceChildren(
       ...artifacts.map((artifact) =>
         el(
@@ -355,6 +380,9 @@
     let lastEventId = null;
     let teacherAccuracy = null;
     let reportShown = false;
+    // A transformer job's teacher figure is known from its report only (for embeddings it
+    // is agreement with itself, so no line is drawn).
+    const transformer = root.hasAttribute("data-transformer");
 
     function showActionError(message) {
       actionError.textContent = message;
@@ -373,21 +401,35 @@
       }
     });
 
-    function draw(metrics) {
+    /** What an empty chart says: waiting while the job may still train, else why not. */
+    function emptyText(status, waiting) {
+      if (status === "failed") return "No data: the job failed before this was measured.";
+      if (status === "cancelled") return "No data: the job was cancelled before this was measured.";
+      if (status === "succeeded") return "No data was recorded.";
+      return waiting;
+    }
+
+    function draw(metrics, status) {
       drawChart(document.getElementById("chart-loss"), series(metrics, "train_loss"), {
         yDomain: lossDomain,
         yFormat: tickLabel,
         reference: null,
         dots: false,
-        empty: "Waiting for the first training steps…",
+        empty: emptyText(status, "Waiting for the first training steps…"),
       });
+      const reference = teacherAccuracy === null
+        ? null
+        : { value: teacherAccuracy, label: "teacher " + formatPercent(teacherAccuracy) };
       drawChart(document.getElementById("chart-accuracy"), series(metrics, "val_accuracy"), {
         yDomain: accuracyDomain,
         yFormat: (value) => (value * 100).toFixed(0) + "%",
-        reference: teacherAccuracy === null ? null : { value: teacherAccuracy, label: "teacher " + formatPercent(teacherAccuracy) },
+        reference,
         dots: true,
-        empty: "Measured at the end of each epoch…",
+        empty: emptyText(status, "Measured at the end of each epoch…"),
       });
+      // The legend names the teacher only when its line is drawn.
+      const accuracyPoints = series(metrics, "val_accuracy").length;
+      document.getElementById("legend-teacher").hidden = !(reference && accuracyPoints);
     }
 
     async function tick() {
@@ -399,17 +441,22 @@
       for (const event of fresh.data) {
         events.append(eventItem(event));
         lastEventId = event.id;
-        if (event.data && typeof event.data.teacher_accuracy === "number") teacherAccuracy = event.data.teacher_accuracy;
+        if (!transformer && event.data && typeof event.data.teacher_accuracy === "number") {
+          teacherAccuracy = event.data.teacher_accuracy;
+        }
       }
       if (fresh.data.length) events.scrollTop = events.scrollHeight;
-      if (job.result && typeof job.result.teacher_accuracy === "number") teacherAccuracy = job.result.teacher_accuracy;
+      if (!transformer && job.result && typeof job.result.teacher_accuracy === "number") {
+        teacherAccuracy = job.result.teacher_accuracy;
+      }
       if (job.status === "succeeded" && !reportShown) {
         const [report, artifacts] = await Promise.all([api(jobBase + "/report"), api(jobBase + "/artifacts")]);
-        teacherAccuracy = report.teacher.accuracy;
+        teacherAccuracy = teacherIsMeasured(report) ? report.teacher.accuracy : null;
+        if (report.kind === "transformer") setText("accuracy-title", "Validation " + qualityLabel(report).toLowerCase());
         renderReport(report, artifacts.data, jobBase);
         reportShown = true;
       }
-      draw(metrics.data);
+      draw(metrics.data, job.status);
       return TERMINAL.has(job.status);
     }
 
@@ -440,10 +487,15 @@
     "cnn-hidden": { label: "Dense hidden", min: 1, max: 65536, integer: true },
   };
 
-  function readNumber(id, problems) {
+  /** The field's number; with `optional`, undefined when left blank (the server decides). */
+  function readNumber(id, problems, optional = false) {
     const input = document.getElementById(id);
     const rule = LIMITS[id];
     const raw = input.value.trim();
+    if (optional && raw === "" && !input.validity.badInput) {
+      input.setAttribute("aria-invalid", "false");
+      return undefined;
+    }
     const value = Number(raw);
     let problem = null;
     if (raw === "" || !Number.isFinite(value)) problem = `${rule.label} must be a number.`;
@@ -469,6 +521,12 @@
     return parts.map(Number);
   }
 
+  /** The filled fields of a section, or null when none was filled. */
+  function given(fields) {
+    const filled = Object.entries(fields).filter(([, value]) => value !== undefined);
+    return filled.length ? Object.fromEntries(filled) : null;
+  }
+
   /** The job spec without file ids, and what is wrong with the form. */
   function readSpec() {
     const problems = [];
@@ -480,16 +538,20 @@
           channels: readIntList("cnn-channels", "Channels", 4096, problems),
           hidden: readNumber("cnn-hidden", problems),
         };
-    const spec = {
-      student,
-      distillation: { temperature: readNumber("temperature", problems), alpha: readNumber("alpha", problems) },
-      training: {
-        epochs: readNumber("epochs", problems),
-        batch_size: readNumber("batch-size", problems),
-        learning_rate: readNumber("learning-rate", problems),
-        seed: readNumber("seed", problems),
-      },
-    };
+    const spec = { student };
+    const distillation = given({
+      temperature: readNumber("temperature", problems, true),
+      alpha: readNumber("alpha", problems, true),
+    });
+    const training = given({
+      epochs: readNumber("epochs", problems, true),
+      batch_size: readNumber("batch-size", problems, true),
+      learning_rate: readNumber("learning-rate", problems, true),
+      seed: readNumber("seed", problems, true),
+    });
+    // A section the user left blank is not sent, so the server's defaults apply.
+    if (distillation) spec.distillation = distillation;
+    if (training) spec.training = training;
     return { spec, problems };
   }
 

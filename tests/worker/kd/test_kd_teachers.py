@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from worker.kd.engine import prepare
-from worker.kd.errors import InvalidSpec, InvalidTeacher
+from worker.kd.errors import IncompatibleModels, InvalidSpec, InvalidTeacher
 from worker.kd.spec import CNNStudent, JobSpec, TeacherSpec
 from worker.kd.students import build_student
 from worker.kd.teachers import get_teacher_loader, load_teacher, probe_teacher, sniff_format
@@ -211,8 +211,32 @@ def test_teacher_that_fails_on_dataset_inputs(
     tmp_path: Path, digits_npz: Path, make_spec: Callable[..., JobSpec]
 ) -> None:
     path = scripted(tmp_path, nn.Linear(32, 10))
-    with pytest.raises(InvalidTeacher, match=r"failed on a batch of 2 .* shape \(2, 64\)"):
+    with pytest.raises(
+        IncompatibleModels, match=r"failed on a batch of 2 .* shape \(2, 64\)"
+    ) as caught:
         prepare(make_spec(), path, digits_npz)
+    assert caught.value.code == "incompatible_models"
+    message = caught.value.message
+    assert "samples shaped (64,)" in message
+    assert "mat1 and mat2 shapes cannot be multiplied (2x64 and 32x10)" in message
+    assert (
+        "The teacher expects samples shaped (32,) (its first layer, a Linear, takes 32" in message
+    )
+    assert "Traceback" not in message
+
+
+def test_conv_teacher_on_flat_inputs_says_what_it_expects(
+    tmp_path: Path, digits_npz: Path, make_spec: Callable[..., JobSpec]
+) -> None:
+    """The useful part of a TorchScript error is its last line, after the traceback."""
+    conv = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
+    with pytest.raises(IncompatibleModels) as caught:
+        prepare(make_spec(), scripted(tmp_path, conv), digits_npz)
+    message = caught.value.message
+    assert "input to conv2d, but got input of size: [2, 64]" in message
+    assert "expects samples shaped (1, H, W) (its first layer, a Conv2d" in message
 
 
 class ReturnsTuple(nn.Module):

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from worker.kd.errors import InvalidSpec, InvalidTeacher, fmt_shape, shorten
+from worker.kd.errors import IncompatibleModels, InvalidSpec, InvalidTeacher, fmt_shape, shorten
 from worker.kd.training.features import LayerShapes, unknown_layer_message
 
 Features = dict[str, torch.Tensor]
@@ -103,12 +103,46 @@ def probe_teacher(teacher: nn.Module, sample: torch.Tensor) -> int:
     except InvalidTeacher:
         raise
     except Exception as exc:
-        raise InvalidTeacher(
+        expects = expected_input(teacher)
+        wanted = (
+            f"The teacher expects samples shaped {expects}"
+            if expects
+            else "It must accept inputs shaped like the dataset's 'x' (with a leading batch "
+            "dimension) and return logits (B, K)"
+        )
+        raise IncompatibleModels(
             f"The teacher failed on a batch of {batch} dataset inputs of shape "
-            f"{fmt_shape(sample.shape)}: {shorten(exc)}. It must accept inputs shaped like the "
-            "dataset's 'x' (with a leading batch dimension) and return logits (B, K)."
+            f"{fmt_shape(sample.shape)} (samples shaped {fmt_shape(sample.shape[1:])}): "
+            f"{_last_line(exc)}. {wanted}; reshape the dataset's 'x' to fit, or use the "
+            "teacher trained on these inputs."
         ) from exc
     return check_logits(out, batch)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The error itself: TorchScript puts it on the last line, after its own traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return shorten(RuntimeError(lines[-1] if lines else type(exc).__name__), 300).rstrip(".")
+
+
+# The layer types whose weight shape tells what one input sample must look like.
+_INPUT_LAYERS = {"Linear": "({0},)", "Conv1d": "({0}, L)", "Conv2d": "({0}, H, W)"}
+
+
+def expected_input(teacher: nn.Module) -> str | None:
+    """What the teacher's first linear or convolution layer takes, e.g. `(1, H, W) (its
+    first layer, a Conv2d, takes 1 input channel)`; None when it cannot be told."""
+    for module in teacher.modules():
+        kind = getattr(module, "original_name", type(module).__name__)
+        weight = getattr(module, "weight", None)
+        if kind in _INPUT_LAYERS and isinstance(weight, torch.Tensor) and weight.ndim >= 2:
+            width = int(weight.shape[1])
+            unit = "features" if kind == "Linear" else "input channels"
+            return (
+                f"{_INPUT_LAYERS[kind].format(width)} (its first layer, a {kind}, "
+                f"takes {width} {unit})"
+            )
+    return None
 
 
 def check_logits(out: object, batch: int) -> int:
