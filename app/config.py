@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="Requests per API key per minute; 0 turns the limit off."
     )
+    max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body other than a file upload (a job spec is a few KB).",
+    )
     progress_flush_seconds: float = Field(
         1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
     )

@@ -8,12 +8,13 @@ dependency costs five thread hand-offs per request (BENCHMARKS.md, section 2).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import lru_cache
-from typing import Annotated, Concatenate, ParamSpec, TypeVar
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -109,6 +110,9 @@ async def current_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:  # AuthenticatedFirst already did it (and counted the request)
+        return known
     key = _key_from_request(request, credentials)
     if key is None:
         raise Unauthorized(
@@ -135,7 +139,24 @@ async def current_tenant(
             raise Unauthorized(
                 "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}
             )
+    request.state.principal = principal
     return principal
+
+
+class AuthenticatedFirst(APIRoute):
+    """A route that checks the caller before FastAPI reads and parses the request body
+    (it reads the body before it solves any dependency): an unknown key costs no parsing,
+    and a rate-limited one is refused before it is read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            if request.method not in _SAFE_METHODS:
+                await current_tenant(request, await _bearer(request))
+            return await handler(request)
+
+        return authenticated
 
 
 TenantDep = Annotated[Principal, Depends(current_tenant)]

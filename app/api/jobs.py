@@ -11,7 +11,15 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.deps import (
+    AuthenticatedFirst,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+    read,
+)
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
@@ -26,7 +34,7 @@ from app.schemas import (
 )
 from app.services import jobs as service
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthenticatedFirst)
 
 _EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
