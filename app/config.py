@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body other than a file upload (a job spec is a few KB).",
     )
+    max_student_params: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest student (parameters) a job may ask for; training holds about "
+        "16 bytes per parameter (weights, gradients, optimizer state).",
+    )
     progress_flush_seconds: float = Field(
         1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
     )

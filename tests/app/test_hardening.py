@@ -6,8 +6,10 @@ import io
 import zipfile
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
+from tests.app.conftest import spec
 from tests.factories import npz_bytes
 from tests.worker.test_npz_headers import npy_header
 
@@ -45,3 +47,20 @@ def test_npz_with_a_truncated_array_is_refused_as_truncated(
     assert "truncated" in error["message"], error
     half = _post_file(client, headers, whole[: len(whole) // 2])
     assert "truncated" in half["message"], half
+
+
+@pytest.mark.parametrize(
+    "student",
+    [
+        {"arch": "mlp", "hidden": [65536] * 32},
+        {"arch": "cnn", "channels": [4096] * 4, "kernel_size": 31, "layout": "2d"},
+    ],
+    ids=["mlp", "cnn"],
+)
+def test_an_oversized_student_is_refused_at_submit(
+    client: TestClient, headers: dict[str, str], job_files: dict[str, str], student: dict
+) -> None:
+    response = client.post("/v1/jobs", headers=headers, json=spec(job_files, student=student))
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "DISTILLERY_MAX_STUDENT_PARAMS" in message and "parameters" in message, message

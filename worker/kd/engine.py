@@ -20,6 +20,7 @@ from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.reporting import Reporter
 from worker.kd.runner import run_training
 from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
+from worker.kd.student_size import too_large
 from worker.kd.students import build_student, load_file_student
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.text import fmt_shape, shorten
@@ -59,6 +60,7 @@ def prepare(
     teacher_path: Path,
     dataset_path: Path | None,
     student_path: Path | None = None,
+    max_student_params: int | None = None,
 ) -> Prepared | HFPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
     is None for a builtin dataset; `student_path` is the file of an `arch: file` student.
@@ -83,7 +85,7 @@ def prepare(
             raise InvalidSpec("student.file_id: the student file was not given to the engine.")
         load_file_student(Path(student_path), example=example, num_classes=num_classes)
     else:
-        check_student_fits(spec, data.input_shape, num_classes)
+        check_student_fits(spec, data.input_shape, num_classes, max_student_params)
     return Prepared(
         spec=spec,
         teacher=teacher,
@@ -117,10 +119,17 @@ def check_labels_fit(data: Splits, num_classes: int) -> None:
         )
 
 
-def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Build the student without memory (meta device) and run a batch of 2 through it."""
+def check_student_fits(
+    spec: JobSpec, input_shape: tuple[int, ...], num_classes: int, max_params: int | None = None
+) -> None:
+    """Build the student without memory (meta device), refuse it past `max_params`, and run
+    a batch of 2 through it."""
     with torch.device("meta"):
         student = build_student(spec.student, input_shape, num_classes)
+        count = sum(p.numel() for p in student.parameters())
+        refusal = None if max_params is None else too_large(count, max_params, at_least=False)
+        if refusal is not None:
+            raise InvalidSpec(refusal)
         try:
             out = student(torch.empty(2, *input_shape))  # (2, K)
         except Exception as exc:
