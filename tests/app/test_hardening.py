@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.schemas import JobCreate
 from tests.app.conftest import spec
 from tests.factories import npz_bytes
 from tests.worker.test_npz_headers import npy_header
@@ -64,3 +65,50 @@ def test_an_oversized_student_is_refused_at_submit(
     assert response.status_code == 422, response.text
     message = response.json()["error"]["message"]
     assert "DISTILLERY_MAX_STUDENT_PARAMS" in message and "parameters" in message, message
+
+
+def _unbounded_integers(node: object, path: str = "") -> list[str]:
+    """Paths in a JSON schema where an integer or number has no maximum."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if (
+            node.get("type") in ("integer", "number")
+            and not {"maximum", "exclusiveMaximum"} & node.keys()
+        ):
+            found.append(path)
+        for key, value in node.items():
+            found += _unbounded_integers(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _unbounded_integers(value, f"{path}/{index}")
+    return found
+
+
+def test_every_number_in_the_job_spec_is_bounded() -> None:
+    assert _unbounded_integers(JobCreate.model_json_schema()) == []
+
+
+def test_a_400_digit_runtime_is_a_422_not_an_internal_error(
+    client: TestClient, headers: dict[str, str], job_files: dict[str, str]
+) -> None:
+    body = spec(job_files, training={"epochs": 1, "max_runtime_seconds": int("9" * 400)})
+    response = client.post("/v1/jobs", headers=headers, json=body)
+    assert response.status_code == 422, response.text
+    assert "max_runtime_seconds" in response.json()["error"]["message"]
+
+
+def test_a_multipart_body_without_its_closing_boundary_is_refused(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\ndataset\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="d.npz"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + npz_bytes(x=np.zeros((4, 2)))
+    )
+    response = client.post(
+        "/v1/files",
+        headers={**headers, "Content-Type": "multipart/form-data; boundary=XyZ"},
+        content=body,
+    )
+    assert response.status_code == 400, response.text
+    assert "closing boundary" in response.json()["error"]["message"]
