@@ -121,7 +121,11 @@ class JobEvent(Base):
 
 class Metric(Base):
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_id_name_step", "job_id", "name", "step"),)
+    # One point per (job, name, step): a run resumed from a checkpoint replays the steps
+    # after it, and its writes of points already stored are ignored (worker/reporter.py).
+    __table_args__ = (
+        UniqueConstraint("job_id", "name", "step", name="uq_metrics_job_id_name_step"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
