@@ -25,6 +25,7 @@ _ERRORS = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
     409: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
@@ -100,6 +101,48 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "Something went wrong on our side; try again later.")
 
 
+SIGN_IN_PATHS = frozenset({"/login", "/logout"})
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # `none`: typed or bookmarked by the user
+
+
+class SameOriginSignIn:
+    """Refuses cross-site posts to the dashboard's sign-in and sign-out (login CSRF: a page
+    elsewhere signing the browser in to the attacker's account). A browser says where a
+    form post comes from in `Origin`, and in `Sec-Fetch-Site` where it sends it; clients
+    that send neither (curl, scripts) are not browsers riding on a user's cookies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in SIGN_IN_PATHS:
+            refusal = self.cross_site(Headers(scope=scope), scope)
+            if refusal is not None:
+                await _error(403, "cross_site_request", refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def cross_site(headers: Headers, scope: Scope) -> str | None:
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site not in SAME_SITE_FETCH:
+            return (
+                f"This form was posted from another site (Sec-Fetch-Site: {fetch_site}); "
+                "sign in from the dashboard's own page."
+            )
+        origin = headers.get("origin")
+        if origin is None:
+            return None
+        scheme = "https" if scope.get("scheme") == "https" else "http"
+        expected = f"{scheme}://{headers.get('host', '')}"
+        if origin.rstrip("/").lower() != expected.lower():
+            return (
+                f"This form was posted from {origin}, not from this dashboard; sign in from "
+                "the dashboard's own page."
+            )
+        return None
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="Distillery",
@@ -109,6 +152,7 @@ def create_app() -> FastAPI:
         responses=_ERRORS,  # type: ignore[arg-type]
     )
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_json_bytes)
+    app.add_middleware(SameOriginSignIn)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

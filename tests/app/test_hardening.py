@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.schemas import JobCreate
 from tests.app.conftest import spec
-from tests.factories import npz_bytes
+from tests.factories import new_key, npz_bytes
 from tests.worker.test_npz_headers import npy_header
 
 
@@ -112,3 +112,33 @@ def test_a_multipart_body_without_its_closing_boundary_is_refused(
     )
     assert response.status_code == 400, response.text
     assert "closing boundary" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+@pytest.mark.parametrize(
+    "cross_site",
+    [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}],
+    ids=["origin", "sec-fetch-site"],
+)
+def test_cross_site_sign_in_posts_are_refused(
+    client: TestClient, path: str, cross_site: dict[str, str]
+) -> None:
+    response = client.post(
+        path, data={"key": new_key()}, headers=cross_site, follow_redirects=False
+    )
+    assert response.status_code == 403, response.text
+    assert (
+        "another site" in response.json()["error"]["message"]
+        or "not from this" in (response.json()["error"]["message"])
+    )
+    assert "set-cookie" not in response.headers
+
+
+def test_same_origin_sign_in_still_works(client: TestClient) -> None:
+    response = client.post(
+        "/login",
+        data={"key": new_key()},
+        headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
