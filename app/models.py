@@ -79,6 +79,9 @@ class File(Base):
     path: Mapped[str] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When its validation was last sent to the broker; the sweeper re-sends a file left
+    # `validating` longer than requeue_after_seconds (worker/maintenance.py).
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

@@ -1,4 +1,4 @@
-"""one metric point per (job, name, step)
+"""one metric point per (job, name, step); files.enqueued_at
 
 Revision ID: 0005
 Revises: 0004
@@ -27,9 +27,20 @@ def upgrade() -> None:
     with op.batch_alter_table("metrics", schema=None) as batch_op:
         batch_op.drop_index("ix_metrics_job_id_name_step")
         batch_op.create_unique_constraint("uq_metrics_job_id_name_step", ["job_id", "name", "step"])
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                "enqueued_at",
+                sa.DateTime(timezone=True),
+                nullable=False,
+                server_default=sa.text("CURRENT_TIMESTAMP"),
+            )
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("files", schema=None) as batch_op:
+        batch_op.drop_column("enqueued_at")
     with op.batch_alter_table("metrics", schema=None) as batch_op:
         batch_op.drop_constraint("uq_metrics_job_id_name_step", type_="unique")
         batch_op.create_index("ix_metrics_job_id_name_step", ["job_id", "name", "step"])

@@ -111,20 +111,3 @@ def test_a_stored_spec_that_no_longer_validates_fails_readably() -> None:
         error = session.get_one(Job, job_id).error
     assert error is not None and error["code"] == "invalid_spec"
     assert "student: Field required" in error["message"]
-
-
-def test_a_resumed_run_does_not_duplicate_metric_points() -> None:
-    """kill -9 after step 6 with the checkpoint at step 3: the next run replays 4..6."""
-    job_id = make_job(JobStatus.running)
-    first = DatabaseReporter(job_id, flush_seconds=0, cancel_poll_seconds=3600)
-    for step in range(1, 7):
-        first.metric("train_loss", 1.0 / step, step=step, epoch=1)
-    resumed = DatabaseReporter(job_id, flush_seconds=3600, cancel_poll_seconds=3600)
-    for step in range(4, 10):
-        resumed.metric("train_loss", 1.0 / step, step=step, epoch=1)
-    resumed.flush()
-    with session_scope() as session:
-        steps = session.scalars(
-            select(Metric.step).where(Metric.job_id == job_id).order_by(Metric.step)
-        ).all()
-    assert list(steps) == list(range(1, 10))
