@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import zipfile
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.config import Settings
 from app.schemas import JobCreate
+from app.webhooks import deliver
 from tests.app.conftest import spec
 from tests.factories import new_key, npz_bytes
 from tests.worker.test_npz_headers import npy_header
@@ -142,3 +148,42 @@ def test_same_origin_sign_in_still_works(client: TestClient) -> None:
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
+
+
+def test_a_webhook_connects_to_the_address_that_was_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name answers a public address when checked and 127.0.0.1 when
+    asked again. The delivery must not reach the receiver on 127.0.0.1."""
+    hits: list[str] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    real_getaddrinfo = socket.getaddrinfo
+    answers = iter(["8.8.8.8", "127.0.0.1", "127.0.0.1"])
+
+    def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    settings = Settings(webhook_timeout_seconds=1.0)
+    try:
+        outcome = deliver(
+            f"http://rebind.test:{port}/hook", "whsec_x", "job.succeeded", "d1", b"{}", settings
+        )
+    finally:
+        server.shutdown()
+    assert hits == [], "the webhook reached the address a second DNS answer gave"
+    assert not outcome.ok
