@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         description="Largest student (parameters) a job may ask for; training holds about "
         "16 bytes per parameter (weights, gradients, optimizer state).",
     )
+    max_event_streams: int = Field(
+        20, ge=1, description="Event streams (SSE) one tenant may hold open per API process."
+    )
     progress_flush_seconds: float = Field(
         1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
     )

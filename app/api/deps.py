@@ -106,6 +106,21 @@ def _key_from_request(
     return None
 
 
+async def _rate_limit(name: str, whose: str) -> None:
+    limiter = get_limiter()
+    if limiter is None:
+        return
+    # The Redis limiter is a network round trip: off the event loop.
+    retry_after = (
+        limiter.hit(name) if limiter.in_memory else await run_in_threadpool(limiter.hit, name)
+    )
+    if retry_after is not None:
+        raise TooManyRequests(
+            f"Too many requests {whose}; retry in {retry_after:.0f} s.",
+            headers={"Retry-After": f"{retry_after:.0f}"},
+        )
+
+
 async def current_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -121,24 +136,17 @@ async def current_tenant(
             headers={"WWW-Authenticate": "Bearer"},
         )
     key_hash, principal = cached(key)
-    limiter = get_limiter()
-    if limiter is not None:
-        # The Redis limiter is a network round trip: off the event loop.
-        name = key_hash[:32]
-        retry_after = (
-            limiter.hit(name) if limiter.in_memory else await run_in_threadpool(limiter.hit, name)
-        )
-        if retry_after is not None:
-            raise TooManyRequests(
-                f"Too many requests for this API key; retry in {retry_after:.0f} s.",
-                headers={"Retry-After": f"{retry_after:.0f}"},
-            )
     if principal is None:  # not cached here: ask the database (authenticate caches it)
+        # Lookups are counted per client address: unknown keys cost a database query
+        # each, and counting them per key would leave a counter behind for every one.
+        client = request.client.host if request.client else "unknown"
+        await _rate_limit(f"addr:{client}", "from this address")
         principal = await read(authenticate, key)
         if principal is None:
             raise Unauthorized(
                 "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}
             )
+    await _rate_limit(key_hash[:32], "for this API key")
     request.state.principal = principal
     return principal
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth import authenticate
 from app.config import Settings
+from app.db import session_scope
+from app.ratelimit import MemoryLimiter, RedisLimiter, StreamSlots
 from app.schemas import JobCreate
 from app.webhooks import deliver
 from tests.app.conftest import spec
@@ -147,6 +151,7 @@ def test_same_origin_sign_in_still_works(client: TestClient) -> None:
         headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
         follow_redirects=False,
     )
+    client.cookies.clear()  # the client is shared: don't leave it signed in
     assert response.status_code == 303, response.text
 
 
@@ -187,3 +192,51 @@ def test_a_webhook_connects_to_the_address_that_was_checked(
         server.shutdown()
     assert hits == [], "the webhook reached the address a second DNS answer gave"
     assert not outcome.ok
+
+
+def test_unknown_keys_are_rate_limited_per_client_address(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = MemoryLimiter(limit=3)
+    monkeypatch.setattr("app.api.deps.get_limiter", lambda: limiter)
+    codes = [
+        client.get("/v1/jobs", headers={"Authorization": f"Bearer bogus-{n}"}).status_code
+        for n in range(5)
+    ]
+    assert codes == [401, 401, 401, 429, 429]
+
+
+def test_unknown_keys_leave_no_redis_counter_each(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = RedisLimiter("redis://127.0.0.1:6379/0", 1000)
+    monkeypatch.setattr("app.api.deps.get_limiter", lambda: limiter)
+
+    def counters() -> int:
+        return len(list(limiter.client.scan_iter("distillery:ratelimit:*", count=1000)))
+
+    before = counters()
+    for n in range(30):
+        bogus = {"Authorization": f"Bearer bogus-{uuid.uuid4().hex}-{n}"}
+        assert client.get("/v1/jobs", headers=bogus).status_code == 401
+    assert counters() - before <= 2  # one per address (and window), not one per key
+
+
+def test_event_streams_per_key_are_capped(
+    client: TestClient,
+    headers: dict[str, str],
+    job_files: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = client.post("/v1/jobs", headers=headers, json=spec(job_files)).json()
+    with session_scope() as session:
+        principal = authenticate(session, headers["Authorization"].removeprefix("Bearer "))
+    assert principal is not None
+    slots = StreamSlots(limit=2)
+    assert slots.acquire(principal.id) and slots.acquire(principal.id)  # two streams open
+    monkeypatch.setattr("app.api.jobs.get_stream_slots", lambda: slots)
+    response = client.get(
+        f"/v1/jobs/{job['id']}/events", headers={**headers, "Accept": "text/event-stream"}
+    )
+    assert response.status_code == 429, response.text
+    assert "event streams open" in response.json()["error"]["message"]
