@@ -117,13 +117,13 @@ def check_array_header(header: NpyHeader, limits: DatasetLimits) -> None:
     name, dtype = header.name, header.dtype
     if dtype.hasobject:
         raise InvalidDataset(
-            f"Array {name!r} holds Python objects; Distillery never unpickles uploads. "
-            f"Store plain numeric arrays (float or int). {SAVE_HINT}"
+            f"Array {name!r} holds Python objects. Object arrays are refused (Distillery "
+            f"never unpickles uploads); store plain numeric arrays (float or int). {SAVE_HINT}"
         )
     if dtype.kind not in NUMERIC_KINDS:
         raise InvalidDataset(
-            f"Array {name!r} has dtype {dtype.str!r}; only numeric arrays (bool, int, float) "
-            f"are accepted. {SAVE_HINT}"
+            f"Array {name!r} has dtype {dtype.str!r}; its values must be numeric (bool, int "
+            f"or float). {SAVE_HINT}"
         )
     if header.data_bytes > limits.max_tensor_bytes:
         raise InvalidDataset(
@@ -142,12 +142,12 @@ def check_npz_headers(path: Path, limits: DatasetLimits) -> None:
     """Refuse the file from its .npy headers alone: every array's dtype and size, then the
     feature arrays' samples x values against the limits."""
     headers = read_npz_headers(path)
-    for header in headers.values():
-        check_array_header(header, limits)
     shapes = {name: headers[name].shape for name in ("x", "x_val") if name in headers}
     samples = sum(shape[0] for shape in shapes.values() if shape)
     features = max((math.prod(shape[1:]) for shape in shapes.values() if shape), default=0)
     check_size(samples, features, limits)
+    for header in headers.values():
+        check_array_header(header, limits)
     total = sum(h.data_bytes for name, h in headers.items() if name in KNOWN_ARRAYS)
     if total > limits.max_tensor_bytes:
         raise InvalidDataset(
