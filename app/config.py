@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="Requests per API key per minute; 0 turns the limit off."
     )
+    max_json_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body other than a file upload (a job spec is a few KB).",
+    )
+    max_student_params: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest student (parameters) a job may ask for; training holds about "
+        "16 bytes per parameter (weights, gradients, optimizer state).",
+    )
+    max_event_streams: int = Field(
+        20, ge=1, description="Event streams (SSE) one tenant may hold open per API process."
+    )
     progress_flush_seconds: float = Field(
         1.0, ge=0.0, description="Least time between two progress/metric writes of a job."
     )

@@ -13,16 +13,16 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from app.errors import ApiError
 from worker.kd.datasets.archives import check_archive
 from worker.kd.datasets.base import DatasetLimits, image_archive_limits
 from worker.kd.datasets.layout import image_layout
+from worker.kd.datasets.npz import check_array_header, read_npz_headers
 from worker.kd.datasets.table import DEFAULT_LABEL_COLUMN, sample_csv
 from worker.kd.errors import InvalidDataset, InvalidTeacher
 from worker.kd.formats import (
     ACCEPTED,
+    ZIP_MAGICS,
     TextFormat,
     sniff_file,
 )
@@ -46,34 +46,20 @@ def sniff_format(path: Path, head: bytes) -> str:
 
 
 def inspect_npz(path: Path) -> dict[str, Any]:
-    """Shapes and dtypes of each array, from the .npy headers; refuses what training can't use."""
-    arrays: dict[str, dict[str, Any]] = {}
+    """Shapes and dtypes of each array, from the .npy headers; refuses what training can't
+    use (objects, non-numeric dtypes, declared sizes past the limits, truncated members)
+    before any array data is read."""
     with zipfile.ZipFile(path) as archive:
-        members = archive.infolist()
-        if len(members) > MAX_NPZ_MEMBERS:
-            raise InvalidFile(f"The NPZ holds {len(members)} arrays; at most {MAX_NPZ_MEMBERS}.")
-        for member in members:
-            with archive.open(member) as handle:
-                arrays[member.filename.removesuffix(".npy")] = _npy_header(handle, member.filename)
+        members = len(archive.infolist())
+    if members > MAX_NPZ_MEMBERS:
+        raise InvalidFile(f"The NPZ holds {members} arrays; at most {MAX_NPZ_MEMBERS}.")
+    limits = DatasetLimits()
+    headers = read_npz_headers(path)
+    for header in headers.values():
+        check_array_header(header, limits)
+    arrays = {name: {"shape": list(h.shape), "dtype": str(h.dtype)} for name, h in headers.items()}
     _check_dataset_arrays(arrays)
     return {"arrays": arrays, "samples": arrays["x"]["shape"][0]}
-
-
-def _npy_header(handle: Any, name: str) -> dict[str, Any]:
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-    except ValueError as exc:
-        raise InvalidFile(f"Array {name!r} in the NPZ has an unreadable header: {exc}") from exc
-    if dtype.hasobject:
-        raise InvalidFile(
-            f"Array {name!r} holds Python objects; Distillery never unpickles uploads. "
-            "Save numeric arrays (float or int) with np.savez."
-        )
-    return {"shape": list(shape), "dtype": str(dtype)}
 
 
 def _check_dataset_arrays(arrays: dict[str, dict[str, Any]]) -> None:
@@ -191,6 +177,9 @@ def inspect_dataset(path: Path, fmt: str) -> dict[str, Any]:
     except InvalidDataset as exc:
         raise InvalidFile(exc.message) from exc
     hint = " (a single array: save x and y together with np.savez)" if fmt == "npy" else ""
+    with path.open("rb") as handle:
+        if fmt == "unknown" and handle.read(4).startswith(ZIP_MAGICS):
+            hint = " (it starts as a ZIP archive but cannot be read: is it truncated?)"
     raise InvalidFile(f"A dataset must be {ACCEPTED}; this upload looks like {fmt!r}{hint}.")
 
 

@@ -9,19 +9,24 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
 from app.api import files, health, jobs, webhooks
+from app.config import get_settings
 from app.errors import ApiError, describe_validation_errors
 from app.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
+UPLOAD_ROUTE = ("POST", "/v1/files")
 
 _ERRORS = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
     409: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
@@ -53,13 +58,94 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+def _body_too_large(limit: int) -> str:
+    return (
+        f"The request body is larger than this server accepts ({limit:,} bytes); a job spec "
+        "is a few kilobytes: upload files with POST /v1/files and name them by id."
+    )
+
+
+class BodyLimit:
+    """Caps every request body except a file upload (which streams to disk under its own
+    cap, app/uploads.py). Bodies are read whole into memory before they are parsed, so a
+    cap on them bounds what one request can make the server hold: a declared length over
+    it is refused before anything is read, a streamed body once it passes it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) == UPLOAD_ROUTE:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = _error(413, "payload_too_large", _body_too_large(self.max_bytes))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # an HTTPException: FastAPI lets it through
+                    raise StarletteHTTPException(413, _body_too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, limited, send)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return _error(500, "internal_error", "Something went wrong on our side; try again later.")
+
+
+SIGN_IN_PATHS = frozenset({"/login", "/logout"})
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})  # `none`: typed or bookmarked by the user
+
+
+class SameOriginSignIn:
+    """Refuses cross-site posts to the dashboard's sign-in and sign-out (login CSRF: a page
+    elsewhere signing the browser in to the attacker's account). A browser says where a
+    form post comes from in `Origin`, and in `Sec-Fetch-Site` where it sends it; clients
+    that send neither (curl, scripts) are not browsers riding on a user's cookies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in SIGN_IN_PATHS:
+            refusal = self.cross_site(Headers(scope=scope), scope)
+            if refusal is not None:
+                await _error(403, "cross_site_request", refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def cross_site(headers: Headers, scope: Scope) -> str | None:
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site not in SAME_SITE_FETCH:
+            return (
+                f"This form was posted from another site (Sec-Fetch-Site: {fetch_site}); "
+                "sign in from the dashboard's own page."
+            )
+        origin = headers.get("origin")
+        if origin is None:
+            return None
+        scheme = "https" if scope.get("scheme") == "https" else "http"
+        expected = f"{scheme}://{headers.get('host', '')}"
+        if origin.rstrip("/").lower() != expected.lower():
+            return (
+                f"This form was posted from {origin}, not from this dashboard; sign in from "
+                "the dashboard's own page."
+            )
+        return None
 
 
 def create_app() -> FastAPI:
@@ -70,6 +156,8 @@ def create_app() -> FastAPI:
         "name a student, get back a smaller model with proof of what it kept.",
         responses=_ERRORS,  # type: ignore[arg-type]
     )
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_json_bytes)
+    app.add_middleware(SameOriginSignIn)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -79,6 +79,9 @@ class File(Base):
     path: Mapped[str] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When its validation was last sent to the broker; the sweeper re-sends a file left
+    # `validating` longer than requeue_after_seconds (worker/maintenance.py).
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
@@ -121,7 +124,11 @@ class JobEvent(Base):
 
 class Metric(Base):
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_id_name_step", "job_id", "name", "step"),)
+    # One point per (job, name, step): a run resumed from a checkpoint replays the steps
+    # after it, and its writes of points already stored are ignored (worker/reporter.py).
+    __table_args__ = (
+        UniqueConstraint("job_id", "name", "step", name="uq_metrics_job_id_name_step"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -1,5 +1,6 @@
-"""Requests per API key per minute: a fixed one-minute window, counted in Redis when the
-broker is Redis (one count across every API process) and in this process otherwise."""
+"""Requests per API key per minute (and, for keys not yet known, per client address): a
+fixed one-minute window, counted in Redis when the broker is Redis (one count across every
+API process) and in this process otherwise. Also the cap on open event streams per tenant."""
 
 from __future__ import annotations
 
@@ -63,6 +64,34 @@ class RedisLimiter:
         except Exception:  # Redis away: serve rather than refuse everyone
             return None
         return None if count <= self.limit else _retry_after(now)
+
+
+class StreamSlots:
+    """Open event streams per tenant in this API process, at most `limit` at once: each
+    stream polls the database until its job ends, so many of them cost a core."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = defaultdict(int)
+
+    def acquire(self, tenant_id: str) -> bool:
+        with self._lock:
+            if self._open[tenant_id] >= self.limit:
+                return False
+            self._open[tenant_id] += 1
+            return True
+
+    def release(self, tenant_id: str) -> None:
+        with self._lock:
+            self._open[tenant_id] -= 1
+            if self._open[tenant_id] <= 0:
+                del self._open[tenant_id]
+
+
+@lru_cache
+def get_stream_slots() -> StreamSlots:
+    return StreamSlots(get_settings().max_event_streams)
 
 
 def _retry_after(now: float) -> float:

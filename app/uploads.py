@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from app.errors import ApiError, PayloadTooLarge
 
@@ -150,6 +150,12 @@ async def receive_upload(
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
+        if parser.state != MultipartState.END:
+            raise ApiError(
+                "The multipart body ended before its closing boundary: the upload was cut off. "
+                "Send it again.",
+                code="invalid_upload",
+            )
     except BaseException:
         collector.discard()
         raise

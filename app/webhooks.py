@@ -10,7 +10,9 @@ service POSTs the job object as JSON with these headers:
 The secret is the tenant's (GET /v1/webhook_secret). Verify by recomputing the HMAC over
 the timestamp, a dot and the raw body, comparing in constant time, and refusing old `t`.
 Targets that resolve to private, loopback or link-local addresses are refused unless their
-host is in DISTILLERY_WEBHOOK_ALLOW_HOSTS; redirects are not followed.
+host is in DISTILLERY_WEBHOOK_ALLOW_HOSTS; the delivery connects to the address that was
+checked (no second lookup a rebinding DNS server could answer differently); redirects are
+not followed.
 """
 
 from __future__ import annotations
@@ -54,25 +56,40 @@ def verify(secret: str, header: str, body: bytes, tolerance_seconds: int = 300) 
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def check_target(url: str, settings: Settings) -> None:
-    """Refuse URLs a webhook must not reach; raises Unprocessable with the reason."""
+def check_target(url: str, settings: Settings) -> str:
+    """Refuse URLs a webhook must not reach (raises Unprocessable with the reason); returns
+    the address that was checked, which the delivery then connects to."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Unprocessable("webhook_url: give an absolute http:// or https:// URL.")
     host = parts.hostname
-    if host in settings.webhook_allow_hosts:
-        return
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Unprocessable(f"webhook_url: the host {host!r} does not resolve.") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise Unprocessable(
-                f"webhook_url: {host!r} resolves to {address}, a non-public address. Ask the "
-                "operator to add the host to DISTILLERY_WEBHOOK_ALLOW_HOSTS if it is meant."
-            )
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if host not in settings.webhook_allow_hosts:
+        for address in addresses:
+            if not address.is_global:
+                raise Unprocessable(
+                    f"webhook_url: {host!r} resolves to {address}, a non-public address. Ask "
+                    "the operator to add the host to DISTILLERY_WEBHOOK_ALLOW_HOSTS if it is "
+                    "meant."
+                )
+    return str(addresses[0])
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(the URL with its host replaced by `address`, the Host header, httpx extensions
+    naming the host for TLS): the connection goes to the address that was checked, not
+    to whatever a second DNS answer says (DNS rebinding), and the server still sees, and
+    its certificate is still checked against, the URL's own host name."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    return parts._replace(netloc=netloc).geturl(), {"Host": host_header}, {"sni_hostname": host}
 
 
 @dataclass
@@ -86,10 +103,12 @@ def deliver(
 ) -> DeliveryOutcome:
     """One POST attempt; a 2xx answer counts as delivered."""
     try:
-        check_target(url, settings)
+        address = check_target(url, settings)
     except Unprocessable as exc:
         return DeliveryOutcome(False, exc.message)
+    target, host_header, extensions = pinned(url, address)
     headers = {
+        **host_header,
         "Content-Type": "application/json",
         "User-Agent": "Distillery-Webhooks/1",
         "Distillery-Event": event,
@@ -97,13 +116,11 @@ def deliver(
         "Distillery-Signature": sign(secret, int(time.time()), body),
     }
     try:
-        response = httpx.post(
-            url,
-            content=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        )
+        with httpx.Client(timeout=settings.webhook_timeout_seconds) as client:
+            request = client.build_request(
+                "POST", target, content=body, headers=headers, extensions=extensions
+            )
+            response = client.send(request, follow_redirects=False)
     except httpx.HTTPError as exc:
         return DeliveryOutcome(False, f"{type(exc).__name__}: {str(exc)[:200]}")
     return DeliveryOutcome(response.is_success, f"HTTP {response.status_code}")

@@ -5,6 +5,8 @@
   with `worker_lost`. A lapsed job that was being cancelled ends `cancelled`.
 - A job queued for longer than `requeue_after_seconds` is sent to the broker again, in case
   its message was lost (broker down at submit time, a broker restart without persistence).
+  So is the validation of a file left `validating` that long (uploaded while the broker
+  was down).
 
 Every change is a guarded update on the row's current values, so any number of workers can
 sweep at once and a job is taken back once.
@@ -17,14 +19,14 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
 from app.config import Settings
 from app.db import session_scope
-from app.models import Job, utcnow
-from app.queue import enqueue_job
+from app.models import File, Job, utcnow
+from app.queue import enqueue_file_validation, enqueue_job
 from app.schemas import JobStatus
 from worker.pipeline import ACTIVE, add_event, announce_end, transition
 
@@ -37,14 +39,18 @@ class SweepResult:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    files_resent: list[str] = field(default_factory=list)
 
 
 def sweep(settings: Settings) -> SweepResult:
     result = SweepResult()
     _reap_lapsed(settings, result)
     _resend_queued(settings, result)
+    _resend_validating_files(settings, result)
     for job_id in result.requeued + result.resent:
         enqueue_job(job_id)
+    for file_id in result.files_resent:
+        enqueue_file_validation(file_id)
     for job_id in result.failed + result.cancelled:
         announce_end(job_id)
     return result
@@ -140,6 +146,26 @@ def _resend_queued(settings: Settings, result: SweepResult) -> None:
                 result.resent.append(job_id)
 
 
+def _resend_validating_files(settings: Settings, result: SweepResult) -> None:
+    """Files whose validation message was lost stay `validating`: send it again, once per
+    `requeue_after_seconds` (validation of a file that is no longer validating is a no-op)."""
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_after_seconds)
+    with session_scope() as session:
+        stale = session.execute(
+            select(File.id, File.enqueued_at).where(
+                File.status == "validating", File.enqueued_at < cutoff
+            )
+        ).all()
+        for file_id, enqueued_at in stale:
+            claimed = session.execute(
+                update(File)
+                .where(File.id == file_id, File.enqueued_at == enqueued_at)
+                .values(enqueued_at=utcnow())
+            )
+            if claimed.rowcount:  # type: ignore[attr-defined]
+                result.files_resent.append(file_id)
+
+
 def start_sweeper(settings: Settings, stop: threading.Event) -> threading.Thread:
     """Sweep every `maintenance_seconds` until `stop` is set (a daemon thread)."""
 
@@ -147,7 +173,7 @@ def start_sweeper(settings: Settings, stop: threading.Event) -> threading.Thread
         while True:
             try:
                 outcome = sweep(settings)
-                if outcome.requeued or outcome.failed or outcome.cancelled or outcome.resent:
+                if any(vars(outcome).values()):
                     log.warning("maintenance: %s", outcome)
             except Exception:  # e.g. the database is restarting; try again next round
                 log.warning("maintenance sweep failed", exc_info=True)

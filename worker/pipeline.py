@@ -246,7 +246,13 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         role: _file_path(storage, job.tenant_id, role, file_id)
         for role, file_id in file_refs(spec).items()
     }
-    prepared = prepare(spec, paths["teacher"], paths.get("dataset"), paths.get("student"))
+    prepared = prepare(
+        spec,
+        paths["teacher"],
+        paths.get("dataset"),
+        paths.get("student"),
+        max_student_params=settings.max_student_params,
+    )
     with session_scope() as session:
         if not transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
             raise Stopped("cancelled")

@@ -7,7 +7,8 @@ import threading
 import time
 from typing import Any, Literal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Insert, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from app.db import get_engine
@@ -17,6 +18,16 @@ from app.schemas import JobStatus
 log = logging.getLogger(__name__)
 
 StopReason = Literal["cancelled", "shutdown", "max_runtime"]
+
+
+def insert_metrics(connection: Connection) -> Insert:
+    """INSERT of metric points that skips a point already stored for its (job, name, step):
+    a run resumed from a checkpoint replays the steps after it."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(Metric).on_conflict_do_nothing(
+            constraint="uq_metrics_job_id_name_step"
+        )
+    return sqlite.insert(Metric).on_conflict_do_nothing()
 
 
 class DatabaseReporter:
@@ -116,7 +127,7 @@ class DatabaseReporter:
                 if self._events:
                     connection.execute(insert(JobEvent), self._events)
                 if self._metrics:  # one executemany, not an INSERT per row
-                    connection.execute(insert(Metric), self._metrics)
+                    connection.execute(insert_metrics(connection), self._metrics)
                 if self._progress is not None:
                     connection.execute(
                         update(Job).where(Job.id == self.job_id).values(progress=self._progress)

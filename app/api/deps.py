@@ -8,12 +8,13 @@ dependency costs five thread hand-offs per request (BENCHMARKS.md, section 2).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import lru_cache
-from typing import Annotated, Concatenate, ParamSpec, TypeVar
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -105,10 +106,28 @@ def _key_from_request(
     return None
 
 
+async def _rate_limit(name: str, whose: str) -> None:
+    limiter = get_limiter()
+    if limiter is None:
+        return
+    # The Redis limiter is a network round trip: off the event loop.
+    retry_after = (
+        limiter.hit(name) if limiter.in_memory else await run_in_threadpool(limiter.hit, name)
+    )
+    if retry_after is not None:
+        raise TooManyRequests(
+            f"Too many requests {whose}; retry in {retry_after:.0f} s.",
+            headers={"Retry-After": f"{retry_after:.0f}"},
+        )
+
+
 async def current_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:  # AuthenticatedFirst already did it (and counted the request)
+        return known
     key = _key_from_request(request, credentials)
     if key is None:
         raise Unauthorized(
@@ -117,25 +136,35 @@ async def current_tenant(
             headers={"WWW-Authenticate": "Bearer"},
         )
     key_hash, principal = cached(key)
-    limiter = get_limiter()
-    if limiter is not None:
-        # The Redis limiter is a network round trip: off the event loop.
-        name = key_hash[:32]
-        retry_after = (
-            limiter.hit(name) if limiter.in_memory else await run_in_threadpool(limiter.hit, name)
-        )
-        if retry_after is not None:
-            raise TooManyRequests(
-                f"Too many requests for this API key; retry in {retry_after:.0f} s.",
-                headers={"Retry-After": f"{retry_after:.0f}"},
-            )
     if principal is None:  # not cached here: ask the database (authenticate caches it)
+        # Lookups are counted per client address: unknown keys cost a database query
+        # each, and counting them per key would leave a counter behind for every one.
+        client = request.client.host if request.client else "unknown"
+        await _rate_limit(f"addr:{client}", "from this address")
         principal = await read(authenticate, key)
         if principal is None:
             raise Unauthorized(
                 "The API key is unknown or revoked.", headers={"WWW-Authenticate": "Bearer"}
             )
+    await _rate_limit(key_hash[:32], "for this API key")
+    request.state.principal = principal
     return principal
+
+
+class AuthenticatedFirst(APIRoute):
+    """A route that checks the caller before FastAPI reads and parses the request body
+    (it reads the body before it solves any dependency): an unknown key costs no parsing,
+    and a rate-limited one is refused before it is read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            if request.method not in _SAFE_METHODS:
+                await current_tenant(request, await _bearer(request))
+            return await handler(request)
+
+        return authenticated
 
 
 TenantDep = Annotated[Principal, Depends(current_tenant)]

@@ -38,7 +38,10 @@ _UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=FilePublic, openapi_extra=_UPLOAD_BODY
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FilePublic,
+    openapi_extra=_UPLOAD_BODY,
 )
 async def upload_file(
     request: Request,

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.deps import (
+    AuthenticatedFirst,
+    IdempotencyKey,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+    read,
+)
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
+from app.errors import TooManyRequests
 from app.queue import enqueue_job, enqueue_webhook
+from app.ratelimit import get_stream_slots
 from app.schemas import (
     TERMINAL_STATUSES,
     ArtifactPublic,
@@ -27,7 +37,7 @@ from app.schemas import (
 )
 from app.services import jobs as service
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthenticatedFirst)
 
 _EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -110,8 +120,17 @@ async def list_events(
     """The job's event log in order; `Accept: text/event-stream` streams it live."""
     if "text/event-stream" in request.headers.get("accept", ""):
         await read(service.get_job, tenant.id, job_id)  # 404 before the stream starts
+        slots = get_stream_slots()
+        if not slots.acquire(tenant.id):
+            raise TooManyRequests(
+                f"You have {slots.limit} event streams open already; close one, or poll "
+                "GET /v1/jobs/{id}/events?after=<last id> instead."
+            )
         return StreamingResponse(
-            _stream_events(request, tenant.id, job_id, after, settings.sse_poll_seconds),
+            _released(
+                _stream_events(request, tenant.id, job_id, after, settings.sse_poll_seconds),
+                lambda: slots.release(tenant.id),
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -135,6 +154,15 @@ def _new_events(
     ended = str(job.status) if job.status in TERMINAL_STATUSES else None
     events = service.list_events(session, job, after, 1000)
     return [(e.id, e.kind, EventPublic.model_validate(e).model_dump_json()) for e in events], ended
+
+
+async def _released(stream: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
+    """`stream`, calling `release` once it ends, fails or its client goes away."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        release()
 
 
 async def _stream_events(

@@ -17,6 +17,7 @@ from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus
 from app.services.files import get_file
 from app.webhooks import check_target
 from worker.kd.spec import FileStudent, JobSpec
+from worker.kd.student_size import student_parameters, too_large
 
 
 def _request_hash(spec: JobCreate) -> str:
@@ -51,6 +52,15 @@ def _check_files(session: Session, tenant_id: str, spec: JobCreate) -> None:
             )
 
 
+def _check_student_size(spec: JobCreate, settings: Settings) -> None:
+    """Refuse a registry student whose parameters, counted from the spec alone (a lower
+    bound: the data's shape is not known here), pass the server's limit."""
+    count = student_parameters(spec.student)
+    refusal = None if count is None else too_large(count, settings.max_student_params, True)
+    if refusal is not None:
+        raise Unprocessable(f"student: {refusal}")
+
+
 def create_job(
     session: Session,
     tenant_id: str,
@@ -65,6 +75,7 @@ def create_job(
         existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return _replay(existing, request_hash), False
+    _check_student_size(spec, settings)
     _check_files(session, tenant_id, spec)
     if spec.webhook_url:
         check_target(spec.webhook_url, settings)

@@ -33,7 +33,9 @@ AnyPrepared = Prepared | HFPrepared
 class JobKindEntry:
     """How a kind of job is prepared and distilled."""
 
-    prepare: Callable[[JobSpec, Path, Path | None, Path | None, torch.device], AnyPrepared]
+    prepare: Callable[
+        [JobSpec, Path, Path | None, Path | None, torch.device, int | None], AnyPrepared
+    ]
     distill: Callable[
         [AnyPrepared, Path, Reporter, Checkpointing | None, TeacherCache | None], DistillResult
     ]
@@ -46,6 +48,7 @@ def _prepare_transformer(
     dataset_path: Path | None,
     student_path: Path | None,
     device: torch.device,
+    max_student_params: int | None,
 ) -> HFPrepared:
     return prepare_hf(spec, teacher_path, dataset_path, device)
 
@@ -66,6 +69,7 @@ def prepare(
     teacher_path: Path,
     dataset_path: Path | None,
     student_path: Path | None = None,
+    max_student_params: int | None = None,
 ) -> AnyPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
     is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
@@ -77,6 +81,7 @@ def prepare(
         None if dataset_path is None else Path(dataset_path),
         None if student_path is None else Path(student_path),
         device,
+        max_student_params,
     )
 
 

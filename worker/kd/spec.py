@@ -28,6 +28,13 @@ BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 __all__ = ["LOSS_KINDS", "TRANSFORMER_TASKS", "TaskKind"]
 
 
+# Every number a spec can hold is bounded: an unbounded int reaches C code (a timer, a
+# tensor size) as an OverflowError, not as a sentence the user can act on.
+MAX_RUNTIME_SECONDS = 366 * 24 * 3600
+BoundedInt = Annotated[int, Field(ge=-(10**12), le=10**12)]
+BoundedFloat = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -172,7 +179,9 @@ class HFStudent(_Strict):
     (e.g. {"num_hidden_layers": 2, "hidden_size": 64}); it shares the teacher's tokenizer."""
 
     arch: Literal["hf"]
-    config: dict[str, int | float | str | bool] = Field(default_factory=dict, max_length=64)
+    config: dict[str, BoundedInt | BoundedFloat | Annotated[str, Field(max_length=200)] | bool] = (
+        Field(default_factory=dict, max_length=64)
+    )
 
 
 class FileStudent(_Strict):
@@ -205,8 +214,8 @@ class LossTerm(_Strict):
 
     kind: str
     weight: float = Field(1.0, ge=0.0, le=1e6)
-    params: dict[str, float | int | bool | Annotated[str, Field(max_length=100)]] = Field(
-        default_factory=dict
+    params: dict[str, BoundedFloat | BoundedInt | bool | Annotated[str, Field(max_length=100)]] = (
+        Field(default_factory=dict, max_length=32)
     )
     teacher_layer: str | None = Field(None, max_length=500)
     student_layer: str | None = Field(None, max_length=500)
@@ -263,13 +272,19 @@ class TrainingSpec(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_runtime_seconds: int | None = Field(
-        None, ge=1, description="Stop and fail the job (max_runtime_exceeded) after this long."
+        None,
+        ge=1,
+        le=MAX_RUNTIME_SECONDS,
+        description="Stop and fail the job (max_runtime_exceeded) after this long.",
     )
     schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"] = "warmup_cosine"
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0, le=1e6)
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without a better val accuracy."
+        None,
+        ge=1,
+        le=10000,
+        description="Stop after this many epochs without a better val accuracy.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."

@@ -24,6 +24,7 @@ from worker.kd.report.plots import plot_curves
 from worker.kd.report.schema import TensorReport, report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.tensor import ModelUnderTest, tensor_report
+from worker.kd.student_size import too_large
 from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
 from worker.kd.students import build_student, load_file_student
 from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
@@ -74,6 +75,7 @@ def prepare_tensor(
     dataset_path: Path | None,
     student_path: Path | None,
     device: torch.device,
+    max_student_params: int | None = None,
 ) -> Prepared:
     """Load and check a tensor job's teacher, dataset and student against each other."""
     if spec.student.arch in TRANSFORMER_ARCHS:
@@ -91,7 +93,7 @@ def prepare_tensor(
             raise InvalidSpec("student.file_id: the student file was not given to the engine.")
         load_file_student(Path(student_path), example=example, num_classes=num_classes)
     else:
-        check_student_fits(spec, data.input_shape, num_classes)
+        check_student_fits(spec, data.input_shape, num_classes, max_student_params)
     return Prepared(
         spec=spec,
         teacher=teacher,
@@ -114,10 +116,17 @@ def check_labels_fit(data: Splits, num_classes: int) -> None:
         )
 
 
-def check_student_fits(spec: JobSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Build the student without memory (meta device) and run a batch of 2 through it."""
+def check_student_fits(
+    spec: JobSpec, input_shape: tuple[int, ...], num_classes: int, max_params: int | None = None
+) -> None:
+    """Build the student without memory (meta device), refuse it past `max_params`, and run
+    a batch of 2 through it."""
     with torch.device("meta"):
         student = build_student(spec.student, input_shape, num_classes)
+        count = sum(p.numel() for p in student.parameters())
+        refusal = None if max_params is None else too_large(count, max_params, at_least=False)
+        if refusal is not None:
+            raise InvalidSpec(refusal)
         try:
             out = student(torch.empty(2, *input_shape))  # (2, K)
         except Exception as exc:

@@ -121,16 +121,64 @@ def _load_hf_zip(path: Path, arch: dict[str, Any] | None, example: torch.Tensor 
 
 
 def _is_onnx(path: Path) -> bool:
-    """A protobuf that parses as an ONNX ModelProto with a graph of nodes and outputs."""
+    """A protobuf laid out as an ONNX ModelProto (an `ir_version`, a graph with nodes and
+    outputs), read tag by tag and skipping every payload: a multi-gigabyte model is sniffed
+    without reading (or parsing) its weights."""
     try:
-        import onnx
-    except ImportError:  # ONNX support not installed: the file is then no known format
+        import onnx  # noqa: F401 (ONNX support installed; else no known format)
+    except ImportError:
         return False
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:
+        with open(path, "rb") as handle:
+            top = _protobuf_fields(handle, path.stat().st_size)
+            if 1 not in top or 7 not in top:  # ir_version, graph
+                return False
+            graph = top[7][0]
+            handle.seek(graph[0])
+            fields = _protobuf_fields(handle, graph[0] + graph[1])
+    except (OSError, ValueError):
         return False
-    return len(model.graph.node) > 0 and len(model.graph.output) > 0
+    return 1 in fields and 12 in fields  # nodes, outputs
+
+
+def _protobuf_fields(handle: Any, end: int) -> dict[int, list[tuple[int, int]]]:
+    """Field number -> (offset, length) of each length-delimited value (varints and fixed
+    values as (offset, 0)) from the handle's position to `end`; ValueError if the bytes are
+    not protobuf."""
+    fields: dict[int, list[tuple[int, int]]] = {}
+    while handle.tell() < end:
+        tag = _varint(handle)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            _varint(handle)
+            span = (handle.tell(), 0)
+        elif wire == 2:
+            length = _varint(handle)
+            span = (handle.tell(), length)
+            handle.seek(length, 1)
+        elif wire in (1, 5):
+            span = (handle.tell(), 0)
+            handle.seek(8 if wire == 1 else 4, 1)
+        else:
+            raise ValueError(f"wire type {wire}")
+        fields.setdefault(number, []).append(span)
+    if handle.tell() != end:
+        raise ValueError("a value runs past its message")
+    return fields
+
+
+def _varint(handle: Any) -> int:
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = handle.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+    raise ValueError("varint too long")
 
 
 def _head(path: Path, size: int) -> bytes:
