@@ -331,6 +331,29 @@ def cancel(
         err.print(f"{job.id}: {job.status}")
 
 
+def trials(
+    job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """A search's trials: what each tried, how it ended, and which one won."""
+    rows = _call(url, key, lambda client: client.trials(job_id))
+    if as_json:
+        _print_json([trial.model_dump(mode="json") for trial in rows])
+        return
+    table = Table("trial", "status", "value", "epochs", "params", "job")
+    for trial in rows:
+        value = "" if trial.value is None else f"{trial.value:.4f}"
+        params = ", ".join(
+            f"{name} {param:.3g}" if isinstance(param, float) else f"{name} {param}"
+            for name, param in trial.params.items()
+        )
+        style = "bold green" if trial.best else None
+        number = f"{trial.number}{' (best)' if trial.best else ''}"
+        table.add_row(
+            number, trial.status, value, str(trial.epochs_run), params, trial.job_id, style=style
+        )
+    out.print(table)
+
+
 def register(cli: typer.Typer) -> None:
-    for command in (submit, watch, jobs, report, download, cancel):
+    for command in (submit, watch, jobs, report, download, cancel, trials):
         cli.command()(command)

@@ -351,9 +351,6 @@ def _finish(
 ) -> None:
     """Every trial has ended: the best complete one's student is the search's, or the
     search fails when none completed."""
-    for child in children:
-        if child.status in TERMINAL_STATUSES and "outcome" not in (child.trial or {}):
-            child.trial = {**(child.trial or {}), "outcome": "failed", "value": None}
     complete = [c for c in children if (c.trial or {}).get("outcome") == "complete"]
     if not complete:
         _fail_search(session, parent, children)
@@ -399,7 +396,12 @@ def _finish(
 
 def _fail_search(session: Session, parent: Job, children: list[Job]) -> None:
     first = next((c.error for c in children if c.error and c.status == JobStatus.failed), None)
-    reason = f" The first failure: {first['message']}" if first else ""
+    if first is not None:
+        reason = f" The first failure: {first['message']}"
+    elif any((c.error or {}).get("code") == "search_budget" for c in children):
+        reason = " The budget ran out first: raise search.budget_seconds or lower training.epochs."
+    else:
+        reason = ""
     message = f"None of the {len(children)} trials ran to the end.{reason}"
     transition(
         session,
