@@ -17,7 +17,7 @@ import optuna
 from sqlalchemy import text
 
 from app.config import Settings
-from app.db import get_engine, session_scope
+from app.db import make_engine, session_scope
 from app.models import Job
 from worker.kd.spec import SEARCH_METRICS, JobSpec
 from worker.reporter import DatabaseReporter
@@ -43,8 +43,12 @@ def storage_url(settings: Settings) -> str:
 def _storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-    with get_engine().begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{OPTUNA_SCHEMA}"'))
+    finally:
+        engine.dispose()
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs={

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from app.config import Settings, get_settings
-from app.db import session_scope
+from app.db import make_engine, session_scope
 from app.ids import new_id
 from app.migrate import upgrade_head
 from app.models import Artifact, Job, Metric, utcnow
@@ -25,9 +25,11 @@ from app.schemas import JobStatus
 from app.services import jobs as service
 from app.services.keys import get_or_create_tenant
 from app.storage import Storage
+from tests.e2e.conftest import fresh_database
 from worker.kd.spec import JobSpec, SearchSpec
 from worker.maintenance import sweep
 from worker.search import advance, start, trials_of
+from worker.trials import open_study, study_storage
 
 SWEEP = Settings(lease_seconds=30, max_attempts=3, requeue_after_seconds=600)
 
@@ -102,6 +104,25 @@ def play_trial(
         child.started_at = utcnow() - timedelta(seconds=seconds)
         child.finished_at = utcnow()
     advance(get(child_id).parent_id or "", get_settings())
+
+
+def test_on_postgresql_the_study_lives_in_its_own_schema() -> None:
+    """Optuna's own alembic_version and `trials` table never land in the app's schema."""
+    with fresh_database("distillery_search") as url:
+        study = open_study(
+            "job_pg", JobSpec.model_validate(search_spec()), Settings(database_url=url)
+        )
+        study.enqueue_trial({"alpha": 0.0})
+        engine = make_engine(url)
+        try:
+            tables = set(inspect(engine).get_table_names(schema="optuna"))
+            public = set(inspect(engine).get_table_names(schema="public"))
+        finally:
+            engine.dispose()
+        study_storage(Settings(database_url=url)).remove_session()
+        study_storage(Settings(database_url=url)).engine.dispose()
+    assert {"alembic_version", "trials", "studies"} <= tables
+    assert not public & {"alembic_version", "trials", "studies"}
 
 
 def test_the_spec_keeps_parallel_within_trials() -> None:
