@@ -38,7 +38,15 @@ from app.queue import enqueue_job
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.storage import Storage
 from worker.kd.spec import SEARCH_METRICS, JobSpec
-from worker.pipeline import add_event, announce_end, claim, fail, summarize, transition
+from worker.pipeline import (
+    add_event,
+    announce_end,
+    claim,
+    fail,
+    heartbeat,
+    summarize,
+    transition,
+)
 from worker.pipeline import run_job as run_pipeline
 from worker.search_space import SearchContext, apply, is_scratch, scratch_params, suggest
 from worker.trials import TRIAL_STOPS, deadline, now_utc, open_study, unix
@@ -91,6 +99,14 @@ def start(job_id: str, settings: Settings) -> None:
     if job is None:
         log.info("search %s is not queued; nothing to do", job_id)
         return
+    with heartbeat(job_id, settings.heartbeat_seconds):  # creating a study can take a while
+        queued = _begin(job, settings)
+    for child in queued:
+        enqueue_job(child)
+    announce_end(job_id)
+
+
+def _begin(job: Job, settings: Settings) -> list[str]:
     try:
         spec = JobSpec.model_validate(job.spec)
         context = search_context(job, spec)
@@ -98,14 +114,13 @@ def start(job_id: str, settings: Settings) -> None:
         if context.labelled and not study.trials:
             study.enqueue_trial(scratch_params(context))
     except ValidationError as exc:
-        fail(job_id, "invalid_spec", describe_validation_errors(list(exc.errors())))
-        announce_end(job_id)
-        return
+        fail(job.id, "invalid_spec", describe_validation_errors(list(exc.errors())))
+        return []
     queued: list[str] = []
     with session_scope() as session:
         running = transition(
             session,
-            job_id,
+            job.id,
             [JobStatus.validating],
             status=JobStatus.running,
             worker=None,
@@ -117,23 +132,21 @@ def start(job_id: str, settings: Settings) -> None:
             scratch = " (the first without the teacher)" if context.labelled else ""
             add_event(
                 session,
-                job_id,
+                job.id,
                 "running",
                 f"Searching: up to {search.trials} trials{scratch}, {search.parallel} at "
                 f"once, within {search.budget_seconds} s.",
             )
-            queued = _top_up(session, session.get_one(Job, job_id), spec, context, study, [])
+            queued = _top_up(session, session.get_one(Job, job.id), spec, context, study, [])
         elif transition(
             session,
-            job_id,
+            job.id,
             [JobStatus.cancelling],
             status=JobStatus.cancelled,
             finished_at=now_utc(),
         ):
-            add_event(session, job_id, "cancelled", "Cancelled before the search started.")
-    for child in queued:
-        enqueue_job(child)
-    announce_end(job_id)
+            add_event(session, job.id, "cancelled", "Cancelled before the search started.")
+    return queued
 
 
 def search_context(job: Job, spec: JobSpec) -> SearchContext:
@@ -247,7 +260,7 @@ def advance(parent_id: str, settings: Settings) -> None:
         else:
             queued = _top_up(session, parent, spec, search_context(parent, spec), study, children)
         ended = sum(child.status in TERMINAL_STATUSES for child in children)
-        parent.progress = ended / max(len(children), 1) if children else 0.0
+        parent.progress = ended / (spec.search.trials if spec.search else 1)
         if not queued and ended == len(children):
             _finish(session, parent, spec, children, Storage(settings))
     for child_id in queued:
