@@ -339,7 +339,8 @@ def trials(
     if as_json:
         _print_json([trial.model_dump(mode="json") for trial in rows])
         return
-    table = Table("trial", "status", "value", "epochs", "params", "job")
+    table = Table("trial", "status", "value", "epochs", "params")
+    table.add_column("job", no_wrap=True, min_width=max((len(t.job_id) for t in rows), default=3))
     for trial in rows:
         value = "" if trial.value is None else f"{trial.value:.4f}"
         params = ", ".join(

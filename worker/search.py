@@ -251,13 +251,14 @@ def advance(parent_id: str, settings: Settings) -> None:
         spec = JobSpec.model_validate(parent.spec)
         study = open_study(parent_id, spec, settings)
         children = trials_of(session, parent_id)
+        end = deadline(parent, spec)
+        spent = end is not None and time.time() >= end
+        if spent:
+            _drop_queued(session, children)
         for child in children:
             if child.status in TERMINAL_STATUSES and "outcome" not in (child.trial or {}):
                 _record(session, study, parent, child)
-        end = deadline(parent, spec)
-        if end is not None and time.time() >= end:
-            _drop_queued(session, children)
-        else:
+        if not spent:
             queued = _top_up(session, parent, spec, search_context(parent, spec), study, children)
         ended = sum(child.status in TERMINAL_STATUSES for child in children)
         parent.progress = ended / (spec.search.trials if spec.search else 1)

@@ -5,6 +5,7 @@ worker killed during a trial does not stop the search."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Api, clean_env, student_accuracy
+from tests.e2e.test_cli import distillery
 from tests.e2e.test_faults import Cluster, cluster  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -139,6 +141,12 @@ def test_a_search_runs_on_the_one_embedded_worker_and_keeps_the_best(
     assert all(c["kind"] == "trial" and c["webhook_url"] is None for c in children)
     kinds = [e["kind"] for e in embedded.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
     assert "requeued" not in kinds and kinds[-1] == "succeeded"
+
+    as_json = distillery(embedded, "trials", job["id"], "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == trials
+    table = distillery(embedded, "trials", job["id"]).stdout
+    assert f"{best['number']} (best)" in table and f"{best['value']:.4f}" in table
 
     other = Api(embedded.base, other_tenant_key(embedded), embedded.processes)
     assert other.get(f"/v1/jobs/{job['id']}/trials").status_code == 404

@@ -220,6 +220,12 @@ def test_a_spent_budget_drops_the_queued_trials_and_ends_the_search() -> None:
         "message": "Stopped: the search's budget_seconds is spent.",
     }
     assert get(parent_id).status == JobStatus.succeeded
+    with session_scope() as session:
+        trials = service.list_trials(session, session.get_one(Job, parent_id))
+    assert [(t.status, t.value, t.epochs_run) for t in trials] == [
+        ("complete", 0.7, 3),
+        ("pruned", None, 0),
+    ]
 
 
 def test_cancel_reaches_the_trials() -> None:
