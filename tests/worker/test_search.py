@@ -80,6 +80,7 @@ def play_trial(
     status: JobStatus = JobStatus.succeeded,
     code: str | None = None,
     seconds: float = 1.0,
+    then_advance: bool = True,
 ) -> None:
     """Write what a worker writes for a trial: per-epoch metrics, artifacts, the end."""
     storage = Storage(get_settings())
@@ -103,7 +104,8 @@ def play_trial(
         child.error = None if code is None else {"code": code, "message": code}
         child.started_at = utcnow() - timedelta(seconds=seconds)
         child.finished_at = utcnow()
-    advance(get(child_id).parent_id or "", get_settings())
+    if then_advance:
+        advance(get(child_id).parent_id or "", get_settings())
 
 
 def test_on_postgresql_the_study_lives_in_its_own_schema() -> None:
@@ -153,6 +155,21 @@ def test_the_sweep_leaves_a_running_search_alone() -> None:
     result = sweep(SWEEP)
     assert parent_id not in result.requeued + result.failed + result.cancelled
     assert get(parent_id).status == JobStatus.running
+
+
+def test_the_sweep_moves_a_search_whose_trial_end_was_lost() -> None:
+    """A worker that died between a trial's end and moving the search on: the sweep does it
+    once the search has not moved for a lease's time."""
+    parent_id = make_search(search_spec(trials=3, parallel=1))
+    (scratch,) = children(parent_id)
+    play_trial(scratch.id, [0.5, 0.6, 0.7], then_advance=False)
+    assert parent_id not in sweep(SWEEP).searches  # it moved a moment ago
+    with session_scope() as session:
+        session.get_one(Job, parent_id).updated_at = utcnow() - timedelta(seconds=60)
+    assert parent_id in sweep(SWEEP).searches
+    first, second = children(parent_id)
+    assert first.trial is not None and first.trial["outcome"] == "complete"
+    assert second.status == JobStatus.queued and get(parent_id).status == JobStatus.running
 
 
 def test_trials_end_one_by_one_and_the_best_student_is_the_search_s() -> None:
