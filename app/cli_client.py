@@ -389,6 +389,44 @@ def cancel(
         err.print(f"{job.id}: {job.status}")
 
 
+def trials(
+    job_id: JobArg, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """A search's trials: what each tried, how it ended, and which one won."""
+    rows = _call(url, key, lambda client: client.trials(job_id))
+    if as_json:
+        _print_json([trial.model_dump(mode="json") for trial in rows])
+        return
+    table = Table()
+    for name in ("trial", "status", "value", "epochs run"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("params")
+    for trial in rows:
+        value = "" if trial.value is None else f"{trial.value:.4f}"
+        number = f"{trial.number}{' (best)' if trial.best else ''}"
+        style = "bold green" if trial.best else None
+        cells = (number, trial.status, value, str(trial.epochs_run), _params(trial.params))
+        table.add_row(*cells, style=style)
+    out.print(table)
+    err.print("Each trial is a job of its own: --json gives their ids.")
+
+
+def _params(params: dict[str, Any]) -> str:
+    """A trial's params in short: `kd T 2.3 alpha 0.42 lr 0.0031 12 epochs augmented`."""
+    words = []
+    for name, value in params.items():
+        if name == "family":
+            words.append(str(value))
+        elif name == "augment":
+            words.append("augmented" if value else "")
+        elif name == "epochs":
+            words.append(f"{value} epochs")
+        else:
+            short = {"temperature": "T", "learning_rate": "lr"}.get(name, name)
+            words.append(f"{short} {value:.2g}" if isinstance(value, float) else f"{short} {value}")
+    return " ".join(word for word in words if word)
+
+
 def register(cli: typer.Typer) -> None:
-    for command in (submit, watch, jobs, report, download, cancel):
+    for command in (submit, watch, jobs, report, download, cancel, trials):
         cli.command()(command)

@@ -29,6 +29,7 @@ from app.schemas import (
     FilePublic,
     JobPublic,
     MetricPublic,
+    TrialPublic,
 )
 from app.storage import sha256_of
 
@@ -211,6 +212,11 @@ class Client:
         params = {"name": name} if name else {}
         body = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=params)
         return [MetricPublic.model_validate(m) for m in body["data"]]
+
+    def trials(self, job_id: str) -> list[TrialPublic]:
+        """A search's trials, in order."""
+        body = self._json("GET", f"/v1/jobs/{job_id}/trials")
+        return [TrialPublic.model_validate(t) for t in body["data"]]
 
     def report(self, job_id: str) -> dict[str, Any]:
         report: dict[str, Any] = self._json("GET", f"/v1/jobs/{job_id}/report")

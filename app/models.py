@@ -109,6 +109,14 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Searches (worker.search): a parent has kind "search" and holds no lease while its
+    # trials run; each trial is a child job ("trial") with its number and suggested params.
+    kind: Mapped[str] = mapped_column(String(10), default="job", server_default="job")
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True, default=None
+    )
+    trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    trial: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class JobEvent(Base):

@@ -97,6 +97,11 @@ class JobPublic(_Public):
     error: JobError | None
     result: dict[str, Any] | None
     attempt: int
+    kind: Literal["job", "search", "trial"] = Field(
+        "job", description="search: a job with `search`; trial: one of a search's trials."
+    )
+    parent_id: str | None = Field(None, description="A trial's search.")
+    trial_number: int | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -125,6 +130,23 @@ class ArtifactPublic(_Public):
     bytes: int
     sha256: str
     created_at: datetime
+
+
+class TrialPublic(BaseModel):
+    """One trial of a search (GET /v1/jobs/{id}/trials)."""
+
+    number: int
+    object: Literal["trial"] = "trial"
+    job_id: str = Field(description="The trial's own job (listed with include_trials=true).")
+    status: Literal["queued", "running", "complete", "pruned", "failed"]
+    params: dict[str, Any] = Field(description="What the trial tried (worker.search_space).")
+    value: float | None = Field(
+        description="The selection-split metric (val accuracy): the kept student's for a "
+        "complete trial, the latest epoch's otherwise."
+    )
+    epochs_run: int
+    pruned: bool
+    best: bool = Field(False, description="The trial whose student is the search's.")
 
 
 class ListResponse(BaseModel, Generic[T]):

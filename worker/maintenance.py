@@ -3,6 +3,8 @@
 - A job whose lease lapsed (its worker was killed, lost power, or lost the database) goes
   back to the queue and resumes from its checkpoint; after `max_attempts` runs it fails
   with `worker_lost`. A lapsed job that was being cancelled ends `cancelled`.
+- A running search (a parent whose trials are jobs of their own) holds no lease and is
+  left alone; one that has not moved for a lease's time is moved on (`worker.search`).
 - A job queued for longer than `requeue_after_seconds` is sent to the broker again, in case
   its message was lost (broker down at submit time, a broker restart without persistence).
   So is the validation of a file left `validating` that long (uploaded while the broker
@@ -19,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -29,6 +31,7 @@ from app.models import File, Job, utcnow
 from app.queue import enqueue_file_validation, enqueue_job
 from app.schemas import JobStatus
 from worker.pipeline import ACTIVE, add_event, announce_end, transition
+from worker.search import SEARCH, advance, advance_stalled
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class SweepResult:
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     files_resent: list[str] = field(default_factory=list)
+    searches: list[str] = field(default_factory=list)
 
 
 def sweep(settings: Settings) -> SweepResult:
@@ -53,7 +57,17 @@ def sweep(settings: Settings) -> SweepResult:
         enqueue_file_validation(file_id)
     for job_id in result.failed + result.cancelled:
         announce_end(job_id)
+        _move_search(job_id, settings)
+    result.searches = advance_stalled(settings)
     return result
+
+
+def _move_search(job_id: str, settings: Settings) -> None:
+    """A trial the sweep ended moves its search on, as a worker's trial end does."""
+    with session_scope() as session:
+        parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+    if parent_id is not None:
+        advance(parent_id, settings)
 
 
 def _reap_lapsed(settings: Settings, result: SweepResult) -> None:
@@ -64,6 +78,7 @@ def _reap_lapsed(settings: Settings, result: SweepResult) -> None:
             select(Job.id, Job.status, Job.attempt, Job.heartbeat_at).where(
                 Job.status.in_(ACTIVE),
                 or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)),
+                not_(and_(Job.kind == SEARCH, Job.status == JobStatus.running)),
             )
         ).all()
     for job_id, status, attempt, beat in lapsed:

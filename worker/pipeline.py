@@ -38,6 +38,7 @@ from worker.kd.report.summary import HEADLINE
 from worker.kd.spec import JobSpec
 from worker.lifecycle import SHUTTING_DOWN
 from worker.reporter import DatabaseReporter
+from worker.trials import TRIAL_STOPS, TrialReporter, trial_reporter
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,9 @@ def _stopped(job_id: str, reason: str, settings: Settings) -> None:
             f"The job ran longer than training.max_runtime_seconds ({limit} s) and was stopped "
             "after a final checkpoint. Raise the limit or shorten training.",
         )
+    elif reason in TRIAL_STOPS:  # a search's trial, stopped early: it ends, not fails
+        message = TRIAL_STOPS[reason]
+        _finish(job_id, JobStatus.cancelled, message, error={"code": reason, "message": message})
     else:
         _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
 
@@ -258,13 +262,16 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
             raise Stopped("cancelled")
         add_event(session, job.id, "running", "Inputs are valid; training started.")
     limit = spec.training.max_runtime_seconds
-    reporter = DatabaseReporter(
+    database_reporter = DatabaseReporter(
         job.id,
         settings.progress_flush_seconds,
         settings.cancel_poll_seconds,
         deadline=None if limit is None else started + limit,
         shutdown=SHUTTING_DOWN,
     )
+    reporter: DatabaseReporter | TrialReporter = database_reporter
+    if job.parent_id is not None:  # a search's trial: Optuna may prune it
+        reporter = trial_reporter(database_reporter, job, settings)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     checkpointing = Checkpointing(

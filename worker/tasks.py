@@ -14,15 +14,16 @@ from worker.celery_app import RUN_JOB_TASK, VALIDATE_FILE_TASK, WEBHOOK_TASK, ce
 from worker.file_validation import validate_file as validate_file_now
 from worker.lifecycle import SHUTTING_DOWN
 from worker.maintenance import start_sweeper
-from worker.pipeline import run_job as run_job_pipeline
+from worker.search import run_job as run_any_job
 
 _STOP_SWEEPER = threading.Event()
 
 
 @celery_app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
-    """Run one distillation job; a second delivery of the same job does nothing."""
-    run_job_pipeline(job_id)
+    """Run one distillation job (or start a search, or run a search's trial); a second
+    delivery of the same job does nothing."""
+    run_any_job(job_id)
 
 
 @celery_app.task(name=WEBHOOK_TASK, ignore_result=True)

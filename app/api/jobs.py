@@ -34,6 +34,7 @@ from app.schemas import (
     JobStatus,
     ListResponse,
     MetricPublic,
+    TrialPublic,
 )
 from app.services import jobs as service
 
@@ -78,11 +79,14 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="Last job id of the previous page.")] = None,
     status: JobStatus | None = None,
+    include_trials: Annotated[
+        bool, Query(description="Also list the trials of searches (jobs of their own).")
+    ] = False,
 ) -> Response:
     """List your jobs, newest first, a page at a time."""
 
     def page(session: Session) -> bytes:
-        rows, has_more = service.list_jobs(session, tenant.id, limit, after, status)
+        rows, has_more = service.list_jobs(session, tenant.id, limit, after, status, include_trials)
         return to_json(ListResponse[JobPublic](data=rows, has_more=has_more))
 
     return JSONBytes(await read(page))
@@ -195,6 +199,17 @@ async def list_metrics(
         return to_json(
             ListResponse[MetricPublic](data=[MetricPublic.model_validate(m) for m in rows])
         )
+
+    return JSONBytes(await read(page))
+
+
+@router.get("/{job_id}/trials", response_model=ListResponse[TrialPublic])
+async def list_trials(job_id: str, tenant: TenantDep) -> Response:
+    """A search's trials: number, status, params, selection value, epochs run, pruned."""
+
+    def page(session: Session) -> bytes:
+        rows = service.list_trials(session, service.get_job(session, tenant.id, job_id))
+        return to_json(ListResponse[TrialPublic](data=rows))
 
     return JSONBytes(await read(page))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,10 +13,10 @@ from app.config import Settings
 from app.errors import ApiError, Conflict, NotFound, Unprocessable
 from app.ids import new_id
 from app.models import Artifact, Job, JobEvent, Metric, utcnow
-from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus
+from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus, TrialPublic
 from app.services.files import get_file
 from app.webhooks import check_target
-from worker.kd.spec import FileStudent, JobSpec
+from worker.kd.spec import SEARCH_METRICS, FileStudent, JobSpec
 from worker.kd.student_size import student_parameters, too_large
 
 
@@ -83,6 +83,7 @@ def create_job(
         id=new_id("job"),
         tenant_id=tenant_id,
         status=JobStatus.queued,
+        kind="search" if spec.search is not None else "job",
         spec=spec.model_dump(mode="json", exclude={"webhook_url"}),
         webhook_url=spec.webhook_url,
         idempotency_key=idempotency_key,
@@ -144,10 +145,18 @@ def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
 
 
 def list_jobs(
-    session: Session, tenant_id: str, limit: int, after: str | None, status: JobStatus | None
+    session: Session,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    status: JobStatus | None,
+    include_trials: bool = False,
 ) -> tuple[list[JobPublic], bool]:
-    """Newest first; `after` is the id of the last job of the previous page."""
+    """Newest first; `after` is the id of the last job of the previous page. A search's
+    trials are listed only when asked for."""
     query = select(*_PUBLIC_COLUMNS).where(Job.tenant_id == tenant_id)
+    if not include_trials:
+        query = query.where(Job.parent_id.is_(None))
     if status is not None:
         query = query.where(Job.status == status)
     if after:
@@ -158,11 +167,16 @@ def list_jobs(
 
 
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    """Queued jobs end at once; running ones are asked to stop and end `cancelled` soon."""
+    """Queued jobs end at once; running ones are asked to stop and end `cancelled` soon.
+    A running search (no worker holds it) ends at once, and its trials are cancelled."""
     job = get_job(session, tenant_id, job_id)
     if job.status in TERMINAL_STATUSES:
         raise Conflict(f"Job {job_id!r} already ended ({job.status}); nothing to cancel.")
-    if job.status == JobStatus.queued:
+    if job.kind == "search" and job.status == JobStatus.running:
+        job.status = JobStatus.cancelled
+        job.finished_at = utcnow()
+        message = "Cancelled; its running trials stop after their current step."
+    elif job.status == JobStatus.queued:
         job.status = JobStatus.cancelled
         job.finished_at = utcnow()
         message = "Cancelled before it started."
@@ -172,8 +186,75 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
     else:
         return job
     session.add(JobEvent(job_id=job.id, kind=str(job.status), message=message))
-    session.flush()
+    session.flush()  # the search's row first: a trial ending now waits for this cancel
+    if job.kind == "search":
+        _cancel_trials(session, job.id)
     return job
+
+
+def _cancel_trials(session: Session, parent_id: str) -> None:
+    for source, target in (
+        ((JobStatus.queued,), JobStatus.cancelled),
+        ((JobStatus.validating, JobStatus.running), JobStatus.cancelling),
+    ):
+        ended = {"finished_at": utcnow()} if target == JobStatus.cancelled else {}
+        trials = session.scalars(
+            update(Job)
+            .where(Job.parent_id == parent_id, Job.status.in_(source))
+            .values(status=target, **ended)
+            .returning(Job.id)
+        ).all()
+        for trial_id in trials:
+            message = "Cancelled with its search." if ended else "Its search was cancelled."
+            session.add(JobEvent(job_id=trial_id, kind=str(target), message=message))
+    session.flush()
+
+
+def list_trials(session: Session, job: Job) -> list[TrialPublic]:
+    """A search's trials in order: the ended ones as recorded, the running ones with the
+    selection metric of their latest epoch."""
+    if job.kind != "search":
+        raise NotFound(f"Job {job.id!r} is not a search; only a job with `search` has trials.")
+    children = list(
+        session.scalars(select(Job).where(Job.parent_id == job.id).order_by(Job.trial_number))
+    )
+    latest: dict[str, tuple[int, float]] = {}
+    epochs: dict[str, set[int]] = {}
+    running = [c.id for c in children if "outcome" not in (c.trial or {})]
+    if running:
+        rows = session.execute(
+            select(Metric.job_id, Metric.epoch, Metric.value)
+            .where(Metric.job_id.in_(running), Metric.name == SEARCH_METRICS[0])
+            .order_by(Metric.id)
+        )
+        for child_id, epoch, value in rows:
+            latest[child_id] = (epoch, value)
+            epochs.setdefault(child_id, set()).add(epoch)
+    trials = [_trial(c, latest.get(c.id), len(epochs.get(c.id, ()))) for c in children]
+    complete = [t for t in trials if t.status == "complete" and t.value is not None]
+    if complete:
+        best = max(complete, key=lambda t: (t.value or 0.0, -t.number))
+        best.best = True
+    return trials
+
+
+def _trial(child: Job, latest: tuple[int, float] | None, epochs_run: int) -> TrialPublic:
+    trial = child.trial or {}
+    outcome = trial.get("outcome")
+    if outcome is not None:
+        status, value, epochs_run = outcome, trial.get("value"), trial.get("epochs_run", 0)
+    else:
+        status = "queued" if child.status == JobStatus.queued else "running"
+        value = None if latest is None else latest[1]
+    return TrialPublic(
+        number=child.trial_number or 0,
+        job_id=child.id,
+        status=status,
+        params=trial.get("params", {}),
+        value=value,
+        epochs_run=epochs_run,
+        pruned=outcome == "pruned",
+    )
 
 
 def list_events(session: Session, job: Job, after: int | None, limit: int) -> list[JobEvent]:

@@ -112,7 +112,10 @@ def job_page(request: Request, job_id: str, session: SessionDep, tenant: WebTena
         job = job_service.public_job(session, tenant.id, job_id)
     except NotFound:
         return not_found(request, tenant, f"There is no job {job_id!r} in your account.")
-    return render(request, "job.html", {"tenant": tenant, "job": job})
+    trials = []
+    if job.kind == "search":
+        trials = job_service.list_trials(session, job_service.get_job(session, tenant.id, job_id))
+    return render(request, "job.html", {"tenant": tenant, "job": job, "trials": trials})
 
 
 @router.get("/new", response_class=HTMLResponse)

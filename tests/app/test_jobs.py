@@ -180,6 +180,7 @@ def test_every_job_endpoint_is_404_for_another_tenant(
         ("GET", f"/v1/jobs/{job_id}/artifacts"),
         ("GET", f"/v1/jobs/{job_id}/artifacts/report.json"),
         ("GET", f"/v1/jobs/{job_id}/report"),
+        ("GET", f"/v1/jobs/{job_id}/trials"),
     ):
         response = client.request(method, path, headers=other_headers)
         assert response.status_code == 404, (method, path, response.text)
@@ -201,6 +202,7 @@ CONTRACT = {
     ("get", "/v1/jobs/{job_id}/artifacts"),
     ("get", "/v1/jobs/{job_id}/artifacts/{name}"),
     ("get", "/v1/jobs/{job_id}/report"),
+    ("get", "/v1/jobs/{job_id}/trials"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 }

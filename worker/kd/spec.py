@@ -299,6 +299,31 @@ _FIELDS_FOR: dict[tuple[TaskKind, ...], set[str]] = {
     TRANSFORMER_TASKS: {"teacher.task", "dataset.max_length"},
 }
 
+# The per-epoch metrics a search selects on, first found first (classifiers write
+# val_accuracy; sentence-embedding students val_cosine).
+SEARCH_METRICS: tuple[str, ...] = ("val_accuracy", "val_cosine")
+
+
+class SearchSpec(_Strict):
+    """Let it choose: run `trials` child jobs over the recipe and the schedule (worker.search
+    says which knobs), `parallel` at once, within `budget_seconds` of wall-clock time; the
+    best trial's student becomes the job's."""
+
+    trials: int = Field(8, ge=2, le=200, description="Most trials the search runs.")
+    budget_seconds: int = Field(
+        900, ge=10, le=7 * 24 * 3600, description="Wall-clock time for the whole search."
+    )
+    parallel: int = Field(1, ge=1, le=64, description="Trials run at once (one per worker).")
+
+    @model_validator(mode="after")
+    def _parallel(self) -> SearchSpec:
+        if self.parallel > self.trials:
+            raise ValueError(
+                f"search.parallel ({self.parallel}) cannot exceed search.trials ({self.trials})"
+            )
+        return self
+
+
 # The recipe a job gets when its spec names no `distillation` at all, per kind of job.
 # Tensor jobs: the one that measured best on the bench tasks (BENCHMARKS.md, "Default
 # recipe"; `python -m bench.recipes`): consistent teaching, one mixed-up, noised batch seen
@@ -337,6 +362,9 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     baseline: bool = Field(
         False, description="Also train the student without the teacher, same budget and seed."
+    )
+    search: SearchSpec | None = Field(
+        None, description="Search the recipe and schedule under a budget (README: Let it choose)."
     )
 
     @property
