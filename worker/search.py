@@ -44,7 +44,7 @@ from worker.pipeline import (
     claim,
     fail,
     heartbeat,
-    summarize,
+    job_result,
     transition,
 )
 from worker.pipeline import run_job as run_pipeline
@@ -386,7 +386,7 @@ def _finish(
             )
     for name, (relative, size, sha256) in stored.items():
         session.add(Artifact(job_id=parent.id, name=name, bytes=size, sha256=sha256, path=relative))
-    result = summarize(report, sorted(stored))
+    result = job_result(report, sorted(stored))
     result["search"] = {"trials": len(children), "best_trial": best.trial_number}
     transition(
         session,

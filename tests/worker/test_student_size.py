@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.kd.tasks.tensor_job import check_student_fits
 from worker.kd.errors import InvalidSpec
 from worker.kd.spec import CNNStudent, JobSpec, MLPStudent, ResNetStudent
 from worker.kd.student_size import student_parameters
 from worker.kd.students import build_student
+from worker.kd.tasks.tensor_job import check_student_fits
 
 CASES = [
     (MLPStudent(arch="mlp", hidden=[7, 5]), (3, 4), 3),

@@ -24,8 +24,8 @@ from worker.kd.report.plots import plot_curves
 from worker.kd.report.schema import TensorReport, report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.tensor import ModelUnderTest, tensor_report
-from worker.kd.student_size import too_large
 from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
+from worker.kd.student_size import too_large
 from worker.kd.students import build_student, load_file_student
 from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
 from worker.kd.teachers import load_teacher, probe_teacher
