@@ -379,9 +379,15 @@ class JobSpec(_Strict):
         return (self.teacher.task,) if self.teacher.task else TRANSFORMER_TASKS
 
     def _fields_set(self) -> set[str]:
-        """The dotted names of the teacher and dataset fields the spec states."""
-        return {f"teacher.{name}" for name in self.teacher.model_fields_set} | {
-            f"dataset.{name}" for name in self.dataset.model_fields_set
+        """The dotted names of the teacher and dataset fields the spec states with a value
+        other than the default (a stored spec, dumped whole, states every field)."""
+        return {
+            f"{section}.{name}"
+            for section, part in (("teacher", self.teacher), ("dataset", self.dataset))
+            for name in part.model_fields_set
+            if getattr(part, name) != type(part).model_fields[name].get_default(
+                call_default_factory=True
+            )
         }
 
     @model_validator(mode="after")

@@ -144,3 +144,12 @@ def test_fields_of_the_other_kind_of_job_are_refused() -> None:
             "teacher": {"file_id": "t"}, "student": {"arch": "mlp"},
             "dataset": {"file_id": "d", "max_length": 16},
         })  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["mlp", "hf"])
+def test_a_stored_spec_dumped_whole_validates_again(arch: str) -> None:
+    """The API stores a spec with every field; the worker validates that dump again."""
+    stored = JobSpec.model_validate({
+        "teacher": {"file_id": "t"}, "student": {"arch": arch}, "dataset": {"file_id": "d"},
+    }).model_dump(mode="json")  # fmt: skip
+    assert JobSpec.model_validate(stored).model_dump(mode="json") == stored
