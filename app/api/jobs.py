@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.downloads import DOWNLOAD_RESPONSES, stored_object
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
+from app.models import Artifact
 from app.queue import enqueue_job, enqueue_webhook
 from app.schemas import (
     TERMINAL_STATUSES,
@@ -183,33 +186,41 @@ async def list_artifacts(job_id: str, tenant: TenantDep) -> Response:
     return JSONBytes(await read(page))
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=LargeFileResponse)
+@router.get(
+    "/{job_id}/artifacts/{name}", response_class=LargeFileResponse, responses=DOWNLOAD_RESPONSES
+)
 async def download_artifact(
-    job_id: str, name: str, storage: StorageDep, tenant: TenantDep
-) -> LargeFileResponse:
-    """Download one artifact, e.g. `student.pt`."""
+    job_id: str,
+    name: str,
+    request: Request,
+    storage: StorageDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+) -> Response:
+    """Download one artifact, e.g. `student.pt` (a redirect to the object store, or streamed)."""
 
-    def find(session: Session) -> LargeFileResponse:
-        artifact = service.get_artifact(session, service.get_job(session, tenant.id, job_id), name)
-        return LargeFileResponse(
-            storage.artifact_path(artifact.path),
-            filename=artifact.name,
-            media_type="application/octet-stream",
-            headers={"X-Content-SHA256": artifact.sha256},
-        )
+    def find(session: Session) -> Artifact:
+        return service.get_artifact(session, service.get_job(session, tenant.id, job_id), name)
 
-    return await read(find)
+    artifact = await read(find)
+    return await stored_object(
+        request, storage, settings, "artifacts", artifact.path, artifact.name, artifact.sha256
+    )
 
 
 @router.get("/{job_id}/report", response_model=dict[str, Any])
 async def get_report(job_id: str, storage: StorageDep, tenant: TenantDep) -> Response:
     """The comparison report: teacher vs student (same content as artifact `report.json`)."""
 
-    def report(session: Session) -> bytes:
+    def report(session: Session) -> bytes | str:
         job = service.get_job(session, tenant.id, job_id)
         if job.status != JobStatus.succeeded:
             raise service.report_missing(job)
         artifact = service.get_artifact(session, job, "report.json")
-        return storage.artifact_path(artifact.path).read_bytes()
+        local = storage.local_path("artifacts", artifact.path)
+        return artifact.path if local is None else local.read_bytes()
 
-    return JSONBytes(await read(report))
+    found = await read(report)
+    if isinstance(found, str):  # in an object store: a network read, off the event loop
+        found = await run_in_threadpool(storage.read_bytes, "artifacts", found)
+    return JSONBytes(found)
