@@ -55,8 +55,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Endpoint]:
+@pytest.fixture(scope="session", name="s3")
+def s3_endpoint() -> Iterator[S3Endpoint]:
     from moto.server import ThreadedMotoServer
 
     port = _free_port()

@@ -11,7 +11,7 @@ import pytest
 
 from app.config import Settings
 from app.storage import LocalStorage, RangeNotSatisfiable, S3Storage, Storage, open_storage
-from tests.s3 import S3Endpoint, s3  # noqa: F401  (fixture)
+from tests.s3 import S3Endpoint, s3_endpoint  # noqa: F401  (the `s3` fixture)
 from worker.local_copies import InputCache, mirrored_checkpoints
 
 
