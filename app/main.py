@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import web
-from app.api import files, health, jobs, webhooks
+from app.api import files, health, jobs, queues, webhooks
 from app.errors import ApiError, describe_validation_errors
 from app.schemas import ErrorResponse
 
@@ -73,6 +73,7 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
+    app.include_router(queues.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     return app

@@ -93,6 +93,11 @@ class JobPublic(_Public):
     error: JobError | None
     result: dict[str, Any] | None
     attempt: int
+    waiting: str | None = Field(
+        None,
+        description="Why a queued job is not starting, e.g. no live worker serves its queue "
+        "(on GET /v1/jobs/{id}).",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -133,3 +138,11 @@ class Deleted(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+class QueuePublic(BaseModel):
+    name: str
+    object: Literal["queue"] = "queue"
+    queued: int = Field(0, description="Jobs waiting for a worker on this queue.")
+    running: int = Field(0, description="Jobs a worker of this queue is running.")
+    workers: int = Field(0, description="Live workers serving this queue (by heartbeat).")

@@ -24,7 +24,7 @@ from sqlalchemy.sql import ColumnElement
 from app.config import Settings
 from app.db import session_scope
 from app.models import Job, utcnow
-from app.queue import enqueue_job
+from app.queue import enqueue_job, queue_of
 from app.schemas import JobStatus
 from worker.pipeline import ACTIVE, add_event, announce_end, transition
 
@@ -44,10 +44,16 @@ def sweep(settings: Settings) -> SweepResult:
     _reap_lapsed(settings, result)
     _resend_queued(settings, result)
     for job_id in result.requeued + result.resent:
-        enqueue_job(job_id)
+        enqueue_job(job_id, _queue(job_id))
     for job_id in result.failed + result.cancelled:
         announce_end(job_id)
     return result
+
+
+def _queue(job_id: str) -> str:
+    """The job's own queue: a job for `a100` workers is re-sent to them."""
+    with session_scope() as session:
+        return queue_of(session.get_one(Job, job_id).spec)
 
 
 def _reap_lapsed(settings: Settings, result: SweepResult) -> None:

@@ -28,7 +28,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import NotFound, describe_validation_errors
 from app.models import Artifact, Job, JobEvent, utcnow
-from app.queue import enqueue_job, enqueue_webhook
+from app.queue import enqueue_job, enqueue_webhook, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
 from app.services.jobs import file_refs
@@ -127,8 +127,9 @@ def hand_back(job_id: str, reason: str) -> None:
         )
         if handed:
             add_event(session, job_id, "requeued", reason)
+            queue = queue_of(session.get_one(Job, job_id).spec)
     if handed:
-        enqueue_job(job_id)
+        enqueue_job(job_id, queue)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, Te
 from app.api.downloads import DOWNLOAD_RESPONSES, stored_object
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.models import Artifact
-from app.queue import enqueue_job, enqueue_webhook
+from app.queue import enqueue_job, enqueue_webhook, queue_of
 from app.schemas import (
     TERMINAL_STATUSES,
     ArtifactPublic,
@@ -60,7 +60,7 @@ def create_job(
         return JobPublic.model_validate(job)
     # The worker reads the job from the database: commit before the broker sees its id.
     session.commit()
-    enqueue_job(job.id)
+    enqueue_job(job.id, queue_of(job.spec))
     return JobPublic.model_validate(job)
 
 

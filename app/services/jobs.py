@@ -9,12 +9,14 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.errors import ApiError, Conflict, NotFound, Unprocessable
 from app.ids import new_id
 from app.models import Artifact, Job, JobEvent, Metric, utcnow
+from app.queue import queue_of
 from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus
 from app.services.files import get_file
+from app.services.queues import waiting_for
 from app.webhooks import check_target
 from worker.kd.spec import FileStudent, JobSpec
 
@@ -123,7 +125,10 @@ def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
     row = session.connection().execute(_PUBLIC_JOB, params).mappings().first()
     if row is None:
         raise NotFound(f"No job {job_id!r}.")
-    return JobPublic.model_validate(dict(row))
+    job = JobPublic.model_validate(dict(row))
+    if job.status == JobStatus.queued:
+        job.waiting = waiting_for(session, queue_of(job.spec), get_settings())
+    return job
 
 
 def list_jobs(

@@ -289,6 +289,17 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 
 
+class ResourcesSpec(_Strict):
+    """Where the job runs: workers started with `--queues` naming `queue` take it."""
+
+    queue: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+        description="The worker queue, e.g. a100; default: the server's queue.",
+    )
+    gpus: int = Field(0, ge=0, le=64, description="GPUs the job's worker must have.")
+
+
 class JobSpec(_Strict):
     """A distillation job, smallest form: teacher, student, dataset."""
 
@@ -307,3 +318,4 @@ class JobSpec(_Strict):
     baseline: bool = Field(
         False, description="Also train the student without the teacher, same budget and seed."
     )
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
