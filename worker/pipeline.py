@@ -49,6 +49,10 @@ class FileMissing(KDError):
     code = "file_missing"
 
 
+class NotEnoughGpus(KDError):
+    code = "not_enough_gpus"
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -258,6 +262,7 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
 
     started = time.monotonic()
     spec = JobSpec.model_validate(job.spec)
+    _check_gpus(spec)
     storage = open_storage(settings)
     inputs = InputCache.of(settings)
     paths = {
@@ -292,6 +297,17 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         raise Stopped(reporter.stop_reason or "cancelled") from exc
     reporter.flush()
     _store_success(job.id, storage, result.artifacts, result.report)
+
+
+def _check_gpus(spec: JobSpec) -> None:
+    import torch
+
+    wanted, have = spec.resources.gpus, torch.cuda.device_count()
+    if wanted > have:
+        raise NotEnoughGpus(
+            f"The job asks for {wanted} GPU(s) (resources.gpus) and its worker has {have}; "
+            "send it to a queue whose workers have them (resources.queue)."
+        )
 
 
 def _input_path(inputs: InputCache, job: Job, role: str, file_id: str, into: Path) -> Path:
