@@ -57,11 +57,11 @@ def create_job(
     job, created = service.create_job(session, tenant.id, spec, idempotency_key, settings)
     if not created:
         response.status_code = status.HTTP_200_OK
-        return JobPublic.model_validate(job)
+        return service.with_waiting(session, JobPublic.model_validate(job))
     # The worker reads the job from the database: commit before the broker sees its id.
     session.commit()
     enqueue_job(job.id, queue_of(job.spec))
-    return JobPublic.model_validate(job)
+    return service.with_waiting(session, JobPublic.model_validate(job))
 
 
 @router.get("", response_model=ListResponse[JobPublic])

@@ -125,7 +125,11 @@ def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
     row = session.connection().execute(_PUBLIC_JOB, params).mappings().first()
     if row is None:
         raise NotFound(f"No job {job_id!r}.")
-    job = JobPublic.model_validate(dict(row))
+    return with_waiting(session, JobPublic.model_validate(dict(row)))
+
+
+def with_waiting(session: Session, job: JobPublic) -> JobPublic:
+    """Say why a queued job is not starting, if no live worker serves its queue."""
     if job.status == JobStatus.queued:
         job.waiting = waiting_for(session, queue_of(job.spec), get_settings())
     return job
