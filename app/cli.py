@@ -50,6 +50,13 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     quiet: Annotated[bool, typer.Option(help="No start-up banner.")] = False,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated queues to take jobs from, e.g. a100,default "
+            "(default: DISTILLERY_QUEUE). The control queue is always served."
+        ),
+    ] = None,
 ) -> None:
     """Run one Celery worker process (one job at a time; run one per GPU)."""
     import socket
@@ -57,13 +64,18 @@ def worker(
     from app.config import get_settings
     from worker.celery_app import celery_app
 
+    settings = get_settings()
+    served = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
+    if not served:
+        raise typer.BadParameter("name at least one queue", param_hint="--queues")
+
     celery_app.worker_main(
         [
             *(["--quiet"] if quiet else []),
             "worker",
             "--pool=solo",
             "--concurrency=1",
-            f"--queues={get_settings().queue}",
+            f"--queues={','.join(dict.fromkeys([*served, settings.control_queue]))}",
             f"--loglevel={loglevel}",
             f"--hostname=distillery-{os.getpid()}@{socket.gethostname()}",
             "--without-gossip",

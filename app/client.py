@@ -73,9 +73,13 @@ class Client:
             timeout=timeout,
             transport=transport,
         )
+        # Downloads redirected to an object store's presigned URL go through a client that
+        # carries no API key: the URL is its own credential, and the store is not ours.
+        self._store = httpx.Client(timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
+        self._store.close()
 
     def __enter__(self) -> Client:
         return self
@@ -278,15 +282,25 @@ class Client:
         with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
             _checked(response)
             expected = response.headers.get("x-content-sha256")
-            with partial.open("wb") as handle:
-                for chunk in response.iter_bytes(1024 * 1024):
-                    digest.update(chunk)
-                    handle.write(chunk)
+            location = response.headers.get("location") if response.is_redirect else None
+            if location is None:
+                _save(response, partial, digest)
+        if location is not None:  # a presigned URL: fetched without the API key
+            with self._store.stream("GET", location) as stored:
+                _checked(stored)
+                _save(stored, partial, digest)
         if expected and digest.hexdigest() != expected:
             partial.unlink(missing_ok=True)
             raise DistilleryError(200, "checksum_mismatch", f"{name} arrived corrupted; retry.")
         partial.replace(target)
         return target
+
+
+def _save(response: httpx.Response, partial: Path, digest: Any) -> None:
+    with partial.open("wb") as handle:
+        for chunk in response.iter_bytes(1024 * 1024):
+            digest.update(chunk)
+            handle.write(chunk)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,7 +22,39 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Uploaded files, artifacts, SQLite files.")
     database_url: str | None = Field(None, description="Defaults to SQLite under data_dir.")
     broker_url: str | None = Field(None, description="Defaults to SQLite (kombu) under data_dir.")
-    queue: str = Field("distillery", description="Celery queue that jobs are sent to.")
+    queue: str = Field(
+        "distillery", description="Celery queue that jobs without resources.queue go to."
+    )
+    control_queue: str = Field(
+        "distillery.control",
+        description="Queue of file validation and webhook tasks; every worker serves it.",
+    )
+    storage_url: str | None = Field(
+        None,
+        description="Where uploads, checkpoints and artifacts live: a directory (default: "
+        "the data dir) or s3://bucket/prefix on an S3-compatible store, configured the "
+        "standard AWS way (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_DEFAULT_REGION).",
+    )
+    storage_public_url: str | None = Field(
+        None,
+        description="The object store's address as clients reach it, used in presigned "
+        "download URLs (e.g. https://s3.example.com when workers use http://minio:9000).",
+    )
+    downloads: Literal["redirect", "stream"] | None = Field(
+        None,
+        description="Artifact downloads: `redirect` (307 to a presigned URL; default for S3) "
+        "or `stream` through the API with Range support (default for a directory).",
+    )
+    presign_seconds: int = Field(
+        300, ge=1, le=7 * 24 * 3600, description="How long a presigned download URL works."
+    )
+    input_cache_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="Disk for a worker's copies of input files fetched from an object store "
+        "(kept by sha256, least recently used dropped first; 0: keep only the running job's).",
+    )
     broker_poll_seconds: float = Field(
         0.1, gt=0.0, description="How often a worker polls the embedded SQLite broker."
     )
@@ -89,6 +122,36 @@ class Settings(BaseSettings):
         Path("~/.config/distillery/config.json"),
         description="Where `distillery up` writes, and the CLI reads, the URL and key.",
     )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value and "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("use a directory or s3://bucket/prefix")
+        if value and value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+            raise ValueError("name the bucket: s3://bucket/prefix")
+        return value or None
+
+    @model_validator(mode="after")
+    def _redirect_needs_object_store(self) -> Settings:
+        if self.downloads == "redirect" and not self.object_store:
+            raise ValueError(
+                "DISTILLERY_DOWNLOADS=redirect needs an object store "
+                "(DISTILLERY_STORAGE_URL=s3://...); a directory is streamed"
+            )
+        return self
+
+    @property
+    def object_store(self) -> bool:
+        return bool(self.storage_url and self.storage_url.startswith("s3://"))
+
+    @property
+    def download_mode(self) -> Literal["redirect", "stream"]:
+        return self.downloads or ("redirect" if self.object_store else "stream")
+
+    @property
+    def input_cache_dir(self) -> Path:
+        return self.resolved_data_dir / "input-cache"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import web
-from app.api import files, health, jobs, webhooks
+from app.api import files, health, jobs, queues, webhooks
 from app.config import get_settings
 from app.errors import ApiError, describe_validation_errors
 from app.schemas import ErrorResponse
@@ -166,6 +166,7 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(jobs.router)
     app.include_router(webhooks.router)
+    app.include_router(queues.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     return app

@@ -102,6 +102,11 @@ class JobPublic(_Public):
     )
     parent_id: str | None = Field(None, description="A trial's search.")
     trial_number: int | None = None
+    waiting: str | None = Field(
+        None,
+        description="Why a queued job is not starting, e.g. no live worker serves its queue "
+        "(on GET /v1/jobs/{id}).",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -159,3 +164,11 @@ class Deleted(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+class QueuePublic(BaseModel):
+    name: str
+    object: Literal["queue"] = "queue"
+    queued: int = Field(0, description="Jobs waiting for a worker on this queue.")
+    running: int = Field(0, description="Jobs a worker of this queue is running.")
+    workers: int = Field(0, description="Live workers serving this queue (by heartbeat).")

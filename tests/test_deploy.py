@@ -122,3 +122,28 @@ def test_compose_services_and_dockerfile() -> None:
     users = re.findall(r"^\s*USER\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
     assert users, "Dockerfile sets no USER"
     assert users[-1] not in {"root", "0", "0:0"}, f"final USER is {users[-1]}"
+
+
+def test_compose_keeps_bytes_in_object_storage_and_routes_by_queue() -> None:
+    """API and workers share no volume: their bytes are in the MinIO bucket, which a one-shot
+    creates before they start; a CPU worker serves its own queue beside the GPU worker."""
+    services = _normalized_config()
+    assert {"minio", "minio-bucket", "worker-cpu"} <= set(services)
+    if any(isinstance(service, str) for service in services.values()):
+        pytest.skip("needs PyYAML to read the normalized config")
+    distillery = ("migrate", "api", "worker", "worker-cpu")
+    for name in distillery:
+        service = services[name]
+        assert not service.get("volumes"), f"{name} mounts {service['volumes']}"
+        assert str(service["environment"]["DISTILLERY_STORAGE_URL"]).startswith("s3://")
+        assert service["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    for name in ("api", "worker", "worker-cpu"):
+        condition = services[name]["depends_on"]["minio-bucket"]["condition"]
+        assert condition == "service_completed_successfully", name
+    bucket = services["minio-bucket"]
+    assert "mc mb" in " ".join(_as_list(bucket["entrypoint"]))
+    assert bucket.get("restart") in ("no", None)
+    command = _as_list(services["worker-cpu"]["command"])
+    assert command[:2] == ["distillery", "worker"] and "--queues" in command
+    assert command[command.index("--queues") + 1] == "cpu"
+    assert "deploy" not in services["worker-cpu"], "the CPU worker reserves no GPU"

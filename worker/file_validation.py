@@ -10,6 +10,7 @@ sample shape, labels and classes. A job may still name a file that is validating
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from sqlalchemy import update
 from app.config import Settings
 from app.db import session_scope
 from app.models import File
-from app.storage import Storage
 from worker.kd.errors import KDError
+from worker.local_copies import InputCache
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,11 @@ def validate_file(file_id: str, settings: Settings) -> str | None:
         if file is None or file.status != "validating":
             return None
         purpose, fmt, details = file.purpose, file.format, dict(file.details)
-        path = Storage(settings).file_path(file.path)
+        stored, sha256 = file.path, file.sha256
+    inputs = InputCache.of(settings)
+    local = settings.work_dir / f"{file_id}-validating"
     try:
+        path = inputs.materialize("files", stored, sha256, local / "file")
         found = inspect_file(purpose, path, fmt)
         status, details = "ready", {**details, **found}
     except KDError as exc:
@@ -84,6 +88,8 @@ def validate_file(file_id: str, settings: Settings) -> str | None:
             "code": "validation_error",
             "message": f"The file could not be checked ({type(exc).__name__}: {str(exc)[:200]}).",
         }}  # fmt: skip
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
     with session_scope() as session:
         session.execute(
             update(File)

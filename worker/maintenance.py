@@ -28,7 +28,7 @@ from sqlalchemy.sql import ColumnElement
 from app.config import Settings
 from app.db import session_scope
 from app.models import File, Job, utcnow
-from app.queue import enqueue_file_validation, enqueue_job
+from app.queue import enqueue_file_validation, enqueue_job, queue_of
 from app.schemas import JobStatus
 from worker.pipeline import ACTIVE, add_event, announce_end, transition
 from worker.search import SEARCH, advance, advance_stalled
@@ -52,7 +52,7 @@ def sweep(settings: Settings) -> SweepResult:
     _resend_queued(settings, result)
     _resend_validating_files(settings, result)
     for job_id in result.requeued + result.resent:
-        enqueue_job(job_id)
+        enqueue_job(job_id, _queue(job_id))
     for file_id in result.files_resent:
         enqueue_file_validation(file_id)
     for job_id in result.failed + result.cancelled:
@@ -68,6 +68,12 @@ def _move_search(job_id: str, settings: Settings) -> None:
         parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
     if parent_id is not None:
         advance(parent_id, settings)
+
+
+def _queue(job_id: str) -> str:
+    """The job's own queue: a job for `a100` workers is re-sent to them."""
+    with session_scope() as session:
+        return queue_of(session.get_one(Job, job_id).spec)
 
 
 def _reap_lapsed(settings: Settings, result: SweepResult) -> None:

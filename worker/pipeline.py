@@ -28,15 +28,16 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import NotFound, describe_validation_errors
 from app.models import Artifact, Job, JobEvent, utcnow
-from app.queue import enqueue_job, enqueue_webhook
+from app.queue import enqueue_job, enqueue_webhook, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
 from app.services.jobs import file_refs
-from app.storage import Storage
+from app.storage import Storage, open_storage
 from worker.kd.errors import Cancelled, KDError
 from worker.kd.report.summary import HEADLINE
 from worker.kd.spec import JobSpec
 from worker.lifecycle import SHUTTING_DOWN
+from worker.local_copies import InputCache, mirrored_checkpoints
 from worker.reporter import DatabaseReporter
 from worker.trials import TRIAL_STOPS, TrialReporter, trial_reporter
 
@@ -47,6 +48,10 @@ ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
 
 class FileMissing(KDError):
     code = "file_missing"
+
+
+class NotEnoughGpus(KDError):
+    code = "not_enough_gpus"
 
 
 def worker_name() -> str:
@@ -127,8 +132,9 @@ def hand_back(job_id: str, reason: str) -> None:
         )
         if handed:
             add_event(session, job_id, "requeued", reason)
+            queue = queue_of(session.get_one(Job, job_id).spec)
     if handed:
-        enqueue_job(job_id)
+        enqueue_job(job_id, queue)
 
 
 @contextmanager
@@ -160,7 +166,14 @@ def heartbeat(job_id: str, every: float) -> Iterator[None]:
 
 
 def checkpoint_path(settings: Settings, job_id: str) -> Path:
-    return settings.checkpoints_dir / job_id / "checkpoint.pt"
+    """The job's checkpoint on this machine (in the store itself when it is a directory;
+    a working copy mirrored to it when it is an object store)."""
+    return open_storage(settings).checkpoint_dir(job_id) / "checkpoint.pt"
+
+
+def inputs_dir(settings: Settings, job_id: str) -> Path:
+    """Where a job's input files are linked from the input cache while it runs."""
+    return settings.work_dir / f"{job_id}-inputs"
 
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
@@ -189,8 +202,18 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    if announce_end(job_id):
-        shutil.rmtree(checkpoint_path(settings, job_id).parent, ignore_errors=True)
+        shutil.rmtree(inputs_dir(settings, job_id), ignore_errors=True)
+    _drop_checkpoints(job_id, settings, ended=announce_end(job_id))
+
+
+def _drop_checkpoints(job_id: str, settings: Settings, ended: bool) -> None:
+    """An ended job's checkpoints go; an object store's local working copy always goes
+    (the next attempt may run elsewhere, and pulls it from the store)."""
+    storage = open_storage(settings)
+    if ended:
+        storage.delete_checkpoints(job_id)
+    if ended or settings.object_store:
+        shutil.rmtree(storage.checkpoint_dir(job_id), ignore_errors=True)
 
 
 class Stopped(Exception):
@@ -245,9 +268,11 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
 
     started = time.monotonic()
     spec = JobSpec.model_validate(job.spec)
-    storage = Storage(settings)
+    _check_gpus(spec)
+    storage = open_storage(settings)
+    inputs = InputCache.of(settings)
     paths = {
-        role: _file_path(storage, job.tenant_id, role, file_id)
+        role: _input_path(inputs, job, role, file_id, inputs_dir(settings, job.id))
         for role, file_id in file_refs(spec).items()
     }
     prepared = prepare(
@@ -281,24 +306,39 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         cache = None
         if settings.teacher_cache_bytes:
             cache = TeacherCache(settings.teacher_cache_dir, settings.teacher_cache_bytes)
-        result = distill(prepared, work_dir, reporter, checkpointing, cache)
+        with mirrored_checkpoints(storage, job.id, checkpointing.path.parent):
+            result = distill(prepared, work_dir, reporter, checkpointing, cache)
     except Cancelled as exc:
         raise Stopped(reporter.stop_reason or "cancelled") from exc
     reporter.flush()
     _store_success(job.id, storage, result.artifacts, result.report)
 
 
-def _file_path(storage: Storage, tenant_id: str, role: str, file_id: str) -> Path:
+def _check_gpus(spec: JobSpec) -> None:
+    import torch
+
+    wanted, have = spec.resources.gpus, torch.cuda.device_count()
+    if wanted > have:
+        raise NotEnoughGpus(
+            f"The job asks for {wanted} GPU(s) (resources.gpus) and its worker has {have}; "
+            "send it to a queue whose workers have them (resources.queue)."
+        )
+
+
+def _input_path(inputs: InputCache, job: Job, role: str, file_id: str, into: Path) -> Path:
+    """The input file on this machine (fetched into the worker's cache from an object store)."""
+    missing = FileMissing(
+        f"The {role} file {file_id!r} no longer exists; upload it again and submit a new job."
+    )
     with session_scope() as session:
         try:
-            path = storage.file_path(get_file(session, tenant_id, file_id).path)
+            file = get_file(session, job.tenant_id, file_id)
         except NotFound:
-            path = None
-    if path is None or not path.exists():
-        raise FileMissing(
-            f"The {role} file {file_id!r} no longer exists; upload it again and submit a new job."
-        )
-    return path
+            raise missing from None
+        stored, sha256 = file.path, file.sha256
+    if not inputs.storage.exists("files", stored):
+        raise missing
+    return inputs.materialize("files", stored, sha256, into / role)
 
 
 def job_result(report: dict[str, Any], artifact_names: list[str]) -> dict[str, Any]:

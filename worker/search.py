@@ -34,9 +34,9 @@ from app.db import session_scope
 from app.errors import describe_validation_errors
 from app.ids import new_id
 from app.models import Artifact, File, Job, JobEvent, Metric
-from app.queue import enqueue_job
+from app.queue import enqueue_job, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
-from app.storage import Storage
+from app.storage import Storage, open_storage
 from worker.kd.spec import SEARCH_METRICS, JobSpec
 from worker.pipeline import (
     add_event,
@@ -102,7 +102,7 @@ def start(job_id: str, settings: Settings) -> None:
     with heartbeat(job_id, settings.heartbeat_seconds):  # creating a study can take a while
         queued = _begin(job, settings)
     for child in queued:
-        enqueue_job(child)
+        enqueue_job(child, queue_of(job.spec))
     announce_end(job_id)
 
 
@@ -244,11 +244,13 @@ def _seconds(job: Job) -> float:
 def advance(parent_id: str, settings: Settings) -> None:
     """Record every ended trial in the study, queue the next ones, or end the search."""
     queued: list[str] = []
+    queue = None
     with session_scope() as session:
         if not _lock(session, parent_id):
             return  # the search has ended (or was cancelled): nothing moves it any more
         parent = session.get_one(Job, parent_id)
         spec = JobSpec.model_validate(parent.spec)
+        queue = queue_of(parent.spec)
         study = open_study(parent_id, spec, settings)
         children = trials_of(session, parent_id)
         end = deadline(parent, spec)
@@ -263,9 +265,9 @@ def advance(parent_id: str, settings: Settings) -> None:
         ended = sum(child.status in TERMINAL_STATUSES for child in children)
         parent.progress = ended / (spec.search.trials if spec.search else 1)
         if not queued and ended == len(children):
-            _finish(session, parent, spec, children, Storage(settings))
+            _finish(session, parent, spec, children, open_storage(settings))
     for child_id in queued:
-        enqueue_job(child_id)
+        enqueue_job(child_id, queue)
     announce_end(parent_id)
 
 
@@ -372,7 +374,7 @@ def _finish(
     best = max(complete, key=lambda c: (c.trial["value"], -(c.trial_number or 0)))  # type: ignore[index]
     artifacts = list(session.scalars(select(Artifact).where(Artifact.job_id == best.id)))
     report_row = next(a for a in artifacts if a.name == "report.json")
-    report = json.loads(storage.artifact_path(report_row.path).read_text())
+    report = json.loads(storage.read_bytes("artifacts", report_row.path))
     report["search"] = search_summary(parent, spec, children, best)
     report["trials"] = [trial_row(child) for child in children]
     stored = {}
@@ -380,10 +382,11 @@ def _finish(
         report_path = Path(tmp) / "report.json"
         report_path.write_text(json.dumps(report, indent=2))
         for artifact in artifacts:
-            source = storage.artifact_path(artifact.path)
-            stored[artifact.name] = storage.put_artifact(
-                parent.id, artifact.name, report_path if artifact.name == "report.json" else source
-            )
+            source = report_path
+            if artifact.name != "report.json":
+                source = Path(tmp) / artifact.name
+                storage.download("artifacts", artifact.path, source)
+            stored[artifact.name] = storage.put_artifact(parent.id, artifact.name, source)
     for name, (relative, size, sha256) in stored.items():
         session.add(Artifact(job_id=parent.id, name=name, bytes=size, sha256=sha256, path=relative))
     result = job_result(report, sorted(stored))

@@ -14,6 +14,8 @@ from worker.celery_app import RUN_JOB_TASK, VALIDATE_FILE_TASK, WEBHOOK_TASK, ce
 from worker.file_validation import validate_file as validate_file_now
 from worker.lifecycle import SHUTTING_DOWN
 from worker.maintenance import start_sweeper
+from worker.pipeline import worker_name
+from worker.presence import start_presence
 from worker.search import run_job as run_any_job
 
 _STOP_SWEEPER = threading.Event()
@@ -42,9 +44,13 @@ def validate_file(file_id: str) -> None:
 
 
 @worker_ready.connect
-def _start_maintenance(**_: Any) -> None:
-    """Each worker sweeps for jobs whose worker died and for jobs whose message was lost."""
+def _start_maintenance(sender: Any = None, **_: Any) -> None:
+    """Each worker sweeps for jobs whose worker died and for jobs whose message was lost,
+    and writes heartbeats saying which queues it serves."""
     start_sweeper(get_settings(), _STOP_SWEEPER)
+    consumer = getattr(sender, "task_consumer", None)
+    queues = sorted({q.name for q in consumer.queues}) if consumer is not None else []
+    start_presence(get_settings(), worker_name(), queues, _STOP_SWEEPER)
 
 
 @worker_shutting_down.connect

@@ -23,7 +23,7 @@ from app.config import Settings, get_settings
 from app.db import get_engine, get_sessionmaker, session_scope
 from app.errors import TooManyRequests, Unauthorized
 from app.ratelimit import get_limiter
-from app.storage import Storage
+from app.storage import Storage, open_storage
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,7 +69,7 @@ async def settings() -> Settings:
 
 
 async def get_storage() -> Storage:
-    return Storage(get_settings())
+    return open_storage(get_settings())
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

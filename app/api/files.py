@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep, TenantDep, read
+from app.api.downloads import DOWNLOAD_RESPONSES, stored_object
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.errors import ApiError
 from app.queue import enqueue_file_validation
@@ -52,7 +53,7 @@ async def upload_file(
     tenant: TenantDep,
     idempotency_key: IdempotencyKey = None,
 ) -> FilePublic:
-    """Upload a file (multipart `file` and `purpose`); it streams to disk with a size cap."""
+    """Upload a file (multipart `file` and `purpose`); it streams in with a size cap."""
     received, fields = await receive_upload(request, storage.tmp_dir, settings.max_upload_bytes)
     try:
         purpose = _purpose(fields.get("purpose"))
@@ -112,19 +113,15 @@ async def get_file(file_id: str, tenant: TenantDep) -> Response:
     return JSONBytes(await read(one))
 
 
-@router.get("/{file_id}/content", response_class=LargeFileResponse)
-async def download_file(file_id: str, storage: StorageDep, tenant: TenantDep) -> LargeFileResponse:
-    """Download a file's bytes as uploaded."""
-
-    def find(session: Session) -> LargeFileResponse:
-        file = service.get_file(session, tenant.id, file_id)
-        return LargeFileResponse(
-            service.file_path(storage, file),
-            filename=file.filename,
-            media_type="application/octet-stream",
-        )
-
-    return await read(find)
+@router.get("/{file_id}/content", response_class=LargeFileResponse, responses=DOWNLOAD_RESPONSES)
+async def download_file(
+    file_id: str, request: Request, storage: StorageDep, settings: SettingsDep, tenant: TenantDep
+) -> Response:
+    """Download a file's bytes as uploaded (a redirect to the object store, or streamed)."""
+    file = await read(service.get_file, tenant.id, file_id)
+    return await stored_object(
+        request, storage, settings, "files", file.path, file.filename, file.sha256
+    )
 
 
 @router.delete("/{file_id}", response_model=Deleted)

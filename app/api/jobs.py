@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -20,9 +21,11 @@ from app.api.deps import (
     TenantDep,
     read,
 )
+from app.api.downloads import DOWNLOAD_RESPONSES, stored_object
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
 from app.errors import TooManyRequests
-from app.queue import enqueue_job, enqueue_webhook
+from app.models import Artifact
+from app.queue import enqueue_job, enqueue_webhook, queue_of
 from app.ratelimit import get_stream_slots
 from app.schemas import (
     TERMINAL_STATUSES,
@@ -66,11 +69,11 @@ def create_job(
     job, created = service.create_job(session, tenant.id, spec, idempotency_key, settings)
     if not created:
         response.status_code = status.HTTP_200_OK
-        return JobPublic.model_validate(job)
+        return service.with_waiting(session, JobPublic.model_validate(job))
     # The worker reads the job from the database: commit before the broker sees its id.
     session.commit()
-    enqueue_job(job.id)
-    return JobPublic.model_validate(job)
+    enqueue_job(job.id, queue_of(job.spec))
+    return service.with_waiting(session, JobPublic.model_validate(job))
 
 
 @router.get("", response_model=ListResponse[JobPublic])
@@ -227,33 +230,41 @@ async def list_artifacts(job_id: str, tenant: TenantDep) -> Response:
     return JSONBytes(await read(page))
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=LargeFileResponse)
+@router.get(
+    "/{job_id}/artifacts/{name}", response_class=LargeFileResponse, responses=DOWNLOAD_RESPONSES
+)
 async def download_artifact(
-    job_id: str, name: str, storage: StorageDep, tenant: TenantDep
-) -> LargeFileResponse:
-    """Download one artifact, e.g. `student.pt`."""
+    job_id: str,
+    name: str,
+    request: Request,
+    storage: StorageDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+) -> Response:
+    """Download one artifact, e.g. `student.pt` (a redirect to the object store, or streamed)."""
 
-    def find(session: Session) -> LargeFileResponse:
-        artifact = service.get_artifact(session, service.get_job(session, tenant.id, job_id), name)
-        return LargeFileResponse(
-            storage.artifact_path(artifact.path),
-            filename=artifact.name,
-            media_type="application/octet-stream",
-            headers={"X-Content-SHA256": artifact.sha256},
-        )
+    def find(session: Session) -> Artifact:
+        return service.get_artifact(session, service.get_job(session, tenant.id, job_id), name)
 
-    return await read(find)
+    artifact = await read(find)
+    return await stored_object(
+        request, storage, settings, "artifacts", artifact.path, artifact.name, artifact.sha256
+    )
 
 
 @router.get("/{job_id}/report", response_model=JobReport)
 async def get_report(job_id: str, storage: StorageDep, tenant: TenantDep) -> Response:
     """The comparison report: teacher vs student (same content as artifact `report.json`)."""
 
-    def report(session: Session) -> bytes:
+    def report(session: Session) -> bytes | str:
         job = service.get_job(session, tenant.id, job_id)
         if job.status != JobStatus.succeeded:
             raise service.report_missing(job)
         artifact = service.get_artifact(session, job, "report.json")
-        return storage.artifact_path(artifact.path).read_bytes()
+        local = storage.local_path("artifacts", artifact.path)
+        return artifact.path if local is None else local.read_bytes()
 
-    return JSONBytes(await read(report))
+    found = await read(report)
+    if isinstance(found, str):  # in an object store: a network read, off the event loop
+        found = await run_in_threadpool(storage.read_bytes, "artifacts", found)
+    return JSONBytes(found)

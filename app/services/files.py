@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -133,7 +131,3 @@ def delete_file(session: Session, storage: Storage, tenant_id: str, file_id: str
     session.delete(file)
     session.flush()
     storage.delete_file(file.path)
-
-
-def file_path(storage: Storage, file: File) -> Path:
-    return storage.file_path(file.path)

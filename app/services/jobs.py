@@ -9,12 +9,14 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.errors import ApiError, Conflict, NotFound, Unprocessable
 from app.ids import new_id
 from app.models import Artifact, Job, JobEvent, Metric, utcnow
+from app.queue import queue_of
 from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus, TrialPublic
 from app.services.files import get_file
+from app.services.queues import waiting_for
 from app.webhooks import check_target
 from worker.kd.spec import SEARCH_METRICS, FileStudent, JobSpec
 from worker.kd.student_size import student_parameters, too_large
@@ -141,7 +143,14 @@ def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
     row = session.connection().execute(_PUBLIC_JOB, params).mappings().first()
     if row is None:
         raise NotFound(f"No job {job_id!r}.")
-    return JobPublic.model_validate(dict(row))
+    return with_waiting(session, JobPublic.model_validate(dict(row)))
+
+
+def with_waiting(session: Session, job: JobPublic) -> JobPublic:
+    """Say why a queued job is not starting, if no live worker serves its queue."""
+    if job.status == JobStatus.queued:
+        job.waiting = waiting_for(session, queue_of(job.spec), get_settings())
+    return job
 
 
 def list_jobs(

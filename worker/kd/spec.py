@@ -345,6 +345,17 @@ def job_kind_of(data: dict[str, Any]) -> JobKind:
     return "transformer" if arch in TRANSFORMER_ARCHS or fmt == "hf_zip" else "tensor"
 
 
+class ResourcesSpec(_Strict):
+    """Where the job runs: workers started with `--queues` naming `queue` take it."""
+
+    queue: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+        description="The worker queue, e.g. a100; default: the server's queue.",
+    )
+    gpus: int = Field(0, ge=0, le=64, description="GPUs the job's worker must have.")
+
+
 class JobSpec(_Strict):
     """A distillation job, smallest form: teacher, student, dataset."""
 
@@ -385,9 +396,8 @@ class JobSpec(_Strict):
             f"{section}.{name}"
             for section, part in (("teacher", self.teacher), ("dataset", self.dataset))
             for name in part.model_fields_set
-            if getattr(part, name) != type(part).model_fields[name].get_default(
-                call_default_factory=True
-            )
+            if getattr(part, name)
+            != type(part).model_fields[name].get_default(call_default_factory=True)
         }
 
     @model_validator(mode="after")
@@ -416,3 +426,5 @@ class JobSpec(_Strict):
                     f"use one of {', '.join(usable)}"
                 )
         return self
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)

@@ -357,6 +357,9 @@
       setText("job-error-code", job.error.code);
       setText("job-error-message", job.error.message);
     }
+    const waiting = document.getElementById("job-waiting");
+    waiting.hidden = !job.waiting;
+    waiting.textContent = job.waiting ? "Queued: " + job.waiting + "." : "";
     const cancel = document.getElementById("cancel");
     cancel.hidden = TERMINAL.has(job.status);
     if (job.status === "cancelling") cancel.disabled = true;
