@@ -17,7 +17,7 @@ from app.migrate import upgrade_head
 from app.models import File, Metric, utcnow
 from app.schemas import JobStatus
 from app.services.keys import get_or_create_tenant
-from app.storage import Storage
+from app.storage import open_storage
 from tests.factories import small_dataset
 from tests.worker.test_pipeline import make_job
 from worker.file_validation import validate_file
@@ -34,7 +34,7 @@ def _migrated() -> None:
 
 def make_validating_file(age_seconds: float) -> str:
     """A dataset upload whose validation message never reached a worker."""
-    storage = Storage(get_settings())
+    storage = open_storage(get_settings())
     with session_scope() as session:
         tenant = get_or_create_tenant(session, f"files-{uuid.uuid4().hex[:8]}")
         file_id = new_id("file")

@@ -24,7 +24,7 @@ from app.models import Artifact, Job, Metric, utcnow
 from app.schemas import JobStatus
 from app.services import jobs as service
 from app.services.keys import get_or_create_tenant
-from app.storage import Storage
+from app.storage import open_storage
 from tests.e2e.conftest import fresh_database
 from worker.kd.spec import JobSpec, SearchSpec
 from worker.maintenance import sweep
@@ -83,7 +83,7 @@ def play_trial(
     then_advance: bool = True,
 ) -> None:
     """Write what a worker writes for a trial: per-epoch metrics, artifacts, the end."""
-    storage = Storage(get_settings())
+    storage = open_storage(get_settings())
     with session_scope() as session:
         child = session.get_one(Job, child_id)
         for epoch, value in enumerate(accuracies, start=1):
@@ -187,7 +187,7 @@ def test_trials_end_one_by_one_and_the_best_student_is_the_search_s() -> None:
     assert parent.result is not None
     assert parent.result["search"] == {"trials": 3, "best_trial": 2}
     assert parent.result["student_accuracy"] == 0.9
-    storage = Storage(get_settings())
+    storage = open_storage(get_settings())
     with session_scope() as session:
         rows = {
             a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == parent_id))
