@@ -50,9 +50,9 @@ class BudgetRule:
 
     learning_rate: float = 1e-2
     batch_size: int = 32
-    steps_per_1k: int = 4000  # optimizer steps for REFERENCE_SAMPLES training samples
+    steps_per_1k: int = 3000  # optimizer steps for REFERENCE_SAMPLES training samples
     data_exponent: float = 0.5
-    capacity_params: int = 10_000
+    capacity_params: int = 5_000
     capacity_exponent: float = 0.25
     max_capacity_factor: float = 2.0
     min_epochs: int = 5
@@ -159,15 +159,14 @@ def plan_training(
         f"Planned for {n_train:,} training samples and a {n_params:,}-parameter student: "
         f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}, "
         f"{training['schedule']}, weight decay {training['weight_decay']:g}, "
-        f"{training['epochs']} epochs ({steps:,} steps); " + "; ".join(reasons)
+        f"{training['epochs']} epochs ({steps:,} steps); "
+        + "; ".join(reasons)
         + f". Fields you stated and kept: {stated}."
     )
     return Plan(training, planned, steps, capped, explanation)
 
 
-def _epochs_for(
-    n_train: int, n_params: int, per_epoch: int, rule: BudgetRule
-) -> tuple[int, str]:
+def _epochs_for(n_train: int, n_params: int, per_epoch: int, rule: BudgetRule) -> tuple[int, str]:
     if rule.fixed_epochs is not None:
         return rule.fixed_epochs, f"{rule.fixed_epochs} epochs whatever the data"
     steps = target_steps(n_train, n_params, rule)
@@ -176,7 +175,8 @@ def _epochs_for(
     small = f", x{factor:.2f} for a student under {rule.capacity_params:,} parameters"
     return epochs, (
         f"{rule.steps_per_1k:,} steps per {REFERENCE_SAMPLES:,} samples scaled by "
-        f"(n/{REFERENCE_SAMPLES:,})^{rule.data_exponent:g}" + (small if factor > 1 else "")
+        f"(n/{REFERENCE_SAMPLES:,})^{rule.data_exponent:g}"
+        + (small if factor > 1 else "")
         + f" = {steps:,} steps, {epochs} epochs (within {rule.min_epochs}-{rule.max_epochs})"
     )
 
