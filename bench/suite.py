@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import tempfile
@@ -227,7 +228,8 @@ def choose(rows: list[dict[str, Any]]) -> tuple[tuple[str, str], dict[str, dict[
 
 
 TASKS = tasks()
-PARTIAL = Path(tempfile.gettempdir()) / "bench-suite-rows.json"
+RAW: list[dict[str, Any]] = []  # this process's per-seed rows, as they finish
+PARTIAL = Path(tempfile.gettempdir()) / f"bench-suite-rows-{os.getpid()}.json"
 
 
 def run_units(
@@ -237,11 +239,13 @@ def run_units(
     rows: list[dict[str, Any]] = []
     jobs = [pool.apply_async(unit, (i, seed, cands, scale, root)) for i, seed, cands in units]
     for job in jobs:
-        for row in job.get():
-            rows.append(row)
+        finished = job.get()
+        for row in finished:
             _print(row, time.monotonic() - started)
+        rows += finished
+        RAW.extend(finished)
         # Every finished row, kept where a crash later in the run cannot lose it.
-        PARTIAL.write_text(json.dumps(rows, indent=1))
+        PARTIAL.write_text(json.dumps(RAW, indent=1))
     return rows
 
 
@@ -256,17 +260,22 @@ def main() -> None:
         help="tuning: choose and stop; held-out: check --candidate (rule|recipe) only",
     )  # fmt: skip
     parser.add_argument("--candidate", help="for --stage held-out: 'rule | recipe'")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds")
+    parser.add_argument("--tasks", type=int, nargs="+", help="only these task indices")
     parser.add_argument(
-        "--merge", type=Path, nargs=2, metavar=("TUNING", "HELD_OUT"),
-        help="combine a tuning and a held-out stage's JSON (then render)",
+        "--assemble", type=Path, nargs="+", metavar="ROWS",
+        help="build the result from the per-seed rows files of stages run side by side",
     )  # fmt: skip
+    parser.add_argument("--seconds", type=float, help="with --assemble: the wall-clock time")
+    parser.add_argument("--note", default="", help="with --assemble: a sentence for the method")
     parser.add_argument("--render", type=Path, help="only rewrite BENCHMARKS.md from this JSON")
     args = parser.parse_args()
     if args.render:
         render(json.loads(args.render.read_text()))
         return
-    if args.merge:
-        result = merge(*(json.loads(path.read_text()) for path in args.merge))
+    if args.assemble:
+        raw = [row for path in args.assemble for row in json.loads(path.read_text())]
+        result = {**assemble(raw, args.seconds or 0.0, args.jobs), "note": args.note}
     else:
         result = run_stages(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -277,8 +286,14 @@ def main() -> None:
 
 def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     """The tuning stage chooses; the held-out stage checks the chosen candidate (or, run on
-    its own, the candidate named, which the merge then requires to be the chosen one)."""
+    its own, the candidate named, which `assemble` then requires to be the chosen one)."""
     tuning_seeds, held_out_seeds = ([0], [0]) if args.quick else ([0, 1], [0, 1])
+
+    def wanted(index: int) -> bool:
+        return not args.tasks or index in args.tasks
+
+    if args.seeds:
+        tuning_seeds = held_out_seeds = args.seeds
     scale = 0.2 if args.quick else 1.0
     started = time.monotonic()
     result: dict[str, Any] = {
@@ -297,7 +312,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         for name in pool.starmap(build_files, [(i, root, args.cache) for i in range(len(TASKS))]):
             print(f"[{time.monotonic() - started:6.0f}s] teacher ready: {name}", flush=True)
         if args.stage in ("all", "tuning"):
-            tuning = [i for i, (split, _) in enumerate(TASKS) if split == TUNING]
+            tuning = [i for i, (split, _) in enumerate(TASKS) if split == TUNING and wanted(i)]
             units = [(i, seed, CANDIDATES) for seed in tuning_seeds for i in tuning]
             result["tuning"] = aggregate(run_units(pool, units, scale, root, started))
             (rule, recipe), result["means"] = choose(result["tuning"])
@@ -306,25 +321,32 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
             rule, recipe = args.candidate.split(" | ")
         result["chosen"] = {"rule": rule, "recipe": recipe, "budget_rule": asdict(RULES[rule])}
         if args.stage in ("all", "held-out"):
-            held_out = [i for i, (split, _) in enumerate(TASKS) if split == HELD_OUT]
+            held_out = [i for i, (split, _) in enumerate(TASKS) if split == HELD_OUT and wanted(i)]
             checked = list(dict.fromkeys([(rule, recipe), (next(iter(RULES)), recipe)]))
             units = [(i, seed, checked) for seed in held_out_seeds for i in held_out]
             result["held_out"] = aggregate(run_units(pool, units, scale, root, started))
+    result["runs"] = RAW
     result["seconds"] = time.monotonic() - started
     return result
 
 
-def merge(tuning: dict[str, Any], held_out: dict[str, Any]) -> dict[str, Any]:
-    """One result from two stages run side by side; the held-out stage must have checked
-    the candidate the tuning stage chose."""
-    if tuning["chosen"]["rule"] != held_out["chosen"]["rule"] or (
-        tuning["chosen"]["recipe"] != held_out["chosen"]["recipe"]
-    ):
-        raise SystemExit(f"the held-out stage checked {held_out['chosen']}, not the chosen one")
+def assemble(raw: list[dict[str, Any]], seconds: float, jobs: int) -> dict[str, Any]:
+    """One result from the per-seed rows of stages run side by side (each process keeps its
+    rows in PARTIAL): tuning rows choose, and the held-out rows must hold that choice."""
+    names = {split: [t.name for s, t in TASKS if s == split] for split in (TUNING, HELD_OUT)}
+    tuning = aggregate([r for r in raw if r["task"] in names[TUNING]])
+    held_out = aggregate([r for r in raw if r["task"] in names[HELD_OUT]])
+    (rule, recipe), means = choose(tuning)
+    if not any((r["rule"], r["recipe"]) == (rule, recipe) for r in held_out):
+        raise SystemExit(f"no held-out rows for the chosen candidate {rule} | {recipe}")
+    seeds = {split: sorted({r["seed"] for r in raw if r["task"] in names[split]})
+             for split in (TUNING, HELD_OUT)}  # fmt: skip
     return {
-        **tuning, "held_out": held_out["held_out"], "held_out_seeds": held_out["held_out_seeds"],
-        "seconds": max(tuning["seconds"], held_out["seconds"]),
-        "jobs": tuning["jobs"] + held_out["jobs"],
+        "section": "suite", "quick": False, "jobs": jobs, "seconds": seconds,
+        "tuning_seeds": seeds[TUNING], "held_out_seeds": seeds[HELD_OUT], "tasks": names,
+        "rules": {name: asdict(rule) for name, rule in RULES.items()}, "recipes": RECIPES,
+        "chosen": {"rule": rule, "recipe": recipe, "budget_rule": asdict(RULES[rule])},
+        "means": means, "tuning": tuning, "held_out": held_out, "runs": raw,
     }  # fmt: skip
 
 
@@ -377,8 +399,9 @@ def section_lines(result: dict[str, Any]) -> list[str]:
         "starving its scratch student); only that candidate, and the pre-planner defaults "
         "with the same recipe, then ran on the held-out tasks. `cap` is the capacity factor: "
         "a student under 5,000 parameters gets (5000/params)^0.25 times the steps, at most "
-        "2x. Steps per run are in the tables; `python -m bench.suite --jobs 4` took "
-        f"{result['seconds'] / 60:.0f} min here on a shared, loaded 2-core machine.", "",
+        "2x. Steps per run are in the tables. The run took "
+        f"{result['seconds'] / 60:.0f} min of wall-clock here ({result['jobs']} processes of "
+        "one thread each, on a shared 2-core machine). " + result.get("note", ""), "",
         f"**Chosen default: {chosen['rule']}, with the {chosen['recipe']} recipe** "
         "(`worker/kd/budget.py: DEFAULT_RULE`, `worker/kd/spec.py: DEFAULT_RECIPE`; tests "
         "keep them in step with `bench/results/suite.json`). On the held-out tasks it beat "
