@@ -147,13 +147,14 @@ def _signals(seed: int, n: int, classes: int, length: int, noise: float) -> tupl
 
 
 def _signal_task(
-    name: str, seed: int, classes: int, transfer: int, noise: float, student: dict[str, Any]
-) -> Task:
+    name: str, seed: int, classes: int, transfer: int, noise: float, student: dict[str, Any],
+    teacher_epochs: int = 12,
+) -> Task:  # fmt: skip
     x, y = _signals(seed, 4000, classes, 128, noise)
     teach_x, teach_y = x[:3000], y[:3000]
     return Task(
         name, "signal", x[:transfer], y[:transfer], x[3000:], y[3000:],
-        lambda: fit(_cnn1d_teacher(classes), teach_x, teach_y, 12), student,
+        lambda: fit(_cnn1d_teacher(classes), teach_x, teach_y, teacher_epochs), student,
     )  # fmt: skip
 
 
@@ -217,10 +218,11 @@ def tasks() -> list[tuple[str, Task]]:
             sx[2400:], sy[2400:], lambda: fit(_cnn2d_teacher(16, 6), sx[:2400], sy[:2400], 12),
             {"arch": "mlp", "hidden": [100, 100]})),
         # Held out: never used to choose anything. The first is of the kind the issue kept
-        # aside (10-class 1-D signals, CNN teacher, mlp[100, 100]), built here afresh.
+        # aside (10-class 1-D signals, CNN teacher, mlp[100, 100]), built here afresh. Its
+        # teacher trains 40 epochs: at 12 it scored below the scratch student (no headroom).
         (HELD_OUT, _signal_task(
             "signals 10-class, 800 labelled, CNN -> mlp[100,100]", 7, 10, 800, 1.0,
-            {"arch": "mlp", "hidden": [100, 100]})),
+            {"arch": "mlp", "hidden": [100, 100]}, teacher_epochs=40)),
         (HELD_OUT, _tabular(
             "tabular 8-class, 500 labelled, MLP -> mlp[8]", 8, 30, 18, 8, 2, 1.1, 500,
             {"arch": "mlp", "hidden": [8]})),

@@ -163,6 +163,8 @@ def test_budget_seconds_is_validated() -> None:
 def test_default_rule_is_the_suites_choice() -> None:
     """BENCHMARKS.md's suite tables come from bench/results/suite.json; the rule a job gets
     must be the one chosen there."""
+    if not SUITE_RESULTS.exists():
+        pytest.skip("bench/results/suite.json is written by a full `python -m bench.suite` run")
     measured = json.loads(SUITE_RESULTS.read_text())
     assert not measured["quick"]
     assert measured["chosen"]["budget_rule"] == dataclasses.asdict(DEFAULT_RULE)
