@@ -84,10 +84,12 @@ def write_files(task: Task, root: Path) -> Files:
     teacher = root / "teacher.pt"
     torch.jit.script(task.teacher()).save(str(teacher))
     data, scratch = root / "data.npz", root / "scratch.npz"
-    test = {"x_val": task.x_test, "y_val": task.y_test}
-    np.savez(data, x=task.x, **({"y": task.y} if task.y is not None else {}), **test)
+    arrays: dict[str, Any] = {"x": task.x, "x_val": task.x_test, "y_val": task.y_test}
+    if task.y is not None:
+        arrays["y"] = task.y
+    np.savez(data, **arrays)
     sx, sy = task.scratch_data()
-    np.savez(scratch, x=sx, y=sy, **test)
+    np.savez(scratch, **{**arrays, "x": sx, "y": sy})
     return Files(teacher, data, scratch)
 
 
@@ -142,7 +144,7 @@ def unit(
     """Every candidate and its scratch student on one task with one seed (one process)."""
     torch.set_num_threads(1)
     # The curves plot changes no accuracy and costs seconds per run: not drawn here.
-    worker.kd.runner.plot_curves = _no_plot  # type: ignore[assignment]
+    worker.kd.runner.plot_curves = _no_plot
     task = TASKS[index][1]
     files = task_files(root, index)
     work = Path(tempfile.mkdtemp(dir=root))
@@ -432,10 +434,10 @@ def section_lines(result: dict[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for r in result["held_out"]:
-        seeds = " ".join(f"{g:+.3f}" for g in r["gains"])
+        per_seed = " ".join(f"{g:+.3f}" for g in r["gains"])
         lines.append(
             f"| {r['task']} | {r['rule']} | {r['student']:.4f} | {r['scratch']:.4f} | "
-            f"{r['gain']:+.4f} | {seeds} | {r['teacher']:.4f} | {r['headroom']:+.4f} | "
+            f"{r['gain']:+.4f} | {per_seed} | {r['teacher']:.4f} | {r['headroom']:+.4f} | "
             f"{r['steps']} |"
         )
     return lines
