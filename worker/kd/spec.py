@@ -277,6 +277,17 @@ class TrainingSpec(_Strict):
         le=MAX_RUNTIME_SECONDS,
         description="Stop and fail the job (max_runtime_exceeded) after this long.",
     )
+    budget_seconds: float = Field(
+        600.0,
+        gt=0.0,
+        le=30 * 86400,
+        description=(
+            "Soft time target for planned training: when the epochs are left to the planner "
+            "(worker.kd.budget), it plans no more than fit in this many seconds at the measured "
+            "cost of a step. Unlike max_runtime_seconds (a hard stop that fails the job) and "
+            "search.budget_seconds (a whole search's time), it never stops a run."
+        ),
+    )
     schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"] = "warmup_cosine"
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0, le=1e6)

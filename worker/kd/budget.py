@@ -1,0 +1,223 @@
+"""The training budget a job gets when its spec leaves it open: chosen with the recipe.
+
+A user who names only teacher, student and dataset should not have to know that a
+distilled student needs a patient schedule. `plan_training` turns what the job knows
+before training (the training set's size, the student's parameter count, the task kind,
+the time it may take and a measured cost per optimizer step) into a full training
+section, keeping every field the user stated. `apply_plan` does the same on a `JobSpec`.
+
+How the length is chosen: a number of optimizer steps, not of epochs, because what a
+student needs is updates. The steps grow with the data, but more slowly than the data
+(`(n_train / 1000) ** data_exponent`), so a small transfer set gets many passes and a
+large one few; a student smaller than `capacity_params` gets proportionally more steps
+(small students learn the teacher's function more slowly). The steps become epochs, then
+`budget_seconds` caps the epochs: it is a soft target the plan keeps to from the measured
+cost of a step, unlike `max_runtime_seconds`, which stops and fails a job.
+
+The rule's constants were chosen by measurement together with the default recipe
+(`python -m bench.suite`; BENCHMARKS.md, "Budget and recipe on held-out tasks"); a test
+keeps `DEFAULT_RULE` in step with the suite's choice.
+
+This module imports no torch: the API may plan (and show) a budget at submit time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec, TrainingSpec
+
+# The training fields the planner chooses when the user does not state them.
+PLANNED_FIELDS: tuple[str, ...] = (
+    "epochs", "batch_size", "learning_rate", "weight_decay", "schedule", "warmup_fraction",
+)  # fmt: skip
+# Task kinds: tensor classification jobs get the measured rule; transformer jobs keep the
+# spec's defaults (not yet measured by the suite) and only the time budget applies.
+TASK_KINDS: tuple[str, ...] = ("classification", "transformer")
+REFERENCE_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """How to size a training run from the data and the student.
+
+    `fixed_epochs` makes a rule that ignores the data (the pre-planner default: 20
+    epochs whatever the size), kept so the suite can measure against it.
+    """
+
+    learning_rate: float = 1e-2
+    batch_size: int = 32
+    steps_per_1k: int = 3000  # optimizer steps for REFERENCE_SAMPLES training samples
+    data_exponent: float = 0.5
+    capacity_params: int = 5_000
+    capacity_exponent: float = 0.25
+    max_capacity_factor: float = 2.0
+    min_epochs: int = 5
+    max_epochs: int = 500
+    schedule: str = "warmup_cosine"
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    fixed_epochs: int | None = None
+
+    def with_(self, **changes: Any) -> BudgetRule:
+        return replace(self, **changes)
+
+
+DEFAULT_RULE = BudgetRule()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A full training section, which of its fields were planned, and why."""
+
+    training: dict[str, Any]
+    planned: tuple[str, ...]
+    steps: int
+    capped_by_time: bool
+    explanation: str
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one pass (as the training loop counts them: a last batch of one
+    joins the one before)."""
+    steps = math.ceil(n_train / batch_size)
+    return steps - 1 if steps > 1 and n_train % batch_size == 1 else steps
+
+
+def capacity_factor(n_params: int, rule: BudgetRule) -> float:
+    """How many times more steps a student of `n_params` parameters gets (1 for students
+    at or above the rule's reference size)."""
+    if n_params <= 0 or n_params >= rule.capacity_params:
+        return 1.0
+    factor = (rule.capacity_params / n_params) ** rule.capacity_exponent
+    return min(factor, rule.max_capacity_factor)
+
+
+def target_steps(n_train: int, n_params: int, rule: BudgetRule) -> int:
+    """Optimizer steps the rule wants for this data and student, before the time budget."""
+    data = (max(n_train, 1) / REFERENCE_SAMPLES) ** rule.data_exponent
+    return max(1, round(rule.steps_per_1k * data * capacity_factor(n_params, rule)))
+
+
+def plan_training(
+    explicit: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    *,
+    n_train: int,
+    n_params: int,
+    task_kind: str = "classification",
+    budget_seconds: float | None = None,
+    seconds_per_step: float | None = None,
+    runs: int = 1,
+    rule: BudgetRule = DEFAULT_RULE,
+) -> Plan:
+    """The training section for a job.
+
+    `explicit`: the fields the user stated (kept as they are); `defaults`: the section's
+    values for everything else (what the spec would use without a plan). `runs`: how many
+    trainings the job makes at this budget (2 with a baseline), so the time budget is
+    shared. Without `seconds_per_step` or `budget_seconds` the time budget is not applied.
+    """
+    if task_kind not in TASK_KINDS:
+        raise ValueError(f"unknown task kind {task_kind!r}; known: {', '.join(TASK_KINDS)}")
+    training = {**defaults, **explicit}
+    planned = tuple(f for f in PLANNED_FIELDS if f not in explicit)
+    reasons: list[str] = []
+    if task_kind == "classification":
+        chosen: dict[str, Any] = {
+            "learning_rate": rule.learning_rate,
+            "weight_decay": rule.weight_decay,
+            "schedule": rule.schedule,
+            "warmup_fraction": rule.warmup_fraction,
+            "batch_size": max(1, min(rule.batch_size, n_train)),
+        }
+        training.update({f: v for f, v in chosen.items() if f in planned})
+        per_epoch = steps_per_epoch(n_train, training["batch_size"])
+        if "epochs" in planned:
+            training["epochs"], why = _epochs_for(n_train, n_params, per_epoch, rule)
+            reasons.append(why)
+    else:
+        planned = ("epochs",) if "epochs" not in explicit else ()
+        per_epoch = steps_per_epoch(n_train, training["batch_size"])
+        reasons.append(f"{training['epochs']} epochs (the {task_kind} default)")
+    capped = False
+    if "epochs" in planned and budget_seconds and seconds_per_step:
+        affordable = int(budget_seconds / (seconds_per_step * per_epoch * max(runs, 1)))
+        if affordable < training["epochs"]:
+            training["epochs"], capped = max(1, affordable), True
+            reasons.append(
+                f"capped to {training['epochs']} epochs by budget_seconds {budget_seconds:g} "
+                f"at {seconds_per_step * 1e3:.3g} ms per step"
+                + (f" for {runs} trainings" if runs > 1 else "")
+            )
+    steps = training["epochs"] * per_epoch
+    stated = ", ".join(sorted(explicit)) or "none"
+    explanation = (
+        f"Planned for {n_train:,} training samples and a {n_params:,}-parameter student: "
+        f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}, "
+        f"{training['schedule']}, weight decay {training['weight_decay']:g}, "
+        f"{training['epochs']} epochs ({steps:,} steps); "
+        + "; ".join(reasons)
+        + f". Fields you stated and kept: {stated}."
+    )
+    return Plan(training, planned, steps, capped, explanation)
+
+
+def _epochs_for(n_train: int, n_params: int, per_epoch: int, rule: BudgetRule) -> tuple[int, str]:
+    if rule.fixed_epochs is not None:
+        return rule.fixed_epochs, f"{rule.fixed_epochs} epochs whatever the data"
+    steps = target_steps(n_train, n_params, rule)
+    epochs = min(max(math.ceil(steps / per_epoch), rule.min_epochs), rule.max_epochs)
+    factor = capacity_factor(n_params, rule)
+    small = f", x{factor:.2f} for a student under {rule.capacity_params:,} parameters"
+    return epochs, (
+        f"{rule.steps_per_1k:,} steps per {REFERENCE_SAMPLES:,} samples scaled by "
+        f"(n/{REFERENCE_SAMPLES:,})^{rule.data_exponent:g}"
+        + (small if factor > 1 else "")
+        + f" = {steps:,} steps, {epochs} epochs (within {rule.min_epochs}-{rule.max_epochs})"
+    )
+
+
+def plan_job(
+    spec: JobSpec,
+    n_train: int,
+    n_params: int,
+    seconds_per_step: float | None,
+    rule: BudgetRule = DEFAULT_RULE,
+) -> Plan:
+    """The plan for a job's spec: its stated training fields kept, the rest planned."""
+    explicit = {f: getattr(spec.training, f) for f in spec.training.model_fields_set}
+    kind = "transformer" if spec.student.arch in TRANSFORMER_ARCHS else "classification"
+    return plan_training(
+        explicit,
+        TrainingSpec().model_dump(),
+        n_train=n_train,
+        n_params=n_params,
+        task_kind=kind,
+        budget_seconds=spec.training.budget_seconds,
+        seconds_per_step=seconds_per_step,
+        runs=2 if spec.baseline else 1,
+        rule=rule,
+    )
+
+
+def apply_plan(
+    spec: JobSpec,
+    n_train: int,
+    n_params: int,
+    seconds_per_step: float | None,
+    rule: BudgetRule = DEFAULT_RULE,
+) -> JobSpec:
+    """The spec with its training section planned: what the engine should run.
+
+    To be called once, at a job's first claim, with the loaded training set's size, the
+    built student's parameter count and a measured cost of one optimizer step (teacher
+    forward included); the returned spec is stored on the job, so a resume does not
+    re-plan (every field of the returned section counts as stated). `plan_job` gives the
+    same plan with its explanation, for the job's events.
+    """
+    plan = plan_job(spec, n_train, n_params, seconds_per_step, rule)
+    return spec.model_copy(update={"training": TrainingSpec.model_validate(plan.training)})
