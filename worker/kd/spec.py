@@ -210,7 +210,9 @@ StudentSpec = Annotated[
 
 class LossTerm(_Strict):
     """One weighted term of the loss; layers are module paths (see the teacher file's
-    `details.layers`)."""
+    `details.layers`). A feature or relation term that names neither layer compares the
+    penultimate features of both models (the inputs of their classifier heads); the report's
+    `layer_pairing` says which."""
 
     kind: str
     weight: float = Field(1.0, ge=0.0, le=1e6)
@@ -224,11 +226,12 @@ class LossTerm(_Strict):
     def _known(self) -> LossTerm:
         meta = loss_meta(self.kind)
         named = bool(self.teacher_layer and self.student_layer)
-        if meta.layer_mapped:
-            if (self.teacher_layer or self.student_layer) and not named:
-                raise ValueError(f"loss {self.kind!r} needs both layers, or neither (layer map)")
-        elif meta.needs_layers and not named:
-            raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")
+        if meta.needs_layers and (self.teacher_layer or self.student_layer) and not named:
+            paired_by = "the layer map" if meta.layer_mapped else "the penultimate features"
+            raise ValueError(
+                f"loss {self.kind!r} needs both layers, or neither (then {paired_by} are "
+                "paired): name teacher_layer and student_layer together"
+            )
         if not meta.needs_layers and (self.teacher_layer or self.student_layer):
             raise ValueError(f"loss {self.kind!r} works on logits; it takes no layers")
         return self
