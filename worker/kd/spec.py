@@ -23,6 +23,9 @@ STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet", "from_teacher"
 # Students of Hugging Face teachers only (worker.kd.hf).
 TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf")
 TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors", "hf_zip")
+# Teacher formats whose classifier head can be found, so that feature and relation terms
+# naming no layers are paired automatically (worker.kd.training.pairing); others name them.
+PAIRABLE_TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "safetensors")
 DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip", "jsonl", "text")
 BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 __all__ = ["LOSS_KINDS", "TRANSFORMER_TASKS", "TaskKind"]

@@ -20,11 +20,10 @@ from torch import nn
 
 from worker.kd.catalogue import loss_meta
 from worker.kd.errors import InvalidSpec
+from worker.kd.spec import PAIRABLE_TEACHER_FORMATS
 from worker.kd.training.features import final_linear, input_layer
 
 PENULTIMATE = "penultimate"
-# Teacher formats whose wrapped module (`teacher.module`) the penultimate layer is read from.
-PAIRABLE_TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ def penultimate_layer(module: nn.Module, example: torch.Tensor) -> str | None:
 
 
 def teacher_module(teacher: nn.Module) -> nn.Module | None:
-    """The module a teacher's layers are read from: a plain module itself, a TorchScript or
-    safetensors teacher's wrapped module; None for formats whose layers are not modules."""
+    """The module a teacher's head is found in: a plain module itself, the wrapped module of
+    a teacher of PAIRABLE_TEACHER_FORMATS; None for other formats."""
     fmt = getattr(teacher, "format", None)
     if fmt is None:
         return teacher
