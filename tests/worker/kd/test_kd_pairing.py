@@ -16,7 +16,7 @@ from worker.kd.engine import distill, prepare
 from worker.kd.errors import InvalidSpec
 from worker.kd.exports.tensor import export_onnx
 from worker.kd.spec import CNNStudent
-from worker.kd.students import build_student
+from worker.kd.students import build_student, load_file_student
 from worker.kd.tasks.tensor_job import build_objective
 from worker.kd.training.pairing import pair_layers, penultimate_layer
 from worker.kd.training.reporting import MemoryReporter
@@ -119,3 +119,28 @@ def test_an_onnx_teacher_needs_its_layers_named(
     with pytest.raises(InvalidSpec, match=r"losses\[0\] \('hint'\) names no layers, and the onnx "
                        r"teacher .*: name the layers, \"teacher_layer\""):  # fmt: skip
         build_objective(prepared, student)
+
+
+def test_the_spec_accepts_feature_and_relation_terms_without_layers() -> None:
+    spec = losses_spec({"kind": "kd"}, {"kind": "hint"}, {"kind": "rkd_distance"}, {"kind": "sp"})
+    assert [t.student_layer for t in spec.distillation.losses or []] == [None] * 4
+
+
+def test_a_file_student_is_paired_by_its_head_too(
+    cnn_teachers: dict[str, Path], signals: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    student_file = tmp_path / "student.pt"
+    torch.jit.script(build_student(job_spec(MLP).student, (LENGTH,), CLASSES)).save(
+        str(student_file)
+    )
+    spec = job_spec(
+        {"arch": "file", "file_id": "s"},
+        teacher={"file_id": "t"},
+        training=TRAINING,
+        distillation={"losses": [{"kind": "kd"}, {"kind": "pkt"}]},
+    )
+    prepared = prepare(spec, cnn_teachers["torchscript"], signals, student_file)
+    student = load_file_student(student_file)
+    objective = build_objective(prepared, student)
+    assert [(p.student, p.teacher) for p in objective.pairing] == [("3:input", CNN_HEAD_INPUT)]
