@@ -48,7 +48,14 @@ from worker.pipeline import (
     transition,
 )
 from worker.pipeline import run_job as run_pipeline
-from worker.search_space import SearchContext, apply, is_scratch, scratch_params, suggest
+from worker.search_space import (
+    SearchContext,
+    apply,
+    is_scratch,
+    scratch_params,
+    suggest,
+    teacher_pairable,
+)
 from worker.trials import TRIAL_STOPS, deadline, now_utc, open_study, unix
 
 log = logging.getLogger(__name__)
@@ -152,6 +159,11 @@ def _begin(job: Job, settings: Settings) -> list[str]:
 def search_context(job: Job, spec: JobSpec) -> SearchContext:
     """What the search space depends on, read from the dataset's upload check."""
     labelled, arrays = True, spec.teacher.format != "hf_zip"
+    teacher_format: str | None = spec.teacher.format
+    if teacher_format == "auto":  # the format the upload check sniffed
+        with session_scope() as session:
+            teacher_file = session.get(File, spec.teacher.file_id)
+        teacher_format = teacher_file.format if teacher_file is not None else None
     if spec.dataset.file_id is not None:
         with session_scope() as session:
             file = session.get(File, spec.dataset.file_id)
@@ -167,6 +179,7 @@ def search_context(job: Job, spec: JobSpec) -> SearchContext:
         arrays=arrays,
         epochs=spec.training.epochs,
         learning_rate=spec.training.learning_rate,
+        pairable=teacher_pairable(teacher_format),
     )
 
 

@@ -1,9 +1,11 @@
 """What a search varies, in one place: the knobs a trial draws and how they become a spec.
 
-A family of losses is added here and nowhere else: name it in `response_families` (or a
-new list beside it), say in `apply` which loss terms it means. Feature and relation
-families need layers paired automatically, which the engine does not do yet; they join
-the space when it does.
+A family of losses is added here and nowhere else: name it in `response_families` or in
+`MIXED_FAMILIES`, say which loss terms it means. Mixed families add feature or relation
+terms to the response term; they name no layers, so the engine pairs the penultimate
+features of both models (worker.kd.training.pairing), which needs a teacher whose head can
+be found (PAIRABLE_TEACHER_FORMATS) and labelled data (the response term is mixed with
+cross-entropy; teacher-only searches stay on the response families).
 """
 
 from __future__ import annotations
@@ -14,12 +16,38 @@ from typing import Any
 
 import optuna
 
+from worker.kd.spec import PAIRABLE_TEACHER_FORMATS
+
 # The augmentation a trial with `augment` on gets: the default recipe's consistent teaching
 # (mixup needs soft targets, so families that need hard labels get the noise alone).
 AUGMENT_ON = {"mixup": 0.4, "noise": 0.05}
 AUGMENT_HARD_LABELS = {"noise": 0.05}
 # Families whose loss needs a hard label per sample (no mixup for them).
 HARD_LABEL_FAMILIES = ("dkd",)
+
+
+@dataclass(frozen=True)
+class MixedFamily:
+    """kd + extra terms on the penultimate features: each extra term's weight is the
+    trial's `extra_weight` times its factor, drawn log-uniform in `weights` (the scale the
+    terms' papers use, as our losses are normalised)."""
+
+    terms: tuple[tuple[str, float], ...]  # (loss kind, weight factor)
+    weights: tuple[float, float]
+
+
+MIXED_FAMILIES: dict[str, MixedFamily] = {
+    "kd+hint": MixedFamily((("hint", 1.0),), (0.1, 10.0)),  # FitNets
+    "kd+rkd": MixedFamily((("rkd_distance", 1.0), ("rkd_angle", 2.0)), (1.0, 50.0)),  # 25 / 50
+    "kd+sp": MixedFamily((("sp", 1.0),), (10.0, 3000.0)),  # Tung & Mori: 3000
+    "kd+pkt": MixedFamily((("pkt", 1.0),), (100.0, 30000.0)),
+}
+
+
+def teacher_pairable(teacher_format: str | None) -> bool:
+    """Whether a teacher of this format (the spec's, or the file's when the spec says
+    `auto`) lets feature and relation terms pair layers automatically."""
+    return teacher_format in PAIRABLE_TEACHER_FORMATS
 
 
 @dataclass(frozen=True)
@@ -31,10 +59,18 @@ class SearchContext:
     arrays: bool
     epochs: int
     learning_rate: float
+    pairable: bool = False  # the teacher's head can be found (`teacher_pairable`)
 
     @property
     def response_families(self) -> list[str]:
         return ["kd", "dkd"] if self.labelled and self.arrays else ["kd"]
+
+    @property
+    def families(self) -> list[str]:
+        """Response families, then mixes with feature and relation terms where they apply
+        (array inputs, labels, and a teacher whose layers pair automatically)."""
+        mixed = list(MIXED_FAMILIES) if self.labelled and self.arrays and self.pairable else []
+        return [*self.response_families, *mixed]
 
     @property
     def learning_rates(self) -> tuple[float, float]:
@@ -47,14 +83,18 @@ class SearchContext:
 
 def suggest(trial: optuna.Trial, context: SearchContext) -> dict[str, Any]:
     """Draw one trial's params (define-by-run, so enqueued trials can fix some of them)."""
+    family = trial.suggest_categorical("family", context.families)
     params: dict[str, Any] = {
-        "family": trial.suggest_categorical("family", context.response_families),
+        "family": family,
         "temperature": trial.suggest_float("temperature", 1.0, 8.0, log=True),
         "alpha": trial.suggest_float("alpha", 0.0, 1.0) if context.labelled else 1.0,
         "learning_rate": trial.suggest_float("learning_rate", *context.learning_rates, log=True),
         "epochs": trial.suggest_int("epochs", context.shortest, context.epochs),
         "augment": trial.suggest_categorical("augment", [False, True]) if context.arrays else False,
     }
+    if family in MIXED_FAMILIES:
+        low, high = MIXED_FAMILIES[family].weights
+        params["extra_weight"] = trial.suggest_float("extra_weight", low, high, log=True)
     return params
 
 
@@ -90,10 +130,21 @@ def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     if is_scratch(params):  # cross-entropy alone: the teacher is never run
         distillation["losses"] = [{"kind": "ce"}]
     elif family != "kd":
+        response = "kd" if family in MIXED_FAMILIES else family
         terms: list[dict[str, Any]] = [
-            {"kind": family, "weight": alpha, "params": {"temperature": temperature}}
+            {"kind": response, "weight": alpha, "params": {"temperature": temperature}}
         ]
         if alpha < 1.0:
             terms.append({"kind": "ce", "weight": 1.0 - alpha})
-        distillation["losses"] = terms
+        distillation["losses"] = terms + extra_terms(family, params)
     return {**child, "training": training, "distillation": distillation}
+
+
+def extra_terms(family: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A mixed family's feature and relation terms, with no layers: paired automatically."""
+    if family not in MIXED_FAMILIES:
+        return []
+    weight = float(params["extra_weight"])
+    return [
+        {"kind": kind, "weight": weight * factor} for kind, factor in MIXED_FAMILIES[family].terms
+    ]

@@ -23,6 +23,9 @@ STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet", "from_teacher"
 # Students of Hugging Face teachers only (worker.kd.hf).
 TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf")
 TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors", "hf_zip")
+# Teacher formats whose classifier head can be found, so that feature and relation terms
+# naming no layers are paired automatically (worker.kd.training.pairing); others name them.
+PAIRABLE_TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "safetensors")
 DATASET_FORMATS: tuple[str, ...] = ("npz", "csv", "image_zip", "jsonl", "text")
 BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
 __all__ = ["LOSS_KINDS", "TRANSFORMER_TASKS", "TaskKind"]
@@ -210,7 +213,9 @@ StudentSpec = Annotated[
 
 class LossTerm(_Strict):
     """One weighted term of the loss; layers are module paths (see the teacher file's
-    `details.layers`)."""
+    `details.layers`). A feature or relation term that names neither layer compares the
+    penultimate features of both models (the inputs of their classifier heads); the report's
+    `layer_pairing` says which."""
 
     kind: str
     weight: float = Field(1.0, ge=0.0, le=1e6)
@@ -224,11 +229,12 @@ class LossTerm(_Strict):
     def _known(self) -> LossTerm:
         meta = loss_meta(self.kind)
         named = bool(self.teacher_layer and self.student_layer)
-        if meta.layer_mapped:
-            if (self.teacher_layer or self.student_layer) and not named:
-                raise ValueError(f"loss {self.kind!r} needs both layers, or neither (layer map)")
-        elif meta.needs_layers and not named:
-            raise ValueError(f"loss {self.kind!r} needs teacher_layer and student_layer")
+        if meta.needs_layers and (self.teacher_layer or self.student_layer) and not named:
+            paired_by = "the layer map" if meta.layer_mapped else "the penultimate features"
+            raise ValueError(
+                f"loss {self.kind!r} needs both layers, or neither (then {paired_by} are "
+                "paired): name teacher_layer and student_layer together"
+            )
         if not meta.needs_layers and (self.teacher_layer or self.student_layer):
             raise ValueError(f"loss {self.kind!r} works on logits; it takes no layers")
         return self

@@ -3,12 +3,14 @@ and clear errors for layers that are not there or cannot be read."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from worker.kd.errors import InvalidSpec
-from worker.kd.training.features import describe_layers, module_features
+from worker.kd.training.features import describe_layers, final_linear, module_features
 
 
 class Shared(nn.Module):
@@ -83,3 +85,54 @@ def test_describe_layers_lists_tensor_outputs_with_per_sample_shapes() -> None:
                       ("head", (4,))]  # fmt: skip
     assert model.training  # mode restored
     torch.testing.assert_close(model.body[1].running_mean, stats)  # no statistics updated
+
+
+class Head(nn.Module):
+    """A classifier whose head reads a functional flatten: no module outputs its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 3, 3)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x.unsqueeze(1))).mean(-1)  # (B, 3)
+        return self.fc(h)  # (B, 4)
+
+
+def test_a_layer_named_path_input_is_what_the_module_takes() -> None:
+    torch.manual_seed(0)
+    model, x = Head(), torch.randn(2, 8)
+    assert final_linear(model, x) == "fc"
+    out, features = module_features(model, x, ["fc:input", "conv"])
+    expected = torch.relu(model.conv(x.unsqueeze(1))).mean(-1)
+    torch.testing.assert_close(features["fc:input"], expected)
+    torch.testing.assert_close(out, model.fc(expected))
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("make", [Head, lambda: nn.Sequential(nn.Linear(8, 5), nn.ReLU(),
+                                                             nn.Linear(5, 4))])  # fmt: skip
+def test_torchscript_gives_the_inputs_of_its_linear_layers_with_gradients(
+    make: type[nn.Module], tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(3, 8)
+    torch.jit.script(model).save(str(tmp_path / "m.pt"))
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    head = final_linear(model, x)
+    assert head is not None and final_linear(scripted, x) == head
+    out, features = module_features(scripted, x, [f"{head}:input"])
+    eager_out, eager = module_features(model, x, [f"{head}:input"])
+    torch.testing.assert_close(out, eager_out)
+    torch.testing.assert_close(features[f"{head}:input"], eager[f"{head}:input"])
+    features[f"{head}:input"].pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in scripted.parameters())
+    with pytest.raises(InvalidSpec, match="only the input of its final linear layer"):
+        module_features(scripted, x, [head])
+
+
+def test_a_model_without_a_linear_layer_has_no_head() -> None:
+    assert (
+        final_linear(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten()), torch.randn(2, 1, 5)) is None
+    )

@@ -203,9 +203,9 @@ def test_spec_refuses_bad_loss_terms() -> None:
     with pytest.raises(ValueError, match="unknown loss kind 'fitnet'"):
         JobSpec.model_validate({**job_spec().model_dump(), "distillation": {
             "losses": [{"kind": "fitnet"}]}})  # fmt: skip
-    with pytest.raises(ValueError, match="needs teacher_layer and student_layer"):
+    with pytest.raises(ValueError, match="needs both layers, or neither"):
         JobSpec.model_validate({**job_spec().model_dump(), "distillation": {
-            "losses": [{"kind": "hint"}]}})  # fmt: skip
+            "losses": [{"kind": "hint", "teacher_layer": "0"}]}})  # fmt: skip
 
 
 def test_a_spec_without_distillation_gets_the_measured_default() -> None:

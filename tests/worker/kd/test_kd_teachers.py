@@ -406,6 +406,11 @@ def test_inspect_teacher_with_the_data_shape(made: Made, fmt: str) -> None:
     assert details["num_classes"] == K
     assert details["parameters"] > 0
     names = [layer["name"] for layer in details["layers"]]
+    if fmt in ("torchscript", "safetensors"):  # the head's input, for automatic pairing
+        assert details["penultimate"]["name"].endswith(":input")
+        assert len(details["penultimate"]["shape"]) == 1
+    else:
+        assert "penultimate" not in details
     if fmt == "torchscript":
         assert names == [] and "no layers" in details["note"]
     elif fmt == "onnx":

@@ -59,6 +59,15 @@ class Evaluation(_Open):
     samples: int
 
 
+class LayerPairing(_Open):
+    """A student layer compared with a teacher layer that the spec did not name."""
+
+    student: str
+    teacher: str
+    how: str = Field(description="penultimate: the inputs of both models' classifier heads.")
+    losses: list[str] = Field(default_factory=list, description="The terms that use the pair.")
+
+
 class ReportBase(_Open):
     schema_version: int = REPORT_SCHEMA_VERSION
     validation: Validation
@@ -77,6 +86,9 @@ class ReportBase(_Open):
     steps: int
     train_seconds: float
     onnx_max_abs_diff: float | None = None
+    layer_pairing: list[LayerPairing] | None = Field(
+        None, description="Layers paired automatically for feature and relation losses."
+    )
     # Filled by later features; None until they are.
     verdict: Literal["kd_better", "no_gain", "baseline_better"] | None = None
     evaluation: Evaluation | None = None

@@ -44,6 +44,7 @@ def tensor_report(
     *,
     baseline: tuple[ModelUnderTest, TrainOutcome] | None = None,
     onnx_max_abs_diff: float | None = None,
+    layer_pairing: list[dict[str, Any]] | None = None,
 ) -> TensorReport:
     """report.json; accuracies are on `val`, against `val.label_source` labels. Teacher,
     student (and baseline) are timed in turn, so all meet the same machine load."""
@@ -81,6 +82,7 @@ def tensor_report(
         "train_seconds": round(outcome.seconds, 3),
         "recipe": recipe(spec, outcome.used_labels),
         "onnx_max_abs_diff": onnx_max_abs_diff,
+        **({"layer_pairing": layer_pairing} if layer_pairing else {}),
         # A gain is claimed only when the baseline was trained and measured in this job.
         "baseline": None,
         "kd_gain": None,

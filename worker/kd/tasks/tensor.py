@@ -15,6 +15,7 @@ from worker.kd.losses import CompositeLoss
 from worker.kd.training.augment import Augmenter
 from worker.kd.training.evaluate import ValidationSet, accuracy, agreement, predict_logits
 from worker.kd.training.features import module_features
+from worker.kd.training.pairing import LayerPair
 from worker.kd.training.trainer import Cast
 
 TeacherBatch = tuple[torch.Tensor, dict[str, torch.Tensor]]  # logits (B, K), layer -> (B, *S)
@@ -30,6 +31,7 @@ class Objective:
 
     loss: CompositeLoss
     needs_teacher: bool
+    pairing: tuple[LayerPair, ...] = ()  # layers paired automatically (training.pairing)
 
     @property
     def student_layers(self) -> tuple[str, ...]:

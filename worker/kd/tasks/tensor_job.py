@@ -33,6 +33,7 @@ from worker.kd.training.augment import Augmenter
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
 from worker.kd.training.evaluate import ValidationSet, count_parameters
 from worker.kd.training.features import module_features
+from worker.kd.training.pairing import pair_layers
 from worker.kd.training.reporting import RecordingReporter, Reporter
 from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
 from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
@@ -162,13 +163,15 @@ def build_objective(prepared: Prepared, student: nn.Module, *, baseline: bool = 
         ]
         if labeled and alpha < 1.0:
             terms.append({"kind": "ce", "weight": 1.0 - alpha})
+    example = prepared.data.x_train[:2].to(prepared.device)  # (2, *input_shape)
+    terms, pairing = pair_layers(terms, student, prepared.teacher, example)
     shapes = _layer_shapes(prepared, student, terms)
     try:
         loss = build_loss_terms(terms, shapes, has_labels=labeled)
     except ValueError as exc:
         raise InvalidSpec(f"distillation.losses: {exc}") from exc
     needs_teacher = any(term["kind"] != "ce" for term in terms)
-    return Objective(loss.to(prepared.device), needs_teacher)
+    return Objective(loss.to(prepared.device), needs_teacher, tuple(pairing))
 
 
 def _layer_shapes(
@@ -328,6 +331,7 @@ def _train_student(
     spec = prepared.spec
     student = _new_student(prepared)
     objective = build_objective(prepared, student)
+    _announce_pairing(recorder, objective)
     teacher = teacher_source(prepared, objective, recorder, cache)
     adapter = _adapter(prepared, student, objective, teacher, val)
     trainer = Trainer(
@@ -365,6 +369,18 @@ def _train_baseline(
         f"({trainer.total_steps} steps, same seed), to measure what distillation adds.",
     )
     return student, trainer.fit()
+
+
+def _announce_pairing(recorder: RecordingReporter, objective: Objective) -> None:
+    """Say which layers were paired automatically; the report lists them too."""
+    recorder.layer_pairing = [pair.as_dict() for pair in objective.pairing]
+    for pair in objective.pairing:
+        recorder.event(
+            "layers_paired",
+            f"No layers named for {', '.join(pair.losses)}: paired the student's {pair.how} "
+            f"features ({pair.student!r}) with the teacher's ({pair.teacher!r}).",
+            pair.as_dict(),
+        )
 
 
 def _announce(
@@ -429,6 +445,7 @@ def _write_outputs(
         prepared.device,
         baseline=baseline_model,
         onnx_max_abs_diff=recorder.onnx_max_abs_diff,
+        layer_pairing=recorder.layer_pairing,
     )
     return report_json(report), _write_files(prepared, recorder, out_dir, report, artifacts)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from worker.kd.errors import IncompatibleModels, InvalidSpec, InvalidTeacher, fmt_shape, shorten
-from worker.kd.training.features import LayerShapes, unknown_layer_message
+from worker.kd.training.features import LayerShapes, split_layer, unknown_layer_message
 
 Features = dict[str, torch.Tensor]
 
@@ -82,8 +82,8 @@ class Teacher(nn.Module):
 
     def _check_layers(self, layers: Sequence[str], known: Sequence[str]) -> None:
         known_set = set(known)
-        for layer in layers:
-            if layer not in known_set:
+        for layer in layers:  # "path:input" names the input of module `path`
+            if layer not in known_set and split_layer(layer)[0] not in known_set:
                 raise InvalidSpec(f"Teacher: {unknown_layer_message(layer, list(known))}")
 
 

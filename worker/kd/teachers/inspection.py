@@ -1,5 +1,6 @@
 """What a teacher file shows after validation (a file object's `details`): its format, what
-it takes and gives, its size, and the layers feature losses can name."""
+it takes and gives, its size, the layers feature losses can name, and the penultimate layer
+that terms naming no layers are paired with."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from worker.kd.errors import InvalidTeacher, shorten
 from worker.kd.spec import TeacherSpec
 from worker.kd.teachers import EXPORT_HINT, Teacher, load_teacher, looks_like, sniff_format
 from worker.kd.training.features import LayerShapes
+from worker.kd.training.pairing import penultimate_layer, teacher_module
 
 MAX_LAYERS = 1000  # details stay a readable size for very deep models
 EXAMPLE_BATCH = 2  # batch 1 can be special-cased by exporters; 2 is not
@@ -21,8 +23,9 @@ STATISTICS = (".running_mean", ".running_var")  # batch-norm buffers, not parame
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 NOTES = {
     "torchscript": (
-        "TorchScript gives no layers (it allows no hooks); for feature and relation losses "
-        "upload the teacher as a torch.export program (.pt2), ONNX, or safetensors weights."
+        "TorchScript lists no layers (it allows no hooks) but its head's input, which feature "
+        "and relation losses naming no layers are paired with; to name other layers upload the "
+        "teacher as a torch.export program (.pt2), ONNX, or safetensors weights."
     ),
     "safetensors": (
         "Weights only: input shape, classes and layers follow once a job names the arch "
@@ -40,7 +43,9 @@ def inspect_teacher(
 
     {"format", "input_shape" (batch excluded; null for dims the file leaves open, or the whole
     shape when the format does not record it), "outputs", "num_classes", "parameters",
-    "layers": [{"name", "shape"}], optionally "layers_truncated" and "note"}.
+    "layers": [{"name", "shape"}], optionally "layers_truncated", "penultimate" ({"name",
+    "shape"}: the input of the classifier head, for formats whose head can be found) and
+    "note"}.
     `example_shape` (a sample's shape) lets formats that do not record their input run an
     example, which gives classes and layer shapes.
     """
@@ -67,6 +72,7 @@ def inspect_teacher(
     }
     if example is not None:
         details.update(_run(teacher, example))
+        details.update(_penultimate(teacher, example))
     if fmt in NOTES:
         details["note"] = NOTES[fmt]
     return details
@@ -90,6 +96,20 @@ def _run(teacher: Teacher, example: torch.Tensor) -> dict[str, Any]:
         "layers": [{"name": name, "shape": list(shape)} for name, shape in layers[:MAX_LAYERS]],
         **({"layers_truncated": True} if len(layers) > MAX_LAYERS else {}),
     }
+
+
+def _penultimate(teacher: Teacher, example: torch.Tensor) -> dict[str, Any]:
+    """{"penultimate": {"name", "shape"}} where the teacher's head can be found, else {}
+    (an optional detail: a model whose head cannot be read is still a valid teacher)."""
+    module = teacher_module(teacher)
+    try:
+        name = None if module is None else penultimate_layer(module, example)
+        if name is None:
+            return {}
+        _, features = teacher.features(example, [name])
+    except Exception:
+        return {}
+    return {"penultimate": {"name": name, "shape": list(features[name].shape[1:])}}
 
 
 def _teacher_example(teacher: Teacher) -> torch.Tensor | None:

@@ -1,20 +1,24 @@
 """TorchScript teachers (`torch.jit.script(model).save(...)` or `torch.jit.trace`).
 
 The archive is read by TorchScript's own loader, whose unpickler builds only TorchScript
-types; no Python pickle runs. TorchScript allows no forward hooks, so these teachers give
-no layers: `layers()` is empty and `features()` names the formats that do.
+types; no Python pickle runs. TorchScript allows no forward hooks, so these teachers list
+no layers: `layers()` is empty, and `features()` reads only the inputs of linear layers
+("fc:input", the penultimate features automatic pairing uses), naming the formats that give
+other layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from worker.kd.errors import InvalidTeacher, shorten
-from worker.kd.teachers.base import EXPORT_HINT, Teacher, freeze
+from worker.kd.teachers.base import EXPORT_HINT, Features, Teacher, freeze
 from worker.kd.teachers.registry import looks_like, register_teacher
+from worker.kd.training.features import module_features
 
 
 class TorchScriptTeacher(Teacher):
@@ -27,6 +31,10 @@ class TorchScriptTeacher(Teacher):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.module(x)
+
+    def features(self, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, Features]:
+        with torch.no_grad():
+            return module_features(self.module, x, layers)
 
 
 @register_teacher("torchscript")

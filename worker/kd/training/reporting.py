@@ -59,6 +59,7 @@ class RecordingReporter:
     inner: Reporter
     metrics: list[tuple[str, int, int, float]] = field(default_factory=list)
     onnx_max_abs_diff: float | None = None
+    layer_pairing: list[dict[str, Any]] = field(default_factory=list)
 
     def progress(self, fraction: float, *, epoch: int, step: int) -> None:
         self.inner.progress(fraction, epoch=epoch, step=step)

@@ -62,5 +62,6 @@ def test_mapped_layer_terms_take_both_layers_or_neither() -> None:
         assert LossTerm(kind=kind, teacher_layer="4", student_layer="2").student_layer == "2"
         with pytest.raises(ValidationError, match="both layers, or neither"):
             LossTerm(kind=kind, teacher_layer="4")
-    with pytest.raises(ValidationError, match="needs teacher_layer and student_layer"):
-        LossTerm(kind="hint")
+    assert LossTerm(kind="hint").teacher_layer is None  # paired automatically (penultimate)
+    with pytest.raises(ValidationError, match="both layers, or neither"):
+        LossTerm(kind="hint", student_layer="2")

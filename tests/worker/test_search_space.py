@@ -1,0 +1,108 @@
+"""The search space: which loss families a search draws from for a given job, and that
+every suggestion becomes a valid job spec whose feature and relation terms name no layers
+(the engine pairs the penultimate features)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+import pytest
+
+from worker.kd.spec import JobSpec
+from worker.search_space import (
+    MIXED_FAMILIES,
+    SearchContext,
+    apply,
+    suggest,
+    teacher_pairable,
+)
+
+MIXED = ["kd+hint", "kd+rkd", "kd+sp", "kd+pkt"]
+
+
+def context(labelled: bool = True, arrays: bool = True, pairable: bool = True) -> SearchContext:
+    return SearchContext(labelled, arrays, epochs=8, learning_rate=1e-2, pairable=pairable)
+
+
+def parent_spec(teacher_format: str = "torchscript") -> dict[str, Any]:
+    return JobSpec.model_validate(
+        {
+            "teacher": {"file_id": "file_teacher", "format": teacher_format},
+            "student": {"arch": "mlp", "hidden": [16]},
+            "dataset": {"file_id": "file_dataset"},
+            "training": {"epochs": 8, "learning_rate": 0.01},
+            "baseline": True,
+            "search": {"trials": 8},
+        }
+    ).model_dump(mode="json", exclude_unset=True)
+
+
+def test_the_mixed_families_are_the_feature_and_relation_mixes() -> None:
+    assert list(MIXED_FAMILIES) == MIXED
+    assert context().families == ["kd", "dkd", *MIXED]
+
+
+@pytest.mark.parametrize(
+    ("ctx", "families"),
+    [
+        (context(pairable=False), ["kd", "dkd"]),  # e.g. an ONNX teacher
+        (context(labelled=False), ["kd"]),  # teacher only: no cross-entropy to mix with
+        (context(arrays=False), ["kd"]),  # texts: a transformer job
+    ],
+)
+def test_families_are_left_out_where_they_cannot_run(
+    ctx: SearchContext, families: list[str]
+) -> None:
+    assert ctx.families == families
+
+
+def test_the_teacher_format_decides_whether_layers_pair() -> None:
+    assert teacher_pairable("torchscript") and teacher_pairable("safetensors")
+    for fmt in ("onnx", "torch_export", "hf_zip", "auto", None):
+        assert not teacher_pairable(fmt)
+
+
+@pytest.mark.parametrize("family", MIXED)
+def test_a_mixed_trial_is_a_valid_spec_with_kd_ce_and_unpaired_terms(family: str) -> None:
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial({"family": family, "alpha": 0.6, "temperature": 4.0})
+    params = suggest(study.ask(), context())
+    assert params["family"] == family
+    low, high = MIXED_FAMILIES[family].weights
+    assert low <= params["extra_weight"] <= high
+    child = JobSpec.model_validate(apply(parent_spec(), params))
+    assert child.search is None and child.baseline is False
+    terms = child.distillation.losses or []
+    kd, ce, *extra = terms
+    assert (kd.kind, kd.weight, kd.params) == ("kd", 0.6, {"temperature": 4.0})
+    assert (ce.kind, ce.weight) == ("ce", pytest.approx(0.4))
+    assert [(t.kind, t.weight) for t in extra] == [
+        (kind, pytest.approx(params["extra_weight"] * factor))
+        for kind, factor in MIXED_FAMILIES[family].terms
+    ]
+    assert all(t.teacher_layer is None and t.student_layer is None for t in extra)
+
+
+def test_every_suggestion_is_a_valid_spec_from_its_family() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        params = suggest(study.ask(), context())
+        seen.add(params["family"])
+        child = JobSpec.model_validate(apply(parent_spec(), params))
+        kinds = [t.kind for t in child.distillation.losses or []]
+        assert ("extra_weight" in params) == (params["family"] in MIXED_FAMILIES)
+        if params["alpha"] == 0.0:
+            assert kinds == ["ce"]
+        elif params["family"] in MIXED_FAMILIES:
+            assert kinds[0] == "kd" and len(kinds) > 1
+    assert seen >= set(MIXED)  # every family is drawn
+
+
+def test_a_search_without_pairable_layers_never_draws_a_mixed_family() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for _ in range(20):
+        params = suggest(study.ask(), context(pairable=False))
+        assert params["family"] in ("kd", "dkd") and "extra_weight" not in params
+        JobSpec.model_validate(apply(parent_spec("onnx"), params))
