@@ -363,6 +363,11 @@ class JobSpec(_Strict):
     baseline: bool = Field(
         False, description="Also train the student without the teacher, same budget and seed."
     )
+    keep: Literal["distilled", "best"] = Field(
+        "distilled",
+        description="best: the job's student is the better of student and baseline when the "
+        "verdict is baseline_better (needs baseline: true); distilled: always the distilled one.",
+    )
     search: SearchSpec | None = Field(
         None, description="Search the recipe and schedule under a budget (README: Let it choose)."
     )
