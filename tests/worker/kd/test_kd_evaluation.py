@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.cli_client import render_report
 from worker.kd.engine import distill, prepare
 from worker.kd.report import verdict as verdict_module
 from worker.kd.report.summary import summarize, verdict_words
@@ -178,3 +179,8 @@ def test_keep_best_makes_a_better_baseline_the_student(
     assert finished[1] == summarize(report)
     assert "baseline without a teacher is better" in finished[1]
     assert "the job's student is the baseline's files" in (out / "README.md").read_text()
+    _, lines = render_report("job_x", report)  # `distillery report`
+    assert any(
+        line.startswith("Verdict: the baseline without a teacher is better") for line in lines
+    )
+    assert any("measured on: carved (359 samples, held out; chosen on carved" in x for x in lines)
