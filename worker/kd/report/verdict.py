@@ -23,7 +23,7 @@ from typing import Any, Literal
 try:
     from scipy.stats import binomtest
 except ImportError:  # scipy is optional: the exact sum below is the same test
-    binomtest = None  # type: ignore[assignment]
+    binomtest = None
 
 ALPHA = 0.05
 EXACT_BELOW = 25  # discordant pairs under which the exact test is used
