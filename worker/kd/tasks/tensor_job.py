@@ -289,7 +289,12 @@ def _cache_key(prepared: Prepared, layers: Sequence[str]) -> str:
             "teacher_format": spec.teacher.format,
             "dataset": dataset,
             "dataset_spec": spec.dataset.model_dump(mode="json", exclude={"file_id"}),
-            "split": [spec.training.val_fraction, spec.training.seed, prepared.data.source],
+            "split": [
+                spec.training.val_fraction,
+                spec.training.seed,
+                prepared.data.selection,
+                prepared.data.evaluation,
+            ],
             "layers": list(layers),
         }
     )
