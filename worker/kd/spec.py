@@ -372,6 +372,15 @@ class JobSpec(_Strict):
         None, description="Search the recipe and schedule under a budget (README: Let it choose)."
     )
 
+    @model_validator(mode="after")
+    def _keep_needs_a_baseline(self) -> JobSpec:
+        if self.keep == "best" and not self.baseline:
+            raise ValueError(
+                'keep: "best" chooses between the distilled student and the baseline: '
+                "set baseline: true, or remove keep"
+            )
+        return self
+
     @property
     def kind(self) -> JobKind:
         return job_kind_of({"student": self.student, "teacher": self.teacher})

@@ -147,6 +147,13 @@ def test_x_val_alone_is_the_evaluation_split(
 # keep: best ------------------------------------------------------------------------------
 
 
+def test_keep_best_needs_a_baseline() -> None:
+    with pytest.raises(ValueError, match="set baseline: true"):
+        job_spec(keep="best")
+    assert job_spec(baseline=True, keep="best").keep == "best"
+    assert job_spec().keep == "distilled"
+
+
 def test_keep_best_makes_a_better_baseline_the_student(
     digits: Digits, digits_npz: Path, tmp_path: Path
 ) -> None:
