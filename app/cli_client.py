@@ -21,7 +21,7 @@ from rich.text import Text
 from app.client import Client, DirectoryInUse, DistilleryError, load_spec_file
 from app.config import get_settings
 from app.schemas import JobPublic
-from worker.kd.report.summary import is_transformer
+from worker.kd.report.summary import is_transformer, verdict_words
 from worker.kd.spec import TRANSFORMER_ARCHS
 
 T = TypeVar("T")
@@ -332,6 +332,15 @@ def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
         if field == "kd_gain" and value is None and data.get("baseline_skipped"):
             shown = f"not measured: {data['baseline_skipped']}"
         lines.append(f"{label:>24}: {shown}")
+    evaluation = data.get("evaluation")
+    if evaluation:
+        selection = evaluation.get("selection") or {}
+        chose = f"; chosen on {selection['split']} ({selection['samples']})" if selection else ""
+        shown = f"{evaluation['split']} ({evaluation['samples']} samples, held out{chose})"
+        lines.append(f"{'measured on':>24}: {shown}")
+    words = verdict_words(data)
+    if words:
+        lines.append(words)
     return table, lines
 
 

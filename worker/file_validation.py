@@ -52,10 +52,10 @@ def _inspect_dataset(path: Path) -> dict[str, Any]:
     from worker.kd.spec import DatasetSpec
 
     data = load_dataset(DatasetSpec(file_id="upload"), path, 0.2, 0)
-    labels = [y for y in (data.y_train, data.y_val) if y is not None]
+    labels = data.labels()
     classes = int(max(int(y.max()) for y in labels) + 1) if labels else None
     return {
-        "samples": len(data.x_train) + len(data.x_val),
+        "samples": data.samples,
         "sample_shape": list(data.input_shape),
         "labeled": bool(labels),
         "classes": classes,

@@ -109,6 +109,21 @@ def test_job_page_shows_own_job(web: TestClient, key: str) -> None:
     assert 'id="cancel"' in page.text
 
 
+def test_job_page_has_a_verdict_badge(web: TestClient, key: str) -> None:
+    """The report's verdict is a visible badge with its words (filled by app.js)."""
+    job = submit_job(web, key)
+    sign_in(web, key)
+    page = web.get(f"/jobs/{job['id']}").text
+    assert 'id="report-verdict"' in page and 'id="verdict-badge"' in page
+    script, css = web.get("/static/app.js").text, web.get("/static/app.css").text
+    for outcome, words in (
+        ("kd_better", "Distillation helped"),
+        ("no_gain", "No significant gain"),
+        ("baseline_better", "Baseline is better"),
+    ):
+        assert f'{outcome}: "{words}"' in script and f".badge-{outcome}" in css
+
+
 def test_another_tenants_job_and_an_unknown_id_are_404_pages(web: TestClient, key: str) -> None:
     theirs = submit_job(web, new_key())
     sign_in(web, key)

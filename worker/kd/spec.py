@@ -391,9 +391,23 @@ class JobSpec(_Strict):
     baseline: bool = Field(
         False, description="Also train the student without the teacher, same budget and seed."
     )
+    keep: Literal["distilled", "best"] = Field(
+        "distilled",
+        description="best: the job's student is the better of student and baseline when the "
+        "verdict is baseline_better (needs baseline: true); distilled: always the distilled one.",
+    )
     search: SearchSpec | None = Field(
         None, description="Search the recipe and schedule under a budget (README: Let it choose)."
     )
+
+    @model_validator(mode="after")
+    def _keep_needs_a_baseline(self) -> JobSpec:
+        if self.keep == "best" and not self.baseline:
+            raise ValueError(
+                'keep: "best" chooses between the distilled student and the baseline: '
+                "set baseline: true, or remove keep"
+            )
+        return self
 
     @property
     def kind(self) -> JobKind:

@@ -286,13 +286,55 @@
     return { models, summary };
   }
 
-  const VALIDATION_SOURCES = { x_val: "the dataset's x_val", split: "held out from the training data" };
+  const VALIDATION_SOURCES = {
+    x_test: "the dataset's x_test",
+    x_val: "the dataset's x_val",
+    split: "carved from the data",
+  };
+
+  const VERDICT_BADGES = {
+    kd_better: "Distillation helped",
+    no_gain: "No significant gain",
+    baseline_better: "Baseline is better",
+  };
+
+  /** The verdict in words: a badge, and a sentence with the test's figures. */
+  function verdictText(report) {
+    const verdict = report.verdict;
+    if (!verdict) return null;
+    if (!verdict.outcome) {
+      return { badge: "No verdict", kind: "no_verdict", words: verdict.reason || "no baseline was measured" };
+    }
+    const gain = (report.kd_gain >= 0 ? "+" : "") + (report.kd_gain * 100).toFixed(2) + " points";
+    const test = `McNemar p = ${formatFixed(verdict.p_value, 4)} on ${formatCount(verdict.samples)} held-out samples ` +
+      `(${formatCount(verdict.student_only_correct)} right only with the teacher, ` +
+      `${formatCount(verdict.baseline_only_correct)} only without)`;
+    let words = `KD gain ${gain}; ${test}.`;
+    if (verdict.outcome === "baseline_better") {
+      words += verdict.kept === "baseline"
+        ? " keep: best, so the student you download is the baseline."
+        : ` The distilled student was kept (keep: distilled), giving up ${(verdict.lost * 100).toFixed(2)} points; set keep: best to keep the better one.`;
+    }
+    return { badge: VERDICT_BADGES[verdict.outcome], kind: verdict.outcome, words };
+  }
+
+  function renderVerdict(report) {
+    const box = document.getElementById("report-verdict");
+    const text = verdictText(report);
+    box.hidden = !text;
+    if (!text) return;
+    const badge = document.getElementById("verdict-badge");
+    badge.className = `badge badge-large badge-${text.kind}`;
+    badge.textContent = text.badge;
+    setText("verdict-words", text.words);
+  }
 
   /** Where and on what the report's figures were measured, saying only what it knows. */
   function reportNote(report) {
     const validation = report.validation || {};
     const source = VALIDATION_SOURCES[validation.source] || validation.source;
-    const parts = [`Measured on ${formatCount(validation.samples)} validation samples`];
+    const held = report.evaluation ? "held-out evaluation samples" : "validation samples";
+    const parts = [`Measured on ${formatCount(validation.samples)} ${held}`];
     if (source) parts.push(` (${source})`);
     if (report.device) parts.push(` on ${report.device}`);
     const budget = [];
@@ -323,6 +365,7 @@
       ),
     );
     setText("report-note", reportNote(report));
+    renderVerdict(report);
     if (Array.isArray(report.loss) && report.loss.length) setText("job-loss", report.loss.join(" + "));
     document.getElementById("artifacts").replaceChildren(
       ...artifacts.map((artifact) =>

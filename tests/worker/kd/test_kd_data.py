@@ -89,12 +89,17 @@ def test_not_an_npz(tmp_path: Path) -> None:
 
 
 def test_split_is_seeded_and_typed(write_npz: WriteNpz) -> None:
+    """Neither x_val nor x_test: evaluation is carved first (seed), then selection from
+    what is left (seed + 1); the three parts are disjoint and cover the data."""
     data = load(write_npz(x=X, y=Y), seed=3)
-    train, val = split_indices(10, 0.2, 3)
-    assert data.source == "split"
-    assert (len(data.x_train), len(data.x_val)) == (8, 2)
+    rest, held = split_indices(10, 0.2, 3)
+    train, val = (rest[i] for i in split_indices(len(rest), 0.2, 4))
+    assert (data.source, data.selection, data.evaluation) == ("split", "carved", "carved")
+    assert (len(data.x_train), len(data.x_val), len(data.x_eval)) == (6, 2, 2)
+    assert data.x_eval.numpy().tolist() == X[held].astype(np.float32).tolist()
     assert data.x_val.numpy().tolist() == X[val].astype(np.float32).tolist()
     assert data.y_train is not None and data.y_train.tolist() == Y[train].tolist()
+    assert sorted([*train, *val, *held]) == list(range(10))
     assert (str(data.x_train.dtype), str(data.y_train.dtype)) == ("torch.float32", "torch.int64")
 
 
@@ -105,9 +110,26 @@ def test_unlabeled_dataset_is_accepted(write_npz: WriteNpz) -> None:
 
 
 def test_explicit_validation_arrays(write_npz: WriteNpz) -> None:
+    """x_val without x_test is the evaluation split; selection is carved from x."""
     data = load(write_npz(x=X, y=Y, x_val=X[:3], y_val=Y[:3]))
-    assert (data.source, len(data.x_train), len(data.x_val)) == ("x_val", 10, 3)
+    assert (data.source, data.selection) == ("x_val", "carved")
+    assert (len(data.x_train), len(data.x_val), len(data.x_eval)) == (8, 2, 3)
+    assert data.x_eval.numpy().tolist() == X[:3].astype(np.float32).tolist()
     with pytest.raises(InvalidDataset, match=r"'x_val' samples have shape \(2,\)"):
         load(write_npz(x=X, x_val=X[:3, :2]))
     with pytest.raises(InvalidDataset, match="'y_val' but no 'x_val'"):
         load(write_npz(x=X, y_val=Y))
+
+
+def test_test_arrays_evaluate_and_val_arrays_select(write_npz: WriteNpz) -> None:
+    """x_test is the evaluation split; x_val, when given, the selection split, else carved."""
+    data = load(write_npz(x=X, y=Y, x_val=X[:3], y_val=Y[:3], x_test=X[3:7], y_test=Y[3:7]))
+    assert (data.source, data.selection, data.evaluation) == ("x_test", "x_val", "x_test")
+    assert (len(data.x_train), len(data.x_val), len(data.x_eval)) == (10, 3, 4)
+    assert data.y_eval is not None and data.y_eval.tolist() == Y[3:7].tolist()
+    carved = load(write_npz(x=X, y=Y, x_test=X[3:7], y_test=Y[3:7]))
+    assert (carved.selection, len(carved.x_train), len(carved.x_val)) == ("carved", 8, 2)
+    with pytest.raises(InvalidDataset, match=r"'x_test' samples have shape \(2,\)"):
+        load(write_npz(x=X, x_test=X[:3, :2]))
+    with pytest.raises(InvalidDataset, match="'y_test' but no 'x_test'"):
+        load(write_npz(x=X, y_test=Y))

@@ -34,9 +34,10 @@ def load(path: Path, limits: DatasetLimits = DatasetLimits(), **spec: object) ->
 def test_integer_labels_are_class_indices(tmp_path: Path) -> None:
     rows = [(i, i * 2, i % 3) for i in range(12)]
     data = load(write_csv(tmp_path, table("a,b,label", rows)))
-    train, val = split_indices(12, 0.25, 0)
-    assert data.x_val.tolist() == [[float(i), float(i * 2)] for i in val]
-    assert data.y_train is not None and data.y_train.tolist() == [i % 3 for i in train]
+    _, held = split_indices(12, 0.25, 0)  # the evaluation split is carved first
+    assert data.x_eval.tolist() == [[float(i), float(i * 2)] for i in held]
+    assert data.y_eval is not None and data.y_eval.tolist() == [i % 3 for i in held]
+    assert data.y_train is not None
     assert (str(data.x_train.dtype), str(data.y_train.dtype)) == ("torch.float32", "torch.int64")
     assert data.class_names is None and data.source == "split"
 
@@ -78,10 +79,10 @@ def test_semicolons_and_tabs_delimit_too(tmp_path: Path, sep: str) -> None:
 
 
 def test_quotes_spaces_bom_and_blank_lines_are_tolerated(tmp_path: Path) -> None:
-    text = '\ufeff"f 1", f2 ,label\n" 1.5",2e1,1\n\n3,-4,0\n'
+    text = '\ufeff"f 1", f2 ,label\n" 1.5",2e1,1\n\n3,-4,0\n5,6,1\n'
     data = load(write_csv(tmp_path, text))
-    x = sorted(data.x_train.tolist() + data.x_val.tolist())
-    assert x == [[1.5, 20.0], [3.0, -4.0]]
+    x = sorted(data.x_train.tolist() + data.x_val.tolist() + data.x_eval.tolist())
+    assert x == [[1.5, 20.0], [3.0, -4.0], [5.0, 6.0]]
 
 
 def test_chunks_agree_with_one_read(tmp_path: Path) -> None:

@@ -62,11 +62,11 @@ def test_digits_builtin_is_images_with_a_seeded_split() -> None:
     digits = DatasetSpec(builtin="digits")
     data = load_dataset(digits, None, val_fraction=0.2, seed=5)
     assert data.input_shape == (1, 8, 8) and str(data.x_train.dtype) == "torch.float32"
-    assert len(data.x_train) + len(data.x_val) == 1797
+    assert len(data.x_train) + len(data.x_val) + len(data.x_eval) == 1797
     assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
     assert data.class_names == [str(d) for d in range(10)] and data.max_label() == 9
-    _, val = split_indices(1797, 0.2, 5)
-    assert data.y_val is not None and data.y_val.tolist() == load_digits().target[val].tolist()
+    _, held = split_indices(1797, 0.2, 5)  # evaluation is carved first
+    assert data.y_eval is not None and data.y_eval.tolist() == load_digits().target[held].tolist()
 
 
 @pytest.mark.parametrize(

@@ -50,10 +50,10 @@ def load(path: Path, limits: DatasetLimits = DatasetLimits(), **spec: object) ->
 
 
 def all_samples(data: Splits) -> tuple[np.ndarray, np.ndarray | None]:
-    x = np.concatenate([data.x_train.numpy(), data.x_val.numpy()])
-    if data.y_train is None or data.y_val is None:
+    x = np.concatenate([data.x_train.numpy(), data.x_val.numpy(), data.x_eval.numpy()])
+    if data.y_train is None or data.y_val is None or data.y_eval is None:
         return x, None
-    return x, np.concatenate([data.y_train.numpy(), data.y_val.numpy()])
+    return x, np.concatenate([data.y_train.numpy(), data.y_val.numpy(), data.y_eval.numpy()])
 
 
 def colored_classes(tmp_path: Path, prefix: str = "") -> Path:

@@ -29,13 +29,13 @@ REPORT_KEYS = {
     "schema_version", "kind", "validation", "input_shape", "num_classes", "teacher", "student",
     "agreement", "kl_teacher_student", "quality_retained", "size_reduction", "speedup",
     "device", "epochs", "steps", "train_seconds", "recipe", "baseline", "kd_gain",
-    "best_epoch", "stopped_early", "speedup_batch64", "onnx_max_abs_diff",
+    "best_epoch", "stopped_early", "speedup_batch64", "onnx_max_abs_diff", "evaluation",
 }  # fmt: skip
 MODEL_KEYS = {"accuracy", "parameters", "serialized_bytes", "latency_ms_batch1"}
 
 
 def val_set(digits: Digits) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation split as a user reproduces it from the dataset and the spec."""
+    """The evaluation split (carved first) as a user reproduces it from the dataset and spec."""
     _, val = split_indices(len(digits.x), 0.2, 0)
     return torch.from_numpy(digits.x[val]), torch.from_numpy(digits.y[val])
 
@@ -46,7 +46,7 @@ def test_prepare_loads_and_measures(
     prepared = prepare(make_spec(), teacher_path, digits_npz)
     assert (prepared.input_shape, prepared.num_classes) == ((64,), 10)
     assert prepared.device == torch.device("cpu")
-    assert len(prepared.data.x_train) + len(prepared.data.x_val) == 1797
+    assert prepared.data.samples == 1797  # training + selection + evaluation
 
 
 def test_labels_beyond_teacher_classes(

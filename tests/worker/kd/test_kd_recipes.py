@@ -56,6 +56,7 @@ def test_no_labels_means_no_baseline_claimed(
     report = distill(prepare(spec, teacher_path, unlabeled), tmp_path / "o", reporter).report
     assert report["baseline"] is None and report["kd_gain"] is None
     assert "baseline_skipped" in kinds(reporter)
+    assert report["verdict"]["outcome"] is None and "no labels" in report["verdict"]["reason"]
 
 
 def test_teacher_outputs_are_reused_across_jobs(

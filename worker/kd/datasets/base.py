@@ -34,6 +34,8 @@ class Arrays:
     x_val: np.ndarray | None = None  # (M, *input_shape)
     y_val: np.ndarray | None = None  # (M,)
     class_names: list[str] | None = None
+    x_test: np.ndarray | None = None  # (E, *input_shape)
+    y_test: np.ndarray | None = None  # (E,)
 
 
 def over_limit(what: str, count: int, limit: int, name: str) -> InvalidDataset:

@@ -1,4 +1,5 @@
-"""NPZ datasets: arrays `x`, optional `y`, `x_val`, `y_val`, read without unpickling.
+"""NPZ datasets: arrays `x`, optional `y`, `x_val`, `y_val`, `x_test`, `y_test`, read without
+unpickling (which of them select and which evaluate: `worker.kd.datasets.splits`).
 
 Every member's .npy header is read and checked before any array is loaded: its dtype must
 be plain numbers (no objects, no raw `void` records), its declared size within the limits,
@@ -20,7 +21,7 @@ from worker.kd.datasets.base import Arrays, DatasetLimits, check_size
 from worker.kd.errors import InvalidDataset, shorten
 
 SAVE_HINT = "Save it with np.savez(path, x=features, y=labels)."
-KNOWN_ARRAYS = ("x", "y", "x_val", "y_val")
+KNOWN_ARRAYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
 
@@ -40,7 +41,13 @@ def read_npz(path: Path, limits: DatasetLimits) -> Arrays:
     check_npz_headers(path, limits)
     arrays = load_arrays(path)
     return Arrays(
-        arrays["x"], arrays.get("y"), arrays.get("x_val"), arrays.get("y_val"), class_names=None
+        arrays["x"],
+        arrays.get("y"),
+        arrays.get("x_val"),
+        arrays.get("y_val"),
+        class_names=None,
+        x_test=arrays.get("x_test"),
+        y_test=arrays.get("y_test"),
     )
 
 
@@ -141,7 +148,7 @@ def check_npz_headers(path: Path, limits: DatasetLimits) -> None:
     """Refuse the file from its .npy headers alone: every array's dtype and size, then the
     feature arrays' samples x values against the limits."""
     headers = read_npz_headers(path)
-    shapes = {name: headers[name].shape for name in ("x", "x_val") if name in headers}
+    shapes = {name: headers[name].shape for name in ("x", "x_val", "x_test") if name in headers}
     samples = sum(shape[0] for shape in shapes.values() if shape)
     features = max((math.prod(shape[1:]) for shape in shapes.values() if shape), default=0)
     check_size(samples, features, limits)

@@ -4,10 +4,12 @@ and the model card. Torch-free, so the API can import it.
 
 One model per kind of task (`kind`), sharing the headline figures: quality (`accuracy`,
 the task's quality measure), agreement with the teacher, size, speed, and the gain over
-the same student trained without the teacher. Fields later features fill (`verdict`,
-`evaluation`, `search`, `perplexity`, `speculative`, `processes`) are optional and None
-until then. Reports of schema_version 2 (before `kind` named the task) are read through
-`parse_report`.
+the same student trained without the teacher. Headline figures are measured on the
+evaluation split (`evaluation` says which), never used for a choice; with a baseline,
+`verdict` says whether distillation helped (McNemar's test, worker.kd.report.verdict).
+Fields later features fill (`search`, `perplexity`, `speculative`, `processes`) are
+optional and None until then. Reports of schema_version 2 (before `kind` named the task)
+are read through `parse_report`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from worker.kd.catalogue import TRANSFORMER_TASKS
 
-REPORT_SCHEMA_VERSION = 3  # 3: `kind` names the task kind; one model for every task
+# 3: `kind` names the task kind; one model for every task.
+# 4: figures on a held-out evaluation split (`evaluation`); `verdict` an object.
+REPORT_SCHEMA_VERSION = 4
 
 
 class _Open(BaseModel):
@@ -55,8 +59,35 @@ class Validation(_Open):
 
 
 class Evaluation(_Open):
-    split: str
+    """The split the headline figures were measured on, used for no choice, and the
+    selection split that chose (best epoch, early stopping, a search's trials)."""
+
+    split: Literal["x_test", "x_val", "carved"]
     samples: int
+    selection: dict[str, Any] | None = Field(
+        None, description='The selection split: {"split": "x_val" | "carved", "samples": n}.'
+    )
+
+
+class Verdict(_Open):
+    """Did distillation help? McNemar's test on the paired evaluation-set predictions of
+    student and baseline. `outcome` is None (with a `reason`) where none can be judged."""
+
+    outcome: Literal["kd_better", "no_gain", "baseline_better"] | None
+    reason: str | None = None
+    p_value: float | None = None
+    test: str | None = Field(None, description="mcnemar_exact_binomial or mcnemar_chi_square_cc")
+    alpha: float | None = None
+    samples: int | None = None
+    student_only_correct: int | None = Field(None, description="Discordant pairs won by KD.")
+    baseline_only_correct: int | None = Field(None, description="Won by the baseline.")
+    keep: Literal["distilled", "best"] | None = None
+    kept: Literal["distilled", "baseline"] | None = Field(
+        None, description="Whose files the job's student is."
+    )
+    lost: float | None = Field(
+        None, description="Quality given up by keeping the distilled student (keep: distilled)."
+    )
 
 
 class LayerPairing(_Open):
@@ -89,9 +120,9 @@ class ReportBase(_Open):
     layer_pairing: list[LayerPairing] | None = Field(
         None, description="Layers paired automatically for feature and relation losses."
     )
-    # Filled by later features; None until they are.
-    verdict: Literal["kd_better", "no_gain", "baseline_better"] | None = None
+    verdict: Verdict | None = None
     evaluation: Evaluation | None = None
+    # Filled by later features; None until they are.
     search: dict[str, Any] | None = None
     perplexity: dict[str, float | None] | None = None
     speculative: dict[str, Any] | None = None

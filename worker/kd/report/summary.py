@@ -18,8 +18,50 @@ def is_transformer(report: dict[str, Any]) -> bool:
     return report.get("kind") in (*TRANSFORMER_TASKS, "transformer")
 
 
+def verdict_words(report: dict[str, Any]) -> str | None:
+    """The verdict in a sentence: did distillation beat the same student trained without
+    the teacher, how sure (McNemar's p), and which model the job kept; None without one."""
+    verdict = report.get("verdict")
+    if not verdict:
+        return None
+    outcome = verdict.get("outcome")
+    if outcome is None:
+        return f"No verdict: {verdict.get('reason') or 'no baseline was measured'}."
+    counts = (
+        f"p = {verdict['p_value']:.4f}, McNemar's test on {verdict['samples']} evaluation "
+        f"samples: {verdict['student_only_correct']} right only by the distilled student, "
+        f"{verdict['baseline_only_correct']} only by the baseline"
+    )
+    gain = report.get("kd_gain") or 0.0
+    if outcome == "kd_better":
+        return f"Verdict: distillation helped ({gain:+.4f} over the baseline; {counts})."
+    if outcome == "no_gain":
+        return (
+            f"Verdict: no significant gain from distillation ({gain:+.4f} over the baseline "
+            f"is within chance; {counts})."
+        )
+    if verdict.get("kept") == "baseline":
+        kept = "keep: best, so the job's student is the baseline's files"
+    else:
+        kept = (
+            f"the distilled student was kept (keep: distilled), giving up "
+            f"{verdict.get('lost') or -gain:.4f}; set keep: best to keep the better one"
+        )
+    return (
+        f"Verdict: the baseline without a teacher is better ({-gain:+.4f} over the distilled "
+        f"student; {counts}); {kept}."
+    )
+
+
 def summarize(report: dict[str, Any]) -> str:
-    """One sentence for the event log: quality kept, size and speed, and the gain."""
+    """One sentence for the event log: quality kept, size and speed, the gain, and the
+    verdict."""
+    words = verdict_words(report)
+    sentence = _summarize(report)
+    return sentence if words is None else f"{sentence} {words}"
+
+
+def _summarize(report: dict[str, Any]) -> str:
     if is_transformer(report):
         return _summarize_transformer(report)
     labels = "" if report["validation"]["labels"] == "dataset" else " (against teacher labels)"
@@ -57,14 +99,16 @@ def _gain_clause(report: dict[str, Any]) -> str:
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The figures the `training_finished` event carries."""
+    """The figures the `training_finished` event carries (with the verdict, when judged)."""
+    verdict = {"verdict": report["verdict"]} if report.get("verdict") else {}
     if is_transformer(report):
         keys = ("quality_retained", "size_reduction", "speedup", "speedup_batch32", "kd_gain")
-        return {key: report[key] for key in keys}
+        return {**{key: report[key] for key in keys}, **verdict}
     return {
         "student_accuracy": report["student"]["accuracy"],
         "teacher_accuracy": report["teacher"]["accuracy"],
         **{key: report[key] for key in HEADLINE},
+        **verdict,
     }
 
 
@@ -93,6 +137,8 @@ def model_card(report: dict[str, Any], teacher_name: str, dataset_name: str) -> 
         if gain is not None
         else "- KD gain: not measured (no baseline was trained in this job)"
     )
+    words = verdict_words(report)
+    verdict_line = f"- {words}\n" if words else ""
     models = [("teacher", teacher), ("student", student)]
     if report.get("baseline"):
         models.append(("baseline (no teacher)", report["baseline"]))
@@ -121,8 +167,8 @@ outputs: {report["num_classes"]} logits.
 
 ## What it kept
 
-Measured on {validation["samples"]} validation samples ({validation["source"]}) against
-{labels}, on the worker's {report["device"]}:
+Measured on {validation["samples"]} held-out evaluation samples ({validation["source"]}),
+used for no choice during training, against {labels}, on the worker's {report["device"]}:
 
 {table}
 
@@ -132,7 +178,7 @@ Measured on {validation["samples"]} validation samples ({validation["source"]}) 
 - Top-1 agreement with the teacher: {_num(report["agreement"])}
 - ONNX export, max abs difference from torch: {_num(report.get("onnx_max_abs_diff"), "{:.2e}")}
 {gain_line}
-
+{verdict_line}
 ![training curves](curves.png)
 
 ## Use it

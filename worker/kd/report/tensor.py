@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TensorReport
+from worker.kd.report.verdict import decide, no_verdict
 from worker.kd.spec import JobSpec
 from worker.kd.training.evaluate import (
     ValidationSet,
@@ -45,9 +46,13 @@ def tensor_report(
     baseline: tuple[ModelUnderTest, TrainOutcome] | None = None,
     onnx_max_abs_diff: float | None = None,
     layer_pairing: list[dict[str, Any]] | None = None,
+    selection: dict[str, Any] | None = None,
+    no_verdict_reason: str | None = None,
 ) -> TensorReport:
-    """report.json; accuracies are on `val`, against `val.label_source` labels. Teacher,
-    student (and baseline) are timed in turn, so all meet the same machine load."""
+    """report.json; accuracies are on `val`, the evaluation split (used for no choice),
+    against `val.label_source` labels; `selection` names the split that chose. Teacher,
+    student (and baseline) are timed in turn, so all meet the same machine load. With a
+    baseline, `verdict` judges student against baseline on the same samples."""
     models = [teacher, student] + ([baseline[0]] if baseline else [])
     logits = [val.teacher_logits] + [
         predict_logits(m.module, val.x, device) for m in models[1:]
@@ -64,6 +69,11 @@ def tensor_report(
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "tensor_classification",
         "validation": {"source": val.source, "samples": len(val.x), "labels": val.label_source},
+        "evaluation": {
+            "split": "carved" if val.source == "split" else val.source,
+            "samples": len(val.x),
+            "selection": selection,
+        },
         "input_shape": list(val.x.shape[1:]),
         "num_classes": int(val.teacher_logits.shape[1]),
         "teacher": t,
@@ -87,6 +97,8 @@ def tensor_report(
         "baseline": None,
         "kd_gain": None,
     }
+    if baseline is None and no_verdict_reason is not None:
+        report["verdict"] = no_verdict(no_verdict_reason)
     if baseline is not None:
         b = summaries[2]
         report["baseline"] = {
@@ -96,7 +108,18 @@ def tensor_report(
             "train_seconds": round(baseline[1].seconds, 3),
         }
         report["kd_gain"] = s["accuracy"] - b["accuracy"]
+        report["verdict"] = decide(
+            _correct(logits[1], val.labels),
+            _correct(logits[2], val.labels),
+            report["kd_gain"],
+            spec.keep,
+        )
     return TensorReport.model_validate(report)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> list[bool]:
+    """Per sample, whether the model's top-1 class is the label: logits (M, K), labels (M,)."""
+    return [bool(v) for v in (logits.argmax(dim=1) == labels).tolist()]
 
 
 def model_summary(

@@ -13,6 +13,7 @@ from worker.kd.hf import measure
 from worker.kd.hf.models import num_layers
 from worker.kd.jobs import HFPrepared, Trained
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
+from worker.kd.report.verdict import decide, no_verdict
 from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.trainer import TrainOutcome
 
@@ -92,6 +93,9 @@ def transformer_report(
             "train_seconds": round(baseline.outcome.seconds, 3),
         }
         report["kd_gain"] = s_quality - b_quality
+        report["verdict"] = _verdict(task, s_out, b_out, t_out, report["kd_gain"])
+    elif baseline_skipped is not None:
+        report["verdict"] = no_verdict(baseline_skipped)
     if task == "sentence_embedding":
         s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
         report["embedding"] = {
@@ -99,6 +103,30 @@ def transformer_report(
             "retrieval_agreement": measure.retrieval_agreement(s_emb, t_emb),
         }
     return TransformerReport.model_validate(report)
+
+
+def _verdict(
+    task: str,
+    student: measure.ValOutputs,
+    baseline: measure.ValOutputs,
+    teacher: measure.ValOutputs,
+    kd_gain: float,
+) -> dict[str, Any]:
+    """McNemar's verdict on the paired per-text predictions of a classifier; the other
+    tasks have no per-sample right or wrong to pair. `keep: best` swaps files for tensor
+    jobs only, so a transformer job always keeps its distilled student."""
+    if task == "sentence_embedding":
+        return no_verdict("a sentence-embedding student has no per-sample accuracy to pair")
+    if task != "sequence_classification":
+        return no_verdict("next-token predictions are not independent samples to pair")
+    targets = torch.cat(student.targets) if student.targets else None
+    if targets is None:
+        targets = torch.cat(teacher.outputs).argmax(-1)  # (M,)
+
+    def correct(out: measure.ValOutputs) -> list[bool]:
+        return [bool(v) for v in (torch.cat(out.outputs).argmax(-1) == targets).tolist()]
+
+    return decide(correct(student), correct(baseline), kd_gain, "distilled")
 
 
 def _summary(model: nn.Module, quality: float, params: int, ms: dict[str, float]) -> dict[str, Any]:

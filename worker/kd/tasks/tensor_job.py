@@ -40,6 +40,7 @@ from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"
 TEACHER_BATCH = 1024
+NO_LABELS = "the dataset has no labels to train a baseline on"
 
 
 def distill_tensor(
@@ -49,12 +50,13 @@ def distill_tensor(
     checkpointing: Checkpointing | None = None,
     cache: TeacherCache | None = None,
 ) -> DistillResult:
-    """Train the student (and the baseline when asked), save its files, and measure the
-    saved student against the teacher."""
+    """Train the student (and the baseline when asked), choosing epochs on the selection
+    split, save its files, and measure the saved student against the teacher on the
+    evaluation split, which no choice has seen."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec, device = prepared.spec, prepared.device
     recorder = RecordingReporter(reporter)
-    val = ValidationSet.build(prepared.data, prepared.teacher, device)
+    val = ValidationSet.build(prepared.data, prepared.teacher, device)  # selection
     baseline_wanted = spec.baseline and prepared.data.y_train is not None
     share = 0.5 if baseline_wanted else 1.0
     student, outcome = _train_student(prepared, val, recorder, checkpointing, cache, share)
@@ -62,8 +64,11 @@ def distill_tensor(
     if baseline_wanted:
         baseline = _train_baseline(prepared, val, recorder, checkpointing)
     elif spec.baseline:
-        recorder.event("baseline_skipped", "No baseline: the dataset has no labels to train on.")
-    report, artifacts = _write_outputs(prepared, val, recorder, out_dir, student, outcome, baseline)
+        recorder.event("baseline_skipped", f"No baseline: {NO_LABELS}.")
+    evaluation = ValidationSet.evaluation(prepared.data, prepared.teacher, device)
+    report, artifacts = _write_outputs(
+        prepared, evaluation, recorder, out_dir, student, outcome, baseline
+    )
     return DistillResult(report=report, artifacts=artifacts)
 
 
@@ -287,7 +292,12 @@ def _cache_key(prepared: Prepared, layers: Sequence[str]) -> str:
             "teacher_format": spec.teacher.format,
             "dataset": dataset,
             "dataset_spec": spec.dataset.model_dump(mode="json", exclude={"file_id"}),
-            "split": [spec.training.val_fraction, spec.training.seed, prepared.data.source],
+            "split": [
+                spec.training.val_fraction,
+                spec.training.seed,
+                prepared.data.selection,
+                prepared.data.evaluation,
+            ],
             "layers": list(layers),
         }
     )
@@ -402,6 +412,9 @@ def _announce(
             "steps": steps,
             "train_samples": len(data.x_train),
             "val_samples": len(data.x_val),
+            "selection": data.selection,
+            "evaluation": data.evaluation,
+            "eval_samples": len(data.x_eval),
             "labels_used": data.y_train is not None,
             "device": prepared.device.type,
             "loss": terms,
@@ -414,17 +427,19 @@ def _announce(
 
 def _write_outputs(
     prepared: Prepared,
-    val: ValidationSet,
+    evaluation: ValidationSet,
     recorder: RecordingReporter,
     out_dir: Path,
     student: nn.Module,
     outcome: TrainOutcome,
     baseline: tuple[nn.Module, TrainOutcome] | None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    spec = prepared.spec
+    """Save the student, measure it (and the baseline) on the evaluation split, and, when
+    `keep: best` and the baseline is significantly better, make the baseline's files the
+    job's student."""
+    spec, data = prepared.spec, prepared.data
     config = student_config(spec.student, prepared.input_shape, prepared.num_classes)
-    artifacts = save_student(student, config, out_dir)
-    artifacts.update(_export_onnx(student, val, out_dir, recorder))
+    artifacts = _save(student, config, evaluation, out_dir, recorder)
     downloaded = torch.jit.load(str(artifacts["student.pt"]), map_location=prepared.device)
     baseline_model = None
     if baseline is not None:
@@ -440,14 +455,37 @@ def _write_outputs(
         spec,
         ModelUnderTest(prepared.teacher, prepared.teacher_path),
         ModelUnderTest(downloaded, artifacts["student.pt"]),
-        val,
+        evaluation,
         outcome,
         prepared.device,
         baseline=baseline_model,
         onnx_max_abs_diff=recorder.onnx_max_abs_diff,
         layer_pairing=recorder.layer_pairing,
+        selection={"split": data.selection, "samples": len(data.x_val)},
+        no_verdict_reason=NO_LABELS if spec.baseline and baseline is None else None,
     )
+    if baseline is not None and report.verdict is not None and report.verdict.kept == "baseline":
+        artifacts = _save(baseline[0], config, evaluation, out_dir, recorder)
+        recorder.event(
+            "baseline_kept",
+            "keep: best: the baseline (no teacher) is significantly better "
+            f"({-(report.kd_gain or 0.0):+.4f}), so its files are the job's student.",
+            {"kd_gain": report.kd_gain, "p_value": report.verdict.p_value},
+        )
     return report_json(report), _write_files(prepared, recorder, out_dir, report, artifacts)
+
+
+def _save(
+    model: nn.Module,
+    config: dict[str, Any],
+    evaluation: ValidationSet,
+    out_dir: Path,
+    recorder: RecordingReporter,
+) -> dict[str, Path]:
+    """The student's files (TorchScript, safetensors, config, ONNX) from `model`."""
+    artifacts = save_student(model, config, out_dir)
+    artifacts.update(_export_onnx(model, evaluation, out_dir, recorder))
+    return artifacts
 
 
 def _write_files(

@@ -26,15 +26,33 @@ class ValidationSet:
     labels: torch.Tensor  # (M,) the dataset's labels, or the teacher's argmax without them
     label_source: Literal["dataset", "teacher"]
     teacher_logits: torch.Tensor  # (M, K)
-    source: Literal["x_val", "split"]
+    source: str  # the split: x_val, x_test, or split (carved)
 
     @classmethod
     def build(cls, data: Splits, teacher: nn.Module, device: torch.device) -> ValidationSet:
-        teacher_logits = predict_logits(teacher, data.x_val, device)  # (M, K)
-        if data.y_val is not None:
-            return cls(data.x_val, data.y_val, "dataset", teacher_logits, data.source)
+        """The selection split (`x_val`): best epoch, early stopping, a search's trials."""
+        source = "x_val" if data.selection == "x_val" else "split"
+        return cls._of(data.x_val, data.y_val, source, teacher, device)
+
+    @classmethod
+    def evaluation(cls, data: Splits, teacher: nn.Module, device: torch.device) -> ValidationSet:
+        """The evaluation split (`x_eval`), used for no choice: the report's figures."""
+        return cls._of(data.x_eval, data.y_eval, data.source, teacher, device)
+
+    @classmethod
+    def _of(
+        cls,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        source: str,
+        teacher: nn.Module,
+        device: torch.device,
+    ) -> ValidationSet:
+        teacher_logits = predict_logits(teacher, x, device)  # (M, K)
+        if y is not None:
+            return cls(x, y, "dataset", teacher_logits, source)
         labels = teacher_logits.argmax(dim=1)  # (M,)
-        return cls(data.x_val, labels, "teacher", teacher_logits, data.source)
+        return cls(x, labels, "teacher", teacher_logits, source)
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -91,6 +91,12 @@ def test_baseline_is_trained_and_kd_gain_reported(
     assert baseline["parameters"] == report["student"]["parameters"]
     assert baseline["layers"] == 2 and baseline["steps"] == report["steps"] == 6
     assert report["kd_gain"] == report["student"]["accuracy"] - baseline["accuracy"]
+    verdict = report["verdict"]
+    if task == "sequence_classification":  # McNemar on paired per-text predictions
+        assert verdict["outcome"] in ("kd_better", "no_gain", "baseline_better")
+        assert 0.0 <= verdict["p_value"] <= 1.0 and verdict["kept"] == "distilled"
+    else:
+        assert verdict["outcome"] is None and "not independent" in verdict["reason"]
     # The baseline learned from cross-entropy alone, and is measured as its last epoch was.
     names = {name for name, *_ in reporter.metrics}
     assert "baseline_loss_ce" in names and not any(
@@ -119,6 +125,7 @@ def test_no_baseline_without_a_target_says_why(
     report = distill(prepared, tmp_path / "out", reporter).report
     assert report["baseline"] is None and report["kd_gain"] is None
     assert reason in report["baseline_skipped"]
+    assert report["verdict"] == {"outcome": None, "reason": report["baseline_skipped"]}
     skipped = [(m, d) for kind, m, d in reporter.events if kind == "baseline_skipped"]
     assert len(skipped) == 1 and skipped[0][1]["reason"] == report["baseline_skipped"]
     assert "baseline_started" not in [kind for kind, _, _ in reporter.events]
