@@ -50,7 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         with self.server.lock:
             self.server.calls.append((dict(self.headers.items()), body))
-            status = self.server.statuses[min(len(self.server.calls), len(self.server.statuses)) - 1]
+            status = self.server.statuses[
+                min(len(self.server.calls), len(self.server.statuses)) - 1
+            ]
         time.sleep(self.server.delay)
         self.send_response(status)
         self.end_headers()
