@@ -142,12 +142,12 @@ def small_inputs(root: Path) -> tuple[Path, Path]:
 
 
 def long_spec(teacher: str, dataset: str) -> dict[str, Any]:
-    """A job that trains until its runtime limit, then ends (failed, max_runtime_exceeded)."""
+    """A job that trains for minutes (100,000 steps) unless it is cancelled."""
     return {
         "teacher": {"file_id": teacher},
         "student": {"arch": "mlp", "hidden": [16]},
         "dataset": {"file_id": dataset},
-        "training": {"epochs": 1000, "batch_size": 32, "max_runtime_seconds": 10},
+        "training": {"epochs": 1000, "batch_size": 32, "max_runtime_seconds": 900},
     }
 
 
@@ -155,11 +155,11 @@ def long_spec(teacher: str, dataset: str) -> dict[str, Any]:
 def test_webhooks_of_jobs_ended_while_the_broker_is_down_are_delivered_once(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    """PostgreSQL and a Redis of the test's own. With Redis stopped, one job ends on a
-    worker and another is cancelled through the API: neither webhook can be sent as a task.
-    The worker's sweep sends the first (the broker is not needed to deliver); the second,
-    with no worker alive, waits in its table until Redis is back and a worker starts, then
-    the sweep sends it. The receiver gets each exactly once; the events show the attempts."""
+    """PostgreSQL and a Redis of the test's own. With Redis stopped, a running job is
+    cancelled and ends on its worker, and a queued one is cancelled through the API:
+    neither webhook can be sent as a task. The worker's sweep sends the first (the broker
+    is not needed to deliver); the second, with no worker alive, waits in its table until
+    Redis is back and a worker starts, then the sweep sends it. The receiver gets each exactly once; the events show the attempts."""
     receiver.fail_first = 0
     redis = PrivateRedis(tmp_path)
     redis.start()
@@ -187,7 +187,9 @@ def test_webhooks_of_jobs_ended_while_the_broker_is_down_are_delivered_once(
             assert api.get(f"/v1/jobs/{ending}").json()["status"] == "running", (
                 "the job ended before the broker stopped; the test needs a longer job"
             )
-            assert api.wait(ending, timeout=300)["status"] == "failed"  # its runtime limit
+            with api.client as client:  # the worker ends it at its next step: broker not needed
+                assert client.post(f"/v1/jobs/{ending}/cancel").json()["status"] == "cancelling"
+            assert api.wait(ending, timeout=300)["status"] == "cancelled"
             wait_for(
                 lambda: any(e["kind"] == "webhook_delivered" for e in events_of(api, ending)),
                 60,
@@ -214,7 +216,7 @@ def test_webhooks_of_jobs_ended_while_the_broker_is_down_are_delivered_once(
             time.sleep(4)  # several more sweeps (every second): nothing is sent again
             bodies = [json.loads(body) for _, body, _ in receiver.calls]
             assert [(b["id"], b["status"]) for b in bodies] == [
-                (ending, "failed"),
+                (ending, "cancelled"),
                 (cancelled, "cancelled"),
             ]
             secret = api.get("/v1/webhook_secret").json()["secret"]

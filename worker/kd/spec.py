@@ -380,8 +380,19 @@ class JobSpec(_Strict):
 
     def _fields_set(self) -> set[str]:
         """The dotted names of the teacher and dataset fields the spec states."""
-        return {f"teacher.{name}" for name in self.teacher.model_fields_set} | {
-            f"dataset.{name}" for name in self.dataset.model_fields_set
+
+        # A field at its default counts as not stated: a stored spec (dumped with every
+        # default) must validate again on the worker.
+        def stated(part: BaseModel) -> set[str]:
+            fields = type(part).model_fields
+            return {
+                name
+                for name in part.model_fields_set
+                if getattr(part, name) != fields[name].get_default(call_default_factory=True)
+            }
+
+        return {f"teacher.{name}" for name in stated(self.teacher)} | {
+            f"dataset.{name}" for name in stated(self.dataset)
         }
 
     @model_validator(mode="after")
