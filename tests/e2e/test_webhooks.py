@@ -159,7 +159,8 @@ def test_webhooks_of_jobs_ended_while_the_broker_is_down_are_delivered_once(
     cancelled and ends on its worker, and a queued one is cancelled through the API:
     neither webhook can be sent as a task. The worker's sweep sends the first (the broker
     is not needed to deliver); the second, with no worker alive, waits in its table until
-    Redis is back and a worker starts, then the sweep sends it. The receiver gets each exactly once; the events show the attempts."""
+    Redis is back and a worker starts, then the sweep sends it. The receiver gets each
+    exactly once; the events show the attempts."""
     receiver.fail_first = 0
     redis = PrivateRedis(tmp_path)
     redis.start()
