@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0.0)
     webhook_max_attempts: int = Field(6, ge=1, le=20)
     webhook_backoff_seconds: float = Field(2.0, ge=0.0, description="First retry delay; doubles.")
+    webhook_backoff_max_seconds: float = Field(
+        3600.0, ge=0.0, description="The longest delay between two attempts of a webhook."
+    )
+    webhook_expire_seconds: float = Field(
+        3 * 86400.0,
+        gt=0.0,
+        description="A webhook not delivered this long after its job ended is given up.",
+    )
+    webhook_claim_seconds: float = Field(
+        60.0,
+        gt=0.0,
+        description="How long a sender owns a delivery it is sending (at least the timeout "
+        "plus a margin is used); one that died mid-send lets it lapse and another tries.",
+    )
 
     # Client side (the CLI's submit, watch, jobs, ...): flags win over these.
     url: str | None = Field(None, description="Server URL for the CLI, e.g. http://host:8000.")

@@ -18,7 +18,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import event as orm_event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -169,3 +170,42 @@ class Worker(Base):
     queues: Mapped[list[str]] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WebhookDelivery(Base):
+    """One announcement of a job's end to its webhook, written in the same transaction as
+    the job's end event and sent until delivered or expired (app/services/webhooks.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A sender owns the row until then (a guarded update takes it); one that died
+    # mid-send lets it lapse and another sender tries again.
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+@orm_event.listens_for(Session, "before_flush")
+def _record_webhook_deliveries(session: Session, _context: Any, _instances: Any) -> None:
+    """A job's end event (succeeded, failed, cancelled) brings its webhook delivery into
+    the same flush, whichever code path ended the job (worker, sweep, search, API)."""
+    ends = [
+        obj
+        for obj in session.new
+        if isinstance(obj, JobEvent) and obj.kind in ("succeeded", "failed", "cancelled")
+    ]
+    if ends:
+        from app.services.webhooks import record_deliveries
+
+        record_deliveries(session, [obj.job_id for obj in ends])

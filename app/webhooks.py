@@ -9,6 +9,9 @@ service POSTs the job object as JSON with these headers:
 
 The secret is the tenant's (GET /v1/webhook_secret). Verify by recomputing the HMAC over
 the timestamp, a dot and the raw body, comparing in constant time, and refusing old `t`.
+Each delivery is recorded with the job's end and retried with backoff until delivered or
+expired (app/services/webhooks.py); a receiver may see one more than once (at least
+once), with the same `Distillery-Delivery`, and should ignore repeats of an id it has.
 Targets that resolve to private, loopback or link-local addresses are refused unless their
 host is in DISTILLERY_WEBHOOK_ALLOW_HOSTS; the delivery connects to the address that was
 checked (no second lookup a rebinding DNS server could answer differently); redirects are
@@ -96,6 +99,7 @@ def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]
 class DeliveryOutcome:
     ok: bool
     detail: str
+    status_code: int | None = None  # None when no answer came (refused target, network error)
 
 
 def deliver(
@@ -123,4 +127,6 @@ def deliver(
             response = client.send(request, follow_redirects=False)
     except httpx.HTTPError as exc:
         return DeliveryOutcome(False, f"{type(exc).__name__}: {str(exc)[:200]}")
-    return DeliveryOutcome(response.is_success, f"HTTP {response.status_code}")
+    return DeliveryOutcome(
+        response.is_success, f"HTTP {response.status_code}", response.status_code
+    )

@@ -9,6 +9,8 @@
   its message was lost (broker down at submit time, a broker restart without persistence).
   So is the validation of a file left `validating` that long (uploaded while the broker
   was down).
+- Webhook deliveries that are due (their job ended while the broker was down, or an
+  attempt failed and its backoff has passed) are sent (`app.services.webhooks`).
 
 Every change is a guarded update on the row's current values, so any number of workers can
 sweep at once and a job is taken back once.
@@ -30,6 +32,7 @@ from app.db import session_scope
 from app.models import File, Job, utcnow
 from app.queue import enqueue_file_validation, enqueue_job, queue_of
 from app.schemas import JobStatus
+from app.services.webhooks import deliver_due
 from worker.pipeline import ACTIVE, add_event, announce_end, transition
 from worker.search import SEARCH, advance, advance_stalled
 
@@ -44,6 +47,7 @@ class SweepResult:
     resent: list[str] = field(default_factory=list)
     files_resent: list[str] = field(default_factory=list)
     searches: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)
 
 
 def sweep(settings: Settings) -> SweepResult:
@@ -59,6 +63,7 @@ def sweep(settings: Settings) -> SweepResult:
         announce_end(job_id)
         _move_search(job_id, settings)
     result.searches = advance_stalled(settings)
+    result.webhooks = [a.delivery_id for a in deliver_due(settings, sender="sweep")]
     return result
 
 

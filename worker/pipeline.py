@@ -249,7 +249,9 @@ def _stopped(job_id: str, reason: str, settings: Settings) -> None:
 
 
 def announce_end(job_id: str) -> bool:
-    """If the job has ended, send its webhook (if any); True when it has ended."""
+    """If the job has ended, hurry its webhook (if any) to a worker; True when it has
+    ended. The delivery was recorded with the end event: if the broker is down, the
+    maintenance sweep sends it."""
     with session_scope() as session:
         job = session.get_one(Job, job_id)
         ended = job.status in TERMINAL_STATUSES

@@ -9,7 +9,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from app.config import get_settings
 from app.queue import enqueue_webhook
-from app.services.webhooks import attempt_delivery
+from app.services.webhooks import deliver_due
 from worker.celery_app import RUN_JOB_TASK, VALIDATE_FILE_TASK, WEBHOOK_TASK, celery_app
 from worker.file_validation import validate_file as validate_file_now
 from worker.lifecycle import SHUTTING_DOWN
@@ -30,11 +30,15 @@ def run_job(job_id: str) -> None:
 
 @celery_app.task(name=WEBHOOK_TASK, ignore_result=True)
 def deliver_webhook(job_id: str, attempt: int = 1, delivery_id: str | None = None) -> None:
-    """POST the ended job to its webhook; a failed attempt schedules the next with backoff."""
-    retry = attempt_delivery(job_id, attempt, delivery_id, get_settings())
-    if retry is not None:
-        next_id, delay = retry
-        enqueue_webhook(job_id, attempt + 1, next_id, countdown=delay)
+    """Send the job's due webhook deliveries (recorded with its end); after a failed
+    attempt, come back when the next is due. The maintenance sweep sends whatever this
+    misses (broker down); a claim on each delivery keeps the two from both sending it.
+    `attempt` and `delivery_id` are those of older messages, and unused."""
+    del attempt, delivery_id
+    attempted = deliver_due(get_settings(), job_id=job_id, sender="task")
+    retries = [a.retry_in for a in attempted if a.retry_in is not None]
+    if retries:
+        enqueue_webhook(job_id, countdown=min(retries))
 
 
 @celery_app.task(name=VALIDATE_FILE_TASK, ignore_result=True)
