@@ -31,7 +31,8 @@ Pair = tuple[str, Callable[[], object], Callable[[], object], str]
 def _pairs(workload: Workload) -> list[Pair]:
     from worker.kd.engine import prepare
     from worker.kd.spec import JobSpec
-    from worker.kd.tasks.tensor_job import OnlineTeacher, _new_student, build_objective
+    from worker.kd.tasks.tensor_job import _new_student, build_objective
+    from worker.kd.training.teacher_sources import online_teacher
     from worker.kd.training.trainer import RunningSums, Trainer, stack_parts
 
     spec = JobSpec.model_validate(workload.spec(2, cache_teacher=False))
@@ -44,7 +45,7 @@ def _pairs(workload: Workload) -> list[Pair]:
     with torch.no_grad():
         t = raw_teacher(x)
     temperature, alpha = workload.temperature, workload.alpha
-    online = OnlineTeacher(prepared.teacher, ())
+    online = online_teacher(prepared.teacher, ())
     idx = torch.arange(len(x))
 
     def engine_loss() -> None:

@@ -9,7 +9,7 @@
   validation set, timing both models at batch 1, writing metrics.csv, curves.png and the
   model card. One more run at the smallest and the largest size times each step of the
   phase (the runner's functions wrapped with timers from here), and the two ONNX exporters
-  the engine has (`worker.kd.exports.tensor._export` with `dynamo=True`, the torch.export-based
+  the engine has (`worker.kd.exports.onnx.export_graph` with `dynamo=True`, the torch.export-based
   one, and `dynamo=False`, the TorchScript-based one, now tried first) export the same
   student, interleaved.
 
@@ -85,11 +85,15 @@ def timed_steps() -> Iterator[dict[str, float]]:
 def onnx_exporters(workload: workloads.Workload, work: Path, rounds: int) -> dict[str, Any]:
     """Seconds to export the same student with each exporter, interleaved."""
     try:
-        from worker.kd import export
+        from worker.kd.exports import onnx, tensor
 
         exporters = {
-            "torch.export-based": partial(export._export, dynamo=True),
-            "TorchScript-based (default)": partial(export._export, dynamo=False),
+            "torch.export-based": partial(
+                onnx.export_graph, signature=tensor.SIGNATURE, dynamo=True
+            ),
+            "TorchScript-based (default)": partial(
+                onnx.export_graph, signature=tensor.SIGNATURE, dynamo=False
+            ),
         }
     except (ImportError, AttributeError) as exc:
         return {"available": False, "reason": str(exc)}
@@ -99,7 +103,7 @@ def onnx_exporters(workload: workloads.Workload, work: Path, rounds: int) -> dic
     for r in range(rounds + 1):
         for name in rotate(list(exporters), r):
             start = time.perf_counter()
-            exporters[name](student, example, work / "student.onnx")
+            exporters[name](student, (example,), work / "student.onnx")
             if r:  # the first round warms both up
                 spent[name].append(time.perf_counter() - start)
     return {"available": True, "seconds": {name: median(s) for name, s in spent.items()}}

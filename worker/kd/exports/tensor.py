@@ -4,23 +4,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from worker.kd.exports.onnx import Signature, export_checked
 from worker.kd.students import STUDENT_SPEC, build_student
 
 CONFIG_SCHEMA_VERSION = 1
-ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
+SIGNATURE = Signature(inputs={"input": {0: "batch"}}, output="logits")
 
 __all__ = ["STUDENT_SPEC", "export_onnx", "load_student", "save_student", "student_config"]
 
@@ -75,51 +71,12 @@ def load_student(config_path: Path, safetensors_path: Path) -> nn.Module:
 
 def export_onnx(student: nn.Module, example: torch.Tensor, path: Path) -> float:
     """Write the student as ONNX with a dynamic batch dimension (input "input", output
-    "logits"), run the file with onnxruntime on `example` (B, *input_shape), and return the
-    largest absolute difference from the torch student's logits. The student ends on CPU, in
-    eval mode."""
+    "logits") through `exports.onnx`, run the file with onnxruntime on `example`
+    (B, *input_shape), and return the largest absolute difference from the torch student's
+    logits. The student ends on CPU, in eval mode."""
     student = student.cpu().eval()
     example = example.detach().cpu()
     traced = example if len(example) >= 2 else torch.cat([example, example])  # batch >= 2
-    # The TorchScript-based exporter first: 8 ms against 0.7 s for the torch.export-based
-    # one on our students (BENCHMARKS.md); the latter takes what the former cannot.
-    try:
-        _export(student, traced[:2], Path(path), dynamo=False)
-    except Exception:
-        if isinstance(student, torch.jit.ScriptModule):
-            raise
-        _export(student, traced[:2], Path(path), dynamo=True)
-    ort = importlib.import_module("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (onnx_logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})
-    with torch.no_grad():
-        torch_logits = student(example).float().numpy()  # (B, K)
-    return float(np.abs(np.asarray(onnx_logits, dtype=np.float32) - torch_logits).max())
-
-
-def _export(student: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool) -> None:
-    """One torch.onnx.export call; the batch dimension is dynamic in both exporters, which
-    only name it differently."""
-    batch: dict[str, Any] = (
-        {"dynamic_shapes": ({0: torch.export.Dim("batch")},), "external_data": False}
-        if dynamo
-        else {"dynamic_axes": {ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}}
-    )
-    with _quiet():
-        torch.onnx.export(
-            student,
-            (example,),
-            str(path),
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamo=dynamo,
-            **batch,
-        )
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporters warn about their own deprecations: keep the job's logs clean."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    # The TorchScript-based exporter first (much faster on our students, BENCHMARKS.md);
+    # the torch.export-based one takes what the former cannot.
+    return export_checked(student, (traced[:2],), [(example,)], Path(path), SIGNATURE)

@@ -6,9 +6,7 @@ and writes the report."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from worker.kd.report.tensor import ModelUnderTest, tensor_report
 from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
 from worker.kd.student_size import too_large
 from worker.kd.students import build_student, load_file_student
-from worker.kd.tasks.tensor import Objective, TeacherBatch, TensorAdapter
+from worker.kd.tasks.tensor import Objective, TeacherSource, TensorAdapter
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.training.augment import Augmenter
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
@@ -35,11 +33,17 @@ from worker.kd.training.evaluate import ValidationSet, count_parameters
 from worker.kd.training.features import module_features
 from worker.kd.training.pairing import pair_layers
 from worker.kd.training.reporting import RecordingReporter, Reporter
-from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
+from worker.kd.training.teacher_cache import TeacherCache, file_sha256
+from worker.kd.training.teacher_sources import (
+    DensePlan,
+    cached_outputs,
+    cached_teacher,
+    online_teacher,
+    teacher_forward,
+)
 from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"
-TEACHER_BATCH = 1024
 NO_LABELS = "the dataset has no labels to train a baseline on"
 
 
@@ -198,109 +202,38 @@ def _layer_shapes(
     return shapes
 
 
-def teacher_forward(
-    teacher: Any, x: torch.Tensor, layers: Sequence[str]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits (B, K) and the named layers' outputs, whatever the teacher's format."""
-    if not layers:
-        return teacher(x), {}
-    features = getattr(teacher, "features", None)
-    if callable(features):
-        logits, feats = features(x, list(layers))
-        return logits, dict(feats)
-    return module_features(teacher, x, layers)
-
-
-@dataclass
-class OnlineTeacher:
-    """Runs the teacher on each batch (needed when the batch is augmented)."""
-
-    teacher: Any
-    layers: tuple[str, ...]
-
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool) -> TeacherBatch:
-        with torch.no_grad():
-            logits, feats = teacher_forward(self.teacher, x, self.layers)
-        return logits.float(), {k: v.float() for k, v in feats.items()}
-
-
-@dataclass
-class CachedTeacher:
-    """Teacher outputs computed once for the training set, indexed per batch; falls back
-    to running the teacher for augmented batches."""
-
-    outputs: TeacherOutputs
-    online: OnlineTeacher
-    device: torch.device
-
-    def __call__(self, idx: torch.Tensor, x: torch.Tensor, augmented: bool) -> TeacherBatch:
-        if augmented:
-            return self.online(idx, x, augmented)
-        return self.outputs.batch(idx, self.device)
-
-
-def compute_outputs(prepared: Prepared, layers: Sequence[str]) -> TeacherOutputs:
-    x = prepared.data.x_train
-    logits, feats = [], []
-    with torch.no_grad():
-        for start in range(0, len(x), TEACHER_BATCH):
-            batch = x[start : start + TEACHER_BATCH].to(prepared.device)
-            out, f = teacher_forward(prepared.teacher, batch, layers)
-            logits.append(out.float().cpu())
-            feats.append({k: v.float().cpu() for k, v in f.items()})
-    return TeacherOutputs(
-        torch.cat(logits), {name: torch.cat([f[name] for f in feats]) for name in layers}
-    )
-
-
 def teacher_source(
     prepared: Prepared, objective: Objective, reporter: Reporter, cache: TeacherCache | None
-) -> OnlineTeacher | CachedTeacher:
+) -> TeacherSource:
+    """The teacher's outputs per batch: cached or online, by `training.teacher_sources`."""
     layers = objective.loss.teacher_layers
-    online = OnlineTeacher(prepared.teacher, layers)
-    spec = prepared.spec
-    if not spec.distillation.cache_teacher or spec.distillation.augment.active:
-        return online
-    key = _cache_key(prepared, layers) if cache is not None else ""
-    started = time.perf_counter()
-    outputs = cache.get(key, layers) if cache is not None else None
-    source = "reused from an earlier job"
-    if outputs is None or len(outputs.logits) != len(prepared.data.x_train):
-        outputs = compute_outputs(prepared, layers)
-        source = "computed once for this job"
-        if cache is not None:
-            cache.put(key, outputs)
-    seconds = time.perf_counter() - started
-    reporter.event(
-        "teacher_cache",
-        f"Teacher outputs for {len(outputs.logits)} samples {source} ({seconds:.2f} s).",
-        {"source": source, "seconds": seconds, "bytes": outputs.nbytes, "layers": list(layers)},
-    )
-    return CachedTeacher(outputs, online, prepared.device)
+    online = online_teacher(prepared.teacher, layers)
+    x, distillation = prepared.data.x_train, prepared.spec.distillation
+    plan = DensePlan(prepared.teacher, x, prepared.device, tuple(layers), _cache_parts(prepared))
+    outputs = cached_outputs(plan, reporter, cache, enabled=distillation.cache_teacher,
+                             augmented=distillation.augment.active)  # fmt: skip
+    return online if outputs is None else cached_teacher(outputs, online, prepared.device)
 
 
-def _cache_key(prepared: Prepared, layers: Sequence[str]) -> str:
+def _cache_parts(prepared: Prepared) -> dict[str, Any]:
     spec = prepared.spec
     dataset = (
         f"builtin:{spec.dataset.builtin}"
         if prepared.dataset_path is None
         else file_sha256(prepared.dataset_path)
     )
-    return cache_key(
-        {
-            "teacher": file_sha256(prepared.teacher_path),
-            "teacher_format": spec.teacher.format,
-            "dataset": dataset,
-            "dataset_spec": spec.dataset.model_dump(mode="json", exclude={"file_id"}),
-            "split": [
-                spec.training.val_fraction,
-                spec.training.seed,
-                prepared.data.selection,
-                prepared.data.evaluation,
-            ],
-            "layers": list(layers),
-        }
-    )
+    return {
+        "teacher": file_sha256(prepared.teacher_path),
+        "teacher_format": spec.teacher.format,
+        "dataset": dataset,
+        "dataset_spec": spec.dataset.model_dump(mode="json", exclude={"file_id"}),
+        "split": [
+            spec.training.val_fraction,
+            spec.training.seed,
+            prepared.data.selection,
+            prepared.data.evaluation,
+        ],
+    }
 
 
 # Training -------------------------------------------------------------------------------
@@ -310,7 +243,7 @@ def _adapter(
     prepared: Prepared,
     student: nn.Module,
     objective: Objective,
-    teacher: OnlineTeacher | CachedTeacher | None,
+    teacher: TeacherSource | None,
     val: ValidationSet,
 ) -> TensorAdapter:
     spec = prepared.spec

@@ -23,7 +23,7 @@ from worker.kd.training.trainer import Cast
 class TransformerTeacherSource(Protocol):
     """The teacher's outputs for training examples `idx`, padded as `batch` is."""
 
-    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor]) -> Outputs: ...
+    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor], /) -> Outputs: ...
 
 
 def _float(out: Outputs) -> Outputs:

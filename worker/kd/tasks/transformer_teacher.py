@@ -8,12 +8,13 @@ training batch where the online teacher puts them: the objective reads the same 
 every real token either way. Through `TeacherCache` they are also kept on disk, keyed by
 teacher file, dataset file, split, max_length and the outputs needed, so the next job with
 that key starts from them. Their size is known before they are computed; when it is over
-the cap (causal LM logits are tokens x vocabulary), the teacher runs online instead.
+the cap (causal LM logits are tokens x vocabulary), the teacher runs online instead. That
+policy is `worker.kd.training.teacher_sources`'s, shared with tensor jobs; this module is
+its `PackedPlan`: how text outputs are sized, computed, packed, stored and keyed.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,10 @@ from worker.kd.hf.objective import TransformerObjective, teacher_layers
 from worker.kd.jobs import HFPrepared
 from worker.kd.training.reporting import Reporter
 from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
+from worker.kd.training.teacher_sources import CachedTeacher, OnlineTeacher, cached_outputs
 
-MAX_IN_MEMORY_BYTES = 2 * 1024**3  # the cap when there is no disk cache (or a larger one)
 COMPUTE_BATCH = 32
 LENGTHS = "lengths"
-EVENT = "teacher_cache"
 
 
 @dataclass(frozen=True)
@@ -225,30 +225,74 @@ def compute_outputs(
 # Sources ----------------------------------------------------------------------------------
 
 
-@dataclass
-class OnlineTeacher:
+def online_teacher(
+    model: Any, task: str, layout: ModelLayout | None, hidden: bool, attentions: bool
+) -> OnlineTeacher[Outputs]:
     """Runs the teacher on each training batch."""
+    return OnlineTeacher(lambda batch: forward(model, task, batch, layout, hidden=hidden,
+                                               attentions=attentions))  # fmt: skip
 
-    model: Any
-    task: str
-    layout: ModelLayout | None
-    hidden: bool
-    attentions: bool
 
-    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor]) -> Outputs:
-        with torch.no_grad():
-            return forward(self.model, self.task, batch, self.layout, hidden=self.hidden,
-                           attentions=self.attentions)  # fmt: skip
+def cached_teacher(packed: PackedOutputs, online: OnlineTeacher[Outputs]) -> CachedTeacher[Outputs]:
+    """Outputs computed once, put back into each batch's padding."""
+    return CachedTeacher(
+        lambda idx, batch: packed.batch(idx, batch["attention_mask"].bool()), online
+    )
 
 
 @dataclass
-class CachedTeacher:
-    """Outputs computed once, put back into each batch's padding."""
+class PackedPlan:
+    """`training.teacher_sources.OutputsPlan` of a transformer teacher over the training
+    texts: the outputs `needed`, packed over each text's real tokens."""
 
-    outputs: PackedOutputs
+    prepared: HFPrepared
+    needed: Needed
+    noun: str = "texts"
+    _shapes: OutputShapes | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, idx: list[int], batch: dict[str, torch.Tensor]) -> Outputs:
-        return self.outputs.batch(idx, batch["attention_mask"].bool())
+    @property
+    def count(self) -> int:
+        return len(self.prepared.train)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.tensor([len(f["input_ids"]) for f in self.prepared.train.features])
+
+    def key(self) -> str:
+        return cache_key_of(self.prepared, self.needed)
+
+    def names(self) -> list[str]:
+        return self.needed.names()
+
+    def restore(self, stored: TeacherOutputs) -> PackedOutputs | None:
+        packed = PackedOutputs.from_cache(stored, self.needed)
+        return packed if packed.matches(self.lengths) else None
+
+    def _args(self) -> tuple[Any, str, Encoded, Any, ModelLayout | None, torch.device]:
+        prepared, teacher = self.prepared, self.prepared.teacher
+        return (teacher.model, prepared.task, prepared.train, teacher.tokenizer, teacher.layout,
+                prepared.device)  # fmt: skip
+
+    def shapes(self) -> OutputShapes:
+        if self._shapes is None:
+            self._shapes = probe_shapes(*self._args(), self.needed)
+        return self._shapes
+
+    def size(self) -> int:
+        return estimate_bytes(self.needed, self.lengths, self.shapes())
+
+    def compute(self) -> PackedOutputs:
+        return compute_outputs(*self._args(), self.needed, self.shapes())
+
+    def store(self, outputs: PackedOutputs) -> TeacherOutputs:
+        return outputs.to_cache()
+
+    def nbytes(self, outputs: PackedOutputs) -> int:
+        return outputs.nbytes
+
+    def details(self) -> dict[str, Any]:
+        return {"hidden_states": list(self.needed.hidden),
+                "attentions": list(self.needed.attentions)}  # fmt: skip
 
 
 def teacher_source(
@@ -256,61 +300,20 @@ def teacher_source(
     objective: TransformerObjective,
     reporter: Reporter,
     cache: TeacherCache | None,
-) -> OnlineTeacher | CachedTeacher:
-    """Cached outputs when `distillation.cache_teacher` allows and they fit; else online."""
-    teacher, task, data = prepared.teacher, prepared.task, prepared.train
-    online = OnlineTeacher(teacher.model, task, teacher.layout, objective.needs_hidden,
-                           objective.needs_attentions)  # fmt: skip
-    if not prepared.spec.distillation.cache_teacher:
-        return online
+) -> OnlineTeacher[Outputs] | CachedTeacher[Outputs]:
+    """Cached outputs when `distillation.cache_teacher` allows and they fit; else online
+    (the policy: `training.teacher_sources.cached_outputs`)."""
+    teacher, task = prepared.teacher, prepared.task
+    online = online_teacher(teacher.model, task, teacher.layout, objective.needs_hidden,
+                            objective.needs_attentions)  # fmt: skip
+    reason = None
     if getattr(teacher.tokenizer, "padding_side", "right") != "right":
         reason = "the tokenizer pads on the left, so a text's positions depend on its batch"
-        reporter.event(EVENT, f"The teacher runs online each step: {reason}.",
-                       {"source": "online", "reason": reason})  # fmt: skip
-        return online
     hidden, attentions = teacher_layers(objective)
-    needed = Needed(task == "causal_lm", tuple(hidden), tuple(attentions))
-    lengths = torch.tensor([len(f["input_ids"]) for f in data.features])
-    started = time.perf_counter()
-    key = cache_key_of(prepared, needed) if cache is not None else ""
-    packed = _lookup(cache, key, needed, lengths)
-    source = "reused from an earlier job"
-    if packed is None:
-        args = (teacher.model, task, data, teacher.tokenizer, teacher.layout, prepared.device)
-        shapes = probe_shapes(*args, needed)
-        size = estimate_bytes(needed, lengths, shapes)
-        cap = min(cache.max_bytes, MAX_IN_MEMORY_BYTES) if cache else MAX_IN_MEMORY_BYTES
-        if size > cap:
-            reason = f"its outputs would take {_mb(size)}, over the {_mb(cap)} cap"
-            reporter.event(
-                EVENT,
-                f"The teacher runs online each step: for {len(data)} texts {reason}.",
-                {"source": "online", "reason": reason, "bytes": size, "cap": cap},
-            )
-            return online
-        packed = compute_outputs(*args, needed, shapes)
-        source = "computed once for this job"
-        if cache is not None:
-            cache.put(key, packed.to_cache())
-    seconds = time.perf_counter() - started
-    reporter.event(
-        EVENT,
-        f"Teacher outputs for {len(data)} texts {source} ({_mb(packed.nbytes)}, "
-        f"{seconds:.2f} s); no epoch runs the teacher.",
-        {"source": source, "seconds": seconds, "bytes": packed.nbytes,
-         "hidden_states": list(hidden), "attentions": list(attentions)},
-    )  # fmt: skip
-    return CachedTeacher(packed)
-
-
-def _lookup(
-    cache: TeacherCache | None, key: str, needed: Needed, lengths: torch.Tensor
-) -> PackedOutputs | None:
-    stored = cache.get(key, needed.names()) if cache is not None else None
-    if stored is None:
-        return None
-    packed = PackedOutputs.from_cache(stored, needed)
-    return packed if packed.matches(lengths) else None
+    plan = PackedPlan(prepared, Needed(task == "causal_lm", tuple(hidden), tuple(attentions)))
+    packed = cached_outputs(plan, reporter, cache, enabled=prepared.spec.distillation.cache_teacher,
+                            online_reason=reason)  # fmt: skip
+    return online if packed is None else cached_teacher(packed, online)
 
 
 def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
@@ -330,7 +333,3 @@ def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
                         "attentions": list(needed.attentions)},
         }
     )  # fmt: skip
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"

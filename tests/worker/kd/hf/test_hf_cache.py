@@ -21,18 +21,19 @@ from worker.kd.hf.objective import teacher_layers
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
 from worker.kd.tasks.transformer_teacher import (
-    CachedTeacher,
     Needed,
-    OnlineTeacher,
     PackedOutputs,
     cache_key_of,
+    cached_teacher,
     compute_outputs,
     estimate_bytes,
+    online_teacher,
     probe_shapes,
     teacher_source,
 )
 from worker.kd.training.reporting import MemoryReporter
 from worker.kd.training.teacher_cache import TeacherCache
+from worker.kd.training.teacher_sources import OnlineTeacher
 
 # Every output the cache keeps: next-token logits, hidden states, attention maps.
 ALL_OUTPUTS = [
@@ -91,8 +92,9 @@ def test_cached_outputs_are_the_online_outputs_at_every_real_token(
         batch = data.batch(idx, teacher.tokenizer, prepared.device)
         mask = batch["attention_mask"].bool()  # (B, T)
         assert not mask.all()
-        online = OnlineTeacher(teacher.model, "causal_lm", teacher.layout, True, True)(idx, batch)
-        cached = CachedTeacher(packed)(idx, batch)
+        run = online_teacher(teacher.model, "causal_lm", teacher.layout, True, True)
+        online = run(idx, batch)
+        cached = cached_teacher(packed, run)(idx, batch)
         assert cached.output.shape == online.output.shape  # (B, T, V)
         torch.testing.assert_close(cached.output[mask], online.output[mask])
         assert not cached.output[~mask].any()

@@ -15,14 +15,13 @@ from torch import nn
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import prepare
+from worker.kd.exports.onnx import compare, export_checked, export_graph
 from worker.kd.exports.transformer import (
     TRACE_OPSET,
     Batch,
-    compare,
-    export_checked,
-    export_graph,
     export_onnx,
     random_batch,
+    signature,
 )
 from worker.kd.hf.measure import TaskModule
 from worker.kd.spec import JobSpec
@@ -104,10 +103,11 @@ def test_a_graph_tracing_gets_wrong_is_exported_again_with_torch_export(tmp_path
     generator = torch.Generator().manual_seed(0)
     traced = random_batch(50, 0, 2, 6, generator)
     checks = [traced, random_batch(50, 0, 3, 11, generator)]
-    export_graph(module, traced, tmp_path / "traced.onnx", False, dynamo=False)
-    assert compare(module, tmp_path / "traced.onnx", checks)[0] > 1.0  # the check sees it
+    texts = signature(per_token=False)
+    export_graph(module, traced, tmp_path / "traced.onnx", texts, dynamo=False)
+    assert compare(module, tmp_path / "traced.onnx", checks, texts)[0] > 1.0  # the check sees it
 
-    diff = export_checked(module, traced, checks, tmp_path / "m.onnx")
+    diff = export_checked(module, traced, checks, tmp_path / "m.onnx", texts)
 
     assert diff < 1e-4
     opset = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
