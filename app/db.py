@@ -132,8 +132,7 @@ async def _init_read_connection(connection: asyncpg.Connection) -> None:
 
 async def _keep(_: asyncpg.Connection) -> None:
     """A connection back in the pool as it is: reads set no session state, and asyncpg's
-    default reset (a round trip for RESET ALL, UNLISTEN, CLOSE ALL) would double the cost
-    of each read."""
+    default reset (RESET ALL, UNLISTEN, CLOSE ALL) would add a round trip to each read."""
 
 
 async def _create_read_pool(url: str, size: int) -> asyncpg.Pool:
@@ -198,7 +197,12 @@ async def open_read_pool() -> None:
 async def close_read_pool() -> None:
     """Close this event loop's pool (the API's shutdown)."""
     pending = _read_pools.pop(asyncio.get_running_loop(), None)
-    if pending is not None and pending.done() and not pending.exception():
+    if (
+        pending is not None
+        and pending.done()
+        and not pending.cancelled()
+        and not pending.exception()
+    ):
         await pending.result().close()
 
 
