@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="How long an API process remembers a key's tenant; a key revoked by "
         "another process works on it until then. 0: look the key up on every request.",
     )
+    read_pool_size: int = Field(
+        10,
+        ge=0,
+        description="PostgreSQL only: connections of the API's asyncpg pool that serves the "
+        "hot read (GET /v1/jobs/{id}) on the event loop, one prepared statement a request. "
+        "0: that read goes through SQLAlchemy in the threadpool like every other (behind a "
+        "PgBouncer in transaction mode, which drops prepared statements).",
+    )
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="Requests per API key per minute; 0 turns the limit off."
     )

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import web
 from app.api import files, health, jobs, queues, webhooks
 from app.config import get_settings
+from app.db import close_read_pool, open_read_pool
 from app.errors import ApiError, describe_validation_errors
 from app.schemas import ErrorResponse
 
@@ -148,8 +151,16 @@ class SameOriginSignIn:
         return None
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    await open_read_pool()  # PostgreSQL's asyncpg pool for the hot read (app/db.py)
+    yield
+    await close_read_pool()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="Distillery",
         version="0.1.0",
         description="Knowledge distillation as a service: upload a teacher and a dataset, "

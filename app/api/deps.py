@@ -3,15 +3,18 @@
 Reads are `async def` routes that authenticate on the event loop (from the key cache,
 app/auth.py, on most calls) and do all their database work in one `read(...)` call, which
 opens a session, runs the function and closes the session before it returns: one trip to
-the threadpool on PostgreSQL, none on SQLite (see `read`). A sync route with a session
-dependency costs five thread hand-offs per request (BENCHMARKS.md, section 2)."""
+the threadpool on PostgreSQL, none on SQLite (see `read`). The hottest read, one job, has
+an asyncpg twin on PostgreSQL that needs no thread at all (`read_fast`). A sync route
+with a session dependency costs five thread hand-offs per request (BENCHMARKS.md,
+section 2)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from functools import lru_cache
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
+import asyncpg
 from fastapi import Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
@@ -20,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import Principal, authenticate, cached
 from app.config import Settings, get_settings
-from app.db import get_engine, get_sessionmaker, session_scope
+from app.db import get_engine, get_sessionmaker, on_read_connection, read_pool, session_scope
 from app.errors import TooManyRequests, Unauthorized
 from app.ratelimit import get_limiter
 from app.storage import Storage, open_storage
@@ -56,6 +59,22 @@ async def read(fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs
     if reads_inline():
         return call()
     return await run_in_threadpool(call)
+
+
+async def read_fast(
+    fast: Callable[Concatenate[asyncpg.Connection, P], Awaitable[R]],
+    fn: Callable[Concatenate[Session, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """`await fast(connection, ...)` on the asyncpg read pool when the database is
+    PostgreSQL (app/db.py: on the event loop, one prepared statement, no thread hand-off,
+    no pre-ping); `read(fn, ...)` otherwise. `fast` and `fn` must return the same thing
+    and raise the same errors (tests/app/test_pg_reads.py holds them to it)."""
+    pool = await read_pool()
+    if pool is None:
+        return await read(fn, *args, **kwargs)
+    return await on_read_connection(pool, fast, *args, **kwargs)
 
 
 @lru_cache

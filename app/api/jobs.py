@@ -20,6 +20,7 @@ from app.api.deps import (
     StorageDep,
     TenantDep,
     read,
+    read_fast,
 )
 from app.api.downloads import DOWNLOAD_RESPONSES, stored_object
 from app.api.responses import JSONBytes, LargeFileResponse, to_json
@@ -98,9 +99,8 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic)
 async def get_job(job_id: str, tenant: TenantDep) -> Response:
     """Read a job: status, progress, timestamps, error and result."""
-    return JSONBytes(
-        await read(lambda session: to_json(service.public_job(session, tenant.id, job_id)))
-    )
+    job = await read_fast(service.public_job_pg, service.public_job, tenant.id, job_id)
+    return JSONBytes(to_json(job))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

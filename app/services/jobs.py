@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import asyncpg
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -137,6 +138,14 @@ _PUBLIC_JOB = select(*_PUBLIC_COLUMNS).where(
 )
 
 
+# The same read for asyncpg (db.read_pool): the same columns, PostgreSQL placeholders.
+# asyncpg prepares it once per connection and then sends only its arguments.
+PUBLIC_JOB_SQL = (
+    f"SELECT {', '.join(c.name for c in _PUBLIC_COLUMNS)} FROM {Job.__tablename__}"
+    " WHERE id = $1 AND tenant_id = $2"
+)
+
+
 def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
     """A job as the API shows it."""
     params = {"job_id": job_id, "tenant_id": tenant_id}
@@ -151,6 +160,14 @@ def with_waiting(session: Session, job: JobPublic) -> JobPublic:
     if job.status == JobStatus.queued:
         job.waiting = waiting_for(session, queue_of(job.spec), get_settings())
     return job
+
+
+async def public_job_pg(connection: asyncpg.Connection, tenant_id: str, job_id: str) -> JobPublic:
+    """`public_job` over an asyncpg connection (PostgreSQL): the same job, or the same 404."""
+    row = await connection.fetchrow(PUBLIC_JOB_SQL, job_id, tenant_id)
+    if row is None:
+        raise NotFound(f"No job {job_id!r}.")
+    return JobPublic.model_validate(dict(row))
 
 
 def list_jobs(
