@@ -21,9 +21,9 @@ from worker.kd.budget import (
     steps_per_epoch,
     target_steps,
 )
-from worker.kd.spec import JobSpec, TrainingSpec
+from worker.kd.spec import TRAINING_DEFAULTS, JobSpec, TrainingSpec
 
-DEFAULTS = TrainingSpec().model_dump()
+DEFAULTS = {**TrainingSpec().model_dump(), **TRAINING_DEFAULTS}
 SUITE_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "suite.json"
 
 
