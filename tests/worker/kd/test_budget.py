@@ -190,6 +190,7 @@ def test_a_bare_spec_leaves_the_planned_fields_to_the_planner() -> None:
 
 def test_prepare_plans_a_bare_spec_once(teacher_path: Path, digits_npz: Path) -> None:
     from worker.kd.engine import prepare
+    from worker.kd.training.checkpoint import fingerprint
 
     prepared = prepare(bare_tensor_spec(), teacher_path, digits_npz)
     plan = prepared.plan
@@ -206,6 +207,7 @@ def test_prepare_plans_a_bare_spec_once(teacher_path: Path, digits_npz: Path) ->
     stored = JobSpec.model_validate(prepared.spec.model_dump(mode="json"))
     again = prepare(stored, teacher_path, digits_npz)
     assert again.plan is None and again.spec.training == prepared.spec.training
+    assert fingerprint(again.spec) == fingerprint(prepared.spec)  # its checkpoint resumes
 
 
 def test_prepare_keeps_stated_fields_and_a_tiny_budget_caps_epochs(
