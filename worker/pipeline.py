@@ -284,9 +284,23 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         paths.get("student"),
         max_student_params=settings.max_student_params,
     )
+    planned: dict[str, Any] = {}
+    if prepared.plan is not None:  # first claim: the chosen budget is stored with the job
+        planned["spec"] = {**job.spec, "training": prepared.spec.training.model_dump(mode="json")}
     with session_scope() as session:
-        if not transition(session, job.id, [JobStatus.validating], status=JobStatus.running):
+        if not transition(
+            session, job.id, [JobStatus.validating], status=JobStatus.running, **planned
+        ):
             raise Stopped("cancelled")
+        if prepared.plan is not None:
+            plan = prepared.plan
+            add_event(
+                session, job.id, "training_planned", plan.explanation,
+                epochs=plan.training["epochs"], steps=plan.steps,
+                learning_rate=plan.training["learning_rate"],
+                batch_size=plan.training["batch_size"], planned=list(plan.planned),
+                capped_by_time=plan.capped_by_time,
+            )  # fmt: skip
         add_event(session, job.id, "running", "Inputs are valid; training started.")
     limit = spec.training.max_runtime_seconds
     database_reporter = DatabaseReporter(

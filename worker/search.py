@@ -37,7 +37,7 @@ from app.models import Artifact, File, Job, JobEvent, Metric
 from app.queue import enqueue_job, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.storage import Storage, open_storage
-from worker.kd.spec import SEARCH_METRICS, JobSpec
+from worker.kd.spec import SEARCH_METRICS, JobSpec, with_training_defaults
 from worker.pipeline import (
     add_event,
     announce_end,
@@ -177,8 +177,8 @@ def search_context(job: Job, spec: JobSpec) -> SearchContext:
     return SearchContext(
         labelled=labelled,
         arrays=arrays,
-        epochs=spec.training.epochs,
-        learning_rate=spec.training.learning_rate,
+        epochs=with_training_defaults(spec.training).epochs,
+        learning_rate=with_training_defaults(spec.training).learning_rate,
         pairable=teacher_pairable(teacher_format),
     )
 

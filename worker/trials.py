@@ -19,7 +19,7 @@ from sqlalchemy import text
 from app.config import Settings
 from app.db import make_engine, session_scope
 from app.models import Job
-from worker.kd.spec import SEARCH_METRICS, JobSpec
+from worker.kd.spec import SEARCH_METRICS, JobSpec, with_training_defaults
 from worker.reporter import DatabaseReporter
 
 OPTUNA_SCHEMA = "optuna"
@@ -74,7 +74,9 @@ def open_study(parent_id: str, spec: JobSpec, settings: Settings) -> optuna.Stud
         study_name=study_name(parent_id),
         storage=study_storage(settings),
         sampler=optuna.samplers.TPESampler(seed=spec.training.seed),
-        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.training.epochs),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=with_training_defaults(spec.training).epochs
+        ),
         direction="maximize",
         load_if_exists=True,
     )
@@ -153,5 +155,7 @@ def trial_reporter(inner: DatabaseReporter, job: Job, settings: Settings) -> Tri
         end = deadline(parent, spec)
     study = open_study(parent.id, spec, settings)
     trial_id = (job.trial or {})["trial_id"]
-    epochs = int(job.spec.get("training", {}).get("epochs", spec.training.epochs))
+    epochs = int(
+        job.spec.get("training", {}).get("epochs") or with_training_defaults(spec.training).epochs
+    )
     return TrialReporter(inner, optuna.Trial(study, trial_id), epochs, end)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from sqlalchemy import func, select
+from torch import nn
 
+from app.config import get_settings
 from app.db import session_scope
 from app.ids import new_id
 from app.migrate import upgrade_head
 from app.models import Job, JobEvent, Metric
 from app.schemas import JobStatus
+from app.services.files import create_file
 from app.services.keys import get_or_create_tenant
+from app.storage import open_storage
+from app.uploads import ReceivedFile
+from worker.kd.budget import PLANNED_FIELDS
+from worker.kd.spec import JobSpec
 from worker.pipeline import claim, run_job
 from worker.reporter import DatabaseReporter
 
@@ -111,3 +122,70 @@ def test_a_stored_spec_that_no_longer_validates_fails_readably() -> None:
         error = session.get_one(Job, job_id).error
     assert error is not None and error["code"] == "invalid_spec"
     assert "student: Field required" in error["message"]
+
+
+def _received(path: Path) -> ReceivedFile:
+    data = path.read_bytes()
+    return ReceivedFile(path.name, path, len(data), hashlib.sha256(data).hexdigest(), data[:512])
+
+
+def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
+    tmp_path: Path,
+) -> None:
+    """A spec with no training schedule is planned once: the first attempt stores the plan
+    with the job and says what it chose; a resumed attempt runs the stored numbers."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    torch.manual_seed(0)
+    torch.jit.script(nn.Sequential(nn.Linear(8, 2))).save(str(tmp_path / "teacher.pt"))
+    storage = open_storage(get_settings())
+    with session_scope() as session:
+        tenant = get_or_create_tenant(session, f"plan-{uuid.uuid4().hex[:8]}")
+        teacher, _ = create_file(
+            session, storage, tenant.id, "teacher", _received(tmp_path / "teacher.pt")
+        )
+        dataset, _ = create_file(
+            session, storage, tenant.id, "dataset", _received(tmp_path / "data.npz")
+        )
+        bare = JobSpec.model_validate(
+            {
+                "teacher": {"file_id": teacher.id},
+                "dataset": {"file_id": dataset.id},
+                "student": {"arch": "mlp", "hidden": [4]},
+                "training": {"budget_seconds": 0.001},  # caps the plan to one epoch
+            }
+        )
+        job = Job(
+            id=new_id("job"), tenant_id=tenant.id, status=JobStatus.queued,
+            spec=bare.model_dump(mode="json"),
+        )  # fmt: skip
+        session.add(job)
+        job_id = job.id
+
+    def planned_events() -> list[JobEvent]:
+        with session_scope() as session:
+            query = select(JobEvent).where(
+                JobEvent.job_id == job_id, JobEvent.kind == "training_planned"
+            )
+            return list(session.scalars(query))
+
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == JobStatus.succeeded, job.error
+        stored = dict(job.spec["training"])
+    assert all(stored[name] is not None for name in PLANNED_FIELDS)
+    assert stored["epochs"] == 1 and stored["budget_seconds"] == 0.001
+    (event,) = planned_events()
+    assert event.data["epochs"] == 1 and event.data["capped_by_time"] is True
+    assert "budget_seconds" in event.message
+
+    with session_scope() as session:  # as the lease sweep does: back to the queue
+        session.get_one(Job, job_id).status = JobStatus.queued
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == JobStatus.succeeded and job.attempt == 2
+        assert job.spec["training"] == stored
+    assert len(planned_events()) == 1

@@ -28,7 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec, TrainingSpec
+from worker.kd.spec import (
+    TRAINING_DEFAULTS,
+    TRANSFORMER_ARCHS,
+    JobSpec,
+    PlannedTraining,
+)
 
 # The training fields the planner chooses when the user does not state them.
 PLANNED_FIELDS: tuple[str, ...] = (
@@ -188,12 +193,19 @@ def plan_job(
     seconds_per_step: float | None,
     rule: BudgetRule = DEFAULT_RULE,
 ) -> Plan:
-    """The plan for a job's spec: its stated training fields kept, the rest planned."""
-    explicit = {f: getattr(spec.training, f) for f in spec.training.model_fields_set}
+    """The plan for a job's spec: its stated training fields kept, the rest planned.
+
+    A planned field the spec leaves None counts as not stated (a stored spec is dumped
+    whole, so which fields were set cannot be told apart any other way); every other
+    value is kept. Transformer jobs fill theirs with TRAINING_DEFAULTS.
+    """
+    current = spec.training.model_dump()
+    explicit = {f: current[f] for f in PLANNED_FIELDS if current[f] is not None}
+    defaults = {**current, **{f: v for f, v in TRAINING_DEFAULTS.items() if current[f] is None}}
     kind = "transformer" if spec.student.arch in TRANSFORMER_ARCHS else "classification"
     return plan_training(
         explicit,
-        TrainingSpec().model_dump(),
+        defaults,
         n_train=n_train,
         n_params=n_params,
         task_kind=kind,
@@ -213,11 +225,16 @@ def apply_plan(
 ) -> JobSpec:
     """The spec with its training section planned: what the engine should run.
 
-    To be called once, at a job's first claim, with the loaded training set's size, the
-    built student's parameter count and a measured cost of one optimizer step (teacher
-    forward included); the returned spec is stored on the job, so a resume does not
-    re-plan (every field of the returned section counts as stated). `plan_job` gives the
-    same plan with its explanation, for the job's events.
+    Called once, at a job's first claim (the engine's `prepare`), with the loaded
+    training set's size, the built student's parameter count and a measured cost of one
+    optimizer step (teacher forward included); the returned spec is stored on the job, so
+    a resume finds no field left to plan. `plan_job` gives the same plan with its
+    explanation, for the job's events.
     """
     plan = plan_job(spec, n_train, n_params, seconds_per_step, rule)
-    return spec.model_copy(update={"training": TrainingSpec.model_validate(plan.training)})
+    return with_plan(spec, plan)
+
+
+def with_plan(spec: JobSpec, plan: Plan) -> JobSpec:
+    """`spec` with `plan`'s training section (every planned field a number)."""
+    return spec.model_copy(update={"training": PlannedTraining.model_validate(plan.training)})

@@ -72,7 +72,12 @@ def prepare(
     max_student_params: int | None = None,
 ) -> AnyPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
-    is None for a builtin dataset; `student_path` is the file of an `arch: file` student."""
+    is None for a builtin dataset; `student_path` is the file of an `arch: file` student.
+
+    The returned job's `spec.training` is always planned (worker.kd.budget): training
+    fields the spec leaves None are chosen here, from the loaded data and the built
+    student, and `plan` says how (None when the spec stated them all, as a resumed job's
+    stored spec does); the Trainer and the report only ever see numbers."""
     device = resolve_device(spec.training.device)
     entry = JOBS[job_kind(spec, Path(teacher_path))]
     return entry.prepare(

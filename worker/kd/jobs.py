@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.budget import Plan
 from worker.kd.datasets.splits import Splits
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.models import LoadedTeacher
@@ -32,6 +33,7 @@ class Prepared:
     teacher_path: Path
     dataset_path: Path | None
     student_path: Path | None = None
+    plan: Plan | None = None  # the training the engine planned (None: the spec stated it all)
     task = "tensor_classification"
 
     @property
@@ -53,6 +55,7 @@ class HFPrepared:
     device: torch.device
     teacher_path: Path
     dataset_path: Path | None
+    plan: Plan | None = None  # the training the engine planned (None: the spec stated it all)
 
     @property
     def task(self) -> str:

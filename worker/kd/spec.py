@@ -267,11 +267,27 @@ class DistillationSpec(_Strict):
     )
 
 
+PLANNED = (
+    "Left out or null: planned by the worker from the data, the student and budget_seconds "
+    "(event training_planned says what it chose)."
+)
+# What a planned field is when no rule plans it: transformer jobs' defaults, and the
+# starting point of a search whose spec leaves the schedule open.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 20, "batch_size": 64, "learning_rate": 1e-3, "weight_decay": 0.01,
+    "schedule": "warmup_cosine", "warmup_fraction": 0.05,
+}  # fmt: skip
+
+
 class TrainingSpec(_Strict):
-    epochs: int = Field(20, ge=1, le=10000)
-    batch_size: int = Field(64, ge=1, le=65536)
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
+    """How the student trains. The schedule's fields (worker.kd.budget.PLANNED_FIELDS)
+    default to None, "planned": the worker fills them in before training (the engine's
+    `prepare`), stores them on the job, and the Trainer only ever sees numbers."""
+
+    epochs: int | None = Field(None, ge=1, le=10000, description=PLANNED)
+    batch_size: int | None = Field(None, ge=1, le=65536, description=PLANNED)
+    learning_rate: float | None = Field(None, gt=0.0, le=10.0, description=PLANNED)
+    weight_decay: float | None = Field(None, ge=0.0, le=10.0, description=PLANNED)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     val_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Held-out share when the dataset has no x_val."
@@ -294,8 +310,10 @@ class TrainingSpec(_Strict):
             "search.budget_seconds (a whole search's time), it never stops a run."
         ),
     )
-    schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"] = "warmup_cosine"
-    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"] | None = Field(
+        None, description=PLANNED
+    )
+    warmup_fraction: float | None = Field(None, ge=0.0, lt=1.0, description=PLANNED)
     grad_clip: float | None = Field(1.0, gt=0.0, le=1e6)
     early_stopping_patience: int | None = Field(
         None,
@@ -306,6 +324,39 @@ class TrainingSpec(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
+
+
+class PlannedTraining(TrainingSpec):
+    """A training section with its schedule chosen (no planned field left None): what the
+    Trainer runs. `worker.kd.engine.prepare` makes one for every job."""
+
+    epochs: int = Field(ge=1, le=10000)
+    batch_size: int = Field(ge=1, le=65536)
+    learning_rate: float = Field(gt=0.0, le=10.0)
+    weight_decay: float = Field(ge=0.0, le=10.0)
+    schedule: Literal["cosine", "warmup_cosine", "one_cycle", "constant"]
+    warmup_fraction: float = Field(ge=0.0, lt=1.0)
+
+
+def is_planned(training: TrainingSpec) -> bool:
+    """True when every planned field has a value (nothing left for the planner)."""
+    return all(getattr(training, name) is not None for name in TRAINING_DEFAULTS)
+
+
+def planned_training(training: TrainingSpec) -> PlannedTraining:
+    """The section as a PlannedTraining; a field still None is a ValidationError (the
+    engine plans before anything trains, so that means a caller skipped `prepare`)."""
+    if isinstance(training, PlannedTraining):
+        return training
+    return PlannedTraining.model_validate(training.model_dump())
+
+
+def with_training_defaults(training: TrainingSpec) -> PlannedTraining:
+    """The section with every planned field still None set to TRAINING_DEFAULTS (what a
+    job gets where no rule applies: transformer jobs, a search's starting point)."""
+    values = training.model_dump()
+    values.update({k: v for k, v in TRAINING_DEFAULTS.items() if values[k] is None})
+    return PlannedTraining.model_validate(values)
 
 
 JobKind = Literal["tensor", "transformer"]

@@ -21,9 +21,9 @@ from worker.kd.budget import (
     steps_per_epoch,
     target_steps,
 )
-from worker.kd.spec import JobSpec, TrainingSpec
+from worker.kd.spec import TRAINING_DEFAULTS, JobSpec, TrainingSpec
 
-DEFAULTS = TrainingSpec().model_dump()
+DEFAULTS = {**TrainingSpec().model_dump(), **TRAINING_DEFAULTS}
 SUITE_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "suite.json"
 
 
@@ -168,3 +168,63 @@ def test_default_rule_is_the_suites_choice() -> None:
     measured = json.loads(SUITE_RESULTS.read_text())
     assert not measured["quick"]
     assert measured["chosen"]["budget_rule"] == dataclasses.asdict(DEFAULT_RULE)
+
+
+def bare_tensor_spec(training: dict[str, Any] | None = None) -> JobSpec:
+    body: dict[str, Any] = {
+        "teacher": {"file_id": "file_teacher"},
+        "dataset": {"file_id": "file_dataset"},
+        "student": {"arch": "mlp", "hidden": [16]},
+    }
+    if training is not None:
+        body["training"] = training
+    return JobSpec.model_validate(body)
+
+
+def test_a_bare_spec_leaves_the_planned_fields_to_the_planner() -> None:
+    training = JobSpec.model_validate(bare_tensor_spec().model_dump()).training
+    assert all(getattr(training, f) is None for f in PLANNED_FIELDS)
+    props = TrainingSpec.model_json_schema()["properties"]
+    assert all("planned" in props[f]["description"] for f in PLANNED_FIELDS)
+
+
+def test_prepare_plans_a_bare_spec_once(teacher_path: Path, digits_npz: Path) -> None:
+    from worker.kd.engine import prepare
+    from worker.kd.training.checkpoint import fingerprint
+
+    prepared = prepare(bare_tensor_spec(), teacher_path, digits_npz)
+    plan = prepared.plan
+    assert plan is not None and plan.planned == PLANNED_FIELDS
+    n_train = len(prepared.data.x_train)
+    per_epoch = steps_per_epoch(n_train, DEFAULT_RULE.batch_size)
+    n_params = sum(p.numel() for p in nn_student(prepared))
+    want = target_steps(n_train, n_params, DEFAULT_RULE)
+    assert prepared.spec.training.batch_size == DEFAULT_RULE.batch_size
+    assert prepared.spec.training.learning_rate == DEFAULT_RULE.learning_rate
+    if not plan.capped_by_time:
+        assert prepared.spec.training.epochs == max(DEFAULT_RULE.min_epochs, -(-want // per_epoch))
+    # What the pipeline stores: planning it again plans nothing and changes nothing.
+    stored = JobSpec.model_validate(prepared.spec.model_dump(mode="json"))
+    again = prepare(stored, teacher_path, digits_npz)
+    assert again.plan is None and again.spec.training == prepared.spec.training
+    assert fingerprint(again.spec) == fingerprint(prepared.spec)  # its checkpoint resumes
+
+
+def test_prepare_keeps_stated_fields_and_a_tiny_budget_caps_epochs(
+    teacher_path: Path, digits_npz: Path
+) -> None:
+    from worker.kd.engine import prepare
+
+    spec = bare_tensor_spec({"learning_rate": 0.003, "budget_seconds": 0.001})
+    prepared = prepare(spec, teacher_path, digits_npz)
+    assert prepared.plan is not None and prepared.plan.capped_by_time
+    assert prepared.spec.training.epochs == 1
+    assert prepared.spec.training.learning_rate == 0.003
+    assert "learning_rate" not in prepared.plan.planned
+    assert "capped to 1 epochs by budget_seconds" in prepared.plan.explanation
+
+
+def nn_student(prepared: Any) -> Any:
+    from worker.kd.tasks.tensor_job import _new_student
+
+    return _new_student(prepared).parameters()

@@ -13,7 +13,7 @@ from torch import nn
 
 from worker.kd.engine import Prepared, distill, prepare
 from worker.kd.errors import Cancelled, InvalidSpec
-from worker.kd.spec import JobSpec, TrainingSpec
+from worker.kd.spec import JobSpec, TrainingSpec, with_training_defaults
 from worker.kd.training.checkpoint import Checkpointing
 from worker.kd.training.reporting import MemoryReporter
 from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs
@@ -180,12 +180,14 @@ def test_early_stopping_keeps_the_best_weights(
 
 
 def test_schedules() -> None:
-    spec = TrainingSpec(schedule="warmup_cosine", warmup_fraction=0.1)
+    spec = with_training_defaults(TrainingSpec(schedule="warmup_cosine", warmup_fraction=0.1))
     factor = lr_multiplier(spec, 100)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0) and factor(100) == pytest.approx(0.0)
-    assert lr_multiplier(TrainingSpec(schedule="cosine"), 100)(50) == pytest.approx(0.5)
-    assert lr_multiplier(TrainingSpec(schedule="constant"), 100)(77) == 1.0
+    assert lr_multiplier(with_training_defaults(TrainingSpec(schedule="cosine")), 100)(
+        50
+    ) == pytest.approx(0.5)
+    assert lr_multiplier(with_training_defaults(TrainingSpec(schedule="constant")), 100)(77) == 1.0
     assert math.isclose(lr_multiplier(spec, 100)(55), 0.5 * (1 + math.cos(math.pi * 0.5)))
 
 

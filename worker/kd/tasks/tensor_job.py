@@ -6,6 +6,7 @@ and writes the report."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.budget import Plan, plan_job, with_plan
 from worker.kd.datasets.splits import Splits, load_dataset
 from worker.kd.errors import IncompatibleModels, InvalidSpec, fmt_shape, shorten
 from worker.kd.exports.tensor import export_onnx, save_student, student_config
@@ -22,7 +24,7 @@ from worker.kd.report.plots import plot_curves
 from worker.kd.report.schema import TensorReport, report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.tensor import ModelUnderTest, tensor_report
-from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec
+from worker.kd.spec import TRANSFORMER_ARCHS, JobSpec, is_planned, planned_training
 from worker.kd.student_size import too_large
 from worker.kd.students import build_student, load_file_student
 from worker.kd.tasks.tensor import Objective, TeacherSource, TensorAdapter
@@ -45,6 +47,7 @@ from worker.kd.training.trainer import Trainer, TrainOutcome, seed_everything
 
 BASELINE = "baseline_"
 NO_LABELS = "the dataset has no labels to train a baseline on"
+PLAN_TIMED_STEPS = 3  # optimizer steps timed to plan the budget (after one warm-up)
 
 
 def distill_tensor(
@@ -104,8 +107,12 @@ def prepare_tensor(
         load_file_student(Path(student_path), example=example, num_classes=num_classes)
     else:
         check_student_fits(spec, data.input_shape, num_classes, max_student_params)
+    plan = None
+    if not is_planned(spec.training):
+        plan = plan_tensor(spec, data, teacher, num_classes, device, student_path)
+        spec = with_plan(spec, plan)
     return Prepared(
-        spec=spec,
+        spec=spec.model_copy(update={"training": planned_training(spec.training)}),
         teacher=teacher,
         data=data,
         input_shape=data.input_shape,
@@ -114,7 +121,60 @@ def prepare_tensor(
         teacher_path=Path(teacher_path),
         dataset_path=None if dataset_path is None else Path(dataset_path),
         student_path=None if student_path is None else Path(student_path),
+        plan=plan,
     )
+
+
+def plan_tensor(
+    spec: JobSpec,
+    data: Splits,
+    teacher: nn.Module,
+    num_classes: int,
+    device: torch.device,
+    student_path: Path | None,
+    steps: int = PLAN_TIMED_STEPS,
+) -> Plan:
+    """The job's training plan (worker.kd.budget): the student's parameters counted, and
+    the seconds of one optimizer step measured on a real batch (the teacher's forward
+    included when the recipe runs the teacher), so `budget_seconds` caps the epochs."""
+    seed_everything(spec.training.seed)
+    student = (
+        load_file_student(Path(student_path)) if student_path is not None
+        else build_student(spec.student, data.input_shape, num_classes)
+    ).to(device)  # fmt: skip
+    n_train, n_params = len(data.x_train), count_parameters(student)
+    first = plan_job(spec, n_train, n_params, None)
+    batch = data.x_train[: first.training["batch_size"]].to(device)  # (B, *input_shape)
+    losses = spec.distillation.losses
+    needs_teacher = not (losses and all(term.kind == "ce" for term in losses))
+    seconds = time_steps(student, teacher if needs_teacher else None, batch, num_classes, steps)
+    return plan_job(spec, n_train, n_params, seconds)
+
+
+def time_steps(
+    student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, num_classes: int, steps: int
+) -> float:
+    """Seconds per optimizer step (median of `steps` after one warm-up) of `student` on
+    batch `x` (B, ...), with the teacher's forward when it is given."""
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    target = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    student.train()
+    times: list[float] = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        if teacher is not None:
+            with torch.no_grad():
+                teacher(x)
+        logits = student(x)  # (B, K)
+        loss = nn.functional.cross_entropy(logits[:, :num_classes], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return times[len(times) // 2]
 
 
 def check_labels_fit(data: Splits, num_classes: int) -> None:
@@ -278,8 +338,9 @@ def _train_student(
     teacher = teacher_source(prepared, objective, recorder, cache)
     adapter = _adapter(prepared, student, objective, teacher, val)
     trainer = Trainer(
-        student, objective.loss, adapter, spec.training, prepared.device, recorder,
-        history=recorder.metrics, checkpointing=checkpointing, fingerprint=fingerprint(spec),
+        student, objective.loss, adapter, planned_training(spec.training), prepared.device,
+        recorder, history=recorder.metrics, checkpointing=checkpointing,
+        fingerprint=fingerprint(spec),
         progress_span=(0.0, share), used_labels=prepared.data.y_train is not None,
     )  # fmt: skip
     _announce(recorder, prepared, student, trainer.total_steps, objective)
@@ -302,7 +363,7 @@ def _train_baseline(
         baseline_checkpoint = Checkpointing(path, checkpointing.every_steps)
     trainer = Trainer(
         student, objective.loss, _adapter(prepared, student, objective, None, val),
-        spec.training, prepared.device, recorder, history=recorder.metrics,
+        planned_training(spec.training), prepared.device, recorder, history=recorder.metrics,
         checkpointing=baseline_checkpoint, fingerprint=fingerprint(spec) + ":baseline",
         metric_prefix=BASELINE, progress_span=(0.5, 0.5), used_labels=True,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.kd.budget import plan_job, with_plan
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx
 from worker.kd.formats import is_model_zip
@@ -39,7 +40,7 @@ from worker.kd.jobs import DistillResult, HFPrepared, Trained
 from worker.kd.report.schema import report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.transformer import predict, transformer_report
-from worker.kd.spec import FromTeacherStudent, JobSpec
+from worker.kd.spec import FromTeacherStudent, JobSpec, is_planned, planned_training
 from worker.kd.tasks.transformer import (
     TRANSFORMER_ADAPTERS,
     TransformerAdapter,
@@ -92,9 +93,15 @@ def prepare_hf(
     except BaseException:
         teacher.cleanup()
         raise
+    # Transformer jobs keep their kind's defaults (worker.kd.budget): no step is timed.
+    plan = None
+    if not is_planned(spec.training):
+        plan = plan_job(spec, len(train), count_parameters(student), None)
+        spec = with_plan(spec, plan)
+    spec = spec.model_copy(update={"training": planned_training(spec.training)})
     return HFPrepared(
         spec, teacher, student.to(device), objective.to(device), train, val, device,
-        Path(teacher_path), None if dataset_path is None else Path(dataset_path),
+        Path(teacher_path), None if dataset_path is None else Path(dataset_path), plan,
     )  # fmt: skip
 
 
@@ -227,8 +234,8 @@ def _trainer(
     """A run on the job's training texts, validated against the teacher's fixed outputs."""
     adapter = _adapter(prepared, student, objective, teacher, teacher_val)
     return Trainer(
-        student, objective, adapter, prepared.spec.training, prepared.device, recorder,
-        history=recorder.metrics, checkpointing=checkpointing, fingerprint=recipe,
+        student, objective, adapter, planned_training(prepared.spec.training), prepared.device,
+        recorder, history=recorder.metrics, checkpointing=checkpointing, fingerprint=recipe,
         metric_prefix=prefix, progress_span=span, used_labels=prepared.train.labels is not None,
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from worker.kd.errors import Cancelled, InvalidSpec
-from worker.kd.spec import TrainingSpec
+from worker.kd.spec import PlannedTraining
 from worker.kd.training.checkpoint import (
     Checkpointing,
     load_checkpoint,
@@ -135,7 +135,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
 
 
-def lr_multiplier(training: TrainingSpec, total_steps: int) -> Callable[[int], float]:
+def lr_multiplier(training: PlannedTraining, total_steps: int) -> Callable[[int], float]:
     """The learning-rate factor at a step, for the schedule the spec names."""
     warmup = int(training.warmup_fraction * total_steps) if training.schedule != "cosine" else 0
 
@@ -151,7 +151,7 @@ def lr_multiplier(training: TrainingSpec, total_steps: int) -> Callable[[int], f
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, training: TrainingSpec, total_steps: int
+    optimizer: torch.optim.Optimizer, training: PlannedTraining, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if training.schedule == "one_cycle":
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -256,7 +256,7 @@ class Trainer:
     student: nn.Module
     objective: nn.Module
     adapter: TaskAdapter
-    training: TrainingSpec
+    training: PlannedTraining
     device: torch.device
     reporter: Reporter
     history: list[tuple[str, int, int, float]] = field(default_factory=list)

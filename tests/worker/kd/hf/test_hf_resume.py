@@ -23,7 +23,9 @@ SPEC = JobSpec.model_validate({
     "dataset": {"file_id": "d", "max_length": 24},
     # CPU: bit-identical weights need deterministic kernels (CUDA's embedding backward adds
     # with atomics, in no fixed order).
-    "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "device": "cpu"},
+    # The whole schedule stated, so SPEC is the planned spec the checkpoint is keyed on.
+    "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "device": "cpu",
+                 "weight_decay": 0.01, "schedule": "warmup_cosine", "warmup_fraction": 0.05},
     "baseline": True,
 })  # fmt: skip
 

@@ -91,7 +91,7 @@ def test_every_schedule_drives_the_learning_rate(
     per_epoch = steps_per_epoch(len(prepared.train), 4)
     total = 3 * per_epoch
     reference = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=job.training.learning_rate)
-    scheduler = make_scheduler(reference, job.training, total)
+    scheduler = make_scheduler(reference, prepared.spec.training, total)
     expected = []
     for step in range(1, total + 1):
         reference.step()
