@@ -100,6 +100,8 @@ async def list_jobs(
 async def get_job(job_id: str, tenant: TenantDep) -> Response:
     """Read a job: status, progress, timestamps, error and result."""
     job = await read_fast(service.public_job_pg, service.public_job, tenant.id, job_id)
+    if job.status == JobStatus.queued:  # why it is not starting: the workers' heartbeats
+        job = await read(service.with_waiting, job)
     return JSONBytes(to_json(job))
 
 

@@ -147,12 +147,12 @@ PUBLIC_JOB_SQL = (
 
 
 def public_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
-    """A job as the API shows it."""
+    """A job as the API shows it, less `waiting` (`with_waiting` adds it to a queued job)."""
     params = {"job_id": job_id, "tenant_id": tenant_id}
     row = session.connection().execute(_PUBLIC_JOB, params).mappings().first()
     if row is None:
         raise NotFound(f"No job {job_id!r}.")
-    return with_waiting(session, JobPublic.model_validate(dict(row)))
+    return JobPublic.model_validate(dict(row))
 
 
 def with_waiting(session: Session, job: JobPublic) -> JobPublic:

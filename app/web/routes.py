@@ -109,7 +109,7 @@ def job_page(request: Request, job_id: str, session: SessionDep, tenant: WebTena
     if tenant is None:
         return _to_sign_in(request)
     try:
-        job = job_service.public_job(session, tenant.id, job_id)
+        job = job_service.with_waiting(session, job_service.public_job(session, tenant.id, job_id))
     except NotFound:
         return not_found(request, tenant, f"There is no job {job_id!r} in your account.")
     trials = []
