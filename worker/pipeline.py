@@ -292,6 +292,7 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
             session, job.id, [JobStatus.validating], status=JobStatus.running, **planned
         ):
             raise Stopped("cancelled")
+        add_event(session, job.id, "running", "Inputs are valid; training started.")
         if prepared.plan is not None:
             plan = prepared.plan
             add_event(
@@ -301,7 +302,6 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
                 batch_size=plan.training["batch_size"], planned=list(plan.planned),
                 capped_by_time=plan.capped_by_time,
             )  # fmt: skip
-        add_event(session, job.id, "running", "Inputs are valid; training started.")
     limit = spec.training.max_runtime_seconds
     database_reporter = DatabaseReporter(
         job.id,
