@@ -473,14 +473,18 @@ class JobSpec(_Strict):
 
     def _fields_set(self) -> set[str]:
         """The dotted names of the teacher and dataset fields the spec states with a value
-        other than the default (a stored spec, dumped whole, states every field)."""
-        return {
-            f"{section}.{name}"
-            for section, part in (("teacher", self.teacher), ("dataset", self.dataset))
-            for name in part.model_fields_set
-            if getattr(part, name)
-            != type(part).model_fields[name].get_default(call_default_factory=True)
-        }
+        other than the default (a stored spec, dumped whole, states every field); a
+        teacher's inline architecture fields (extras) count as stated."""
+        stated = set()
+        for section, part in (("teacher", self.teacher), ("dataset", self.dataset)):
+            fields = type(part).model_fields
+            for name in part.model_fields_set:
+                field = fields.get(name)
+                if field is None or getattr(part, name) != field.get_default(
+                    call_default_factory=True
+                ):
+                    stated.add(f"{section}.{name}")
+        return stated
 
     @model_validator(mode="after")
     def _fits_task(self) -> JobSpec:

@@ -153,3 +153,15 @@ def test_a_stored_spec_dumped_whole_validates_again(arch: str) -> None:
         "teacher": {"file_id": "t"}, "student": {"arch": arch}, "dataset": {"file_id": "d"},
     }).model_dump(mode="json")  # fmt: skip
     assert JobSpec.model_validate(stored).model_dump(mode="json") == stored
+
+
+def test_a_safetensors_teacher_with_inline_architecture_fields_validates() -> None:
+    """A teacher's architecture fields are extras, not declared fields: still a valid spec."""
+    spec = JobSpec.model_validate({
+        "teacher": {"file_id": "t", "format": "safetensors", "arch": "mlp", "hidden": [16]},
+        "student": {"arch": "mlp"}, "dataset": {"file_id": "d"},
+    })  # fmt: skip
+    assert JobSpec.model_validate(spec.model_dump(mode="json")).teacher.architecture() == {
+        "arch": "mlp",
+        "hidden": [16],
+    }
