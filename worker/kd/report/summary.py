@@ -112,6 +112,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or the denominator is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
 def _pct(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.1%}"
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TensorReport
+from worker.kd.report.summary import ratio
 from worker.kd.report.verdict import decide, no_verdict
 from worker.kd.spec import JobSpec
 from worker.kd.training.evaluate import (
@@ -80,10 +81,10 @@ def tensor_report(
         "student": {"arch": spec.student.arch, **s},
         "agreement": agreement(logits[1], val.teacher_logits),
         "kl_teacher_student": kl_teacher_student(logits[1], val.teacher_logits),
-        "quality_retained": _ratio(s["accuracy"], t["accuracy"]),
+        "quality_retained": ratio(s["accuracy"], t["accuracy"]),
         "size_reduction": _reduction(s["parameters"], t["parameters"]),
-        "speedup": _ratio(t["latency_ms_batch1"], s["latency_ms_batch1"]),
-        "speedup_batch64": _ratio(t["latency_ms_batch64"], s["latency_ms_batch64"]),
+        "speedup": ratio(t["latency_ms_batch1"], s["latency_ms_batch1"]),
+        "speedup_batch64": ratio(t["latency_ms_batch64"], s["latency_ms_batch64"]),
         "device": device.type,
         "epochs": outcome.epochs,
         "steps": outcome.steps,
@@ -159,12 +160,6 @@ def recipe(spec: JobSpec, used_labels: bool) -> dict[str, Any]:
         "optimizer": "adamw",
         **spec.training.model_dump(mode="json", exclude={"device", "max_runtime_seconds"}),
     }
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
 
 
 def _reduction(student: int, teacher: int) -> float | None:

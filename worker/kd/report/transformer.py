@@ -13,6 +13,7 @@ from worker.kd.hf import measure
 from worker.kd.hf.models import num_layers
 from worker.kd.jobs import HFPrepared, Trained
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
+from worker.kd.report.summary import ratio
 from worker.kd.report.verdict import decide, no_verdict
 from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.trainer import TrainOutcome
@@ -62,7 +63,7 @@ def transformer_report(
             **_summary(prepared.student, s_quality, s_params, timings["student"]),
         },
         "agreement": _agreement(task, s_out, t_out),
-        "quality_retained": _ratio(s_quality, t_quality),
+        "quality_retained": ratio(s_quality, t_quality),
         "size_reduction": 1.0 - s_params / t_params if t_params else None,
         "speedup": timings["speedup"]["batch_1"],
         "speedup_batch32": timings["speedup"]["batch_32"],
@@ -144,7 +145,3 @@ def _agreement(task: str, student: measure.ValOutputs, teacher: measure.ValOutpu
         return measure.retrieval_agreement(torch.cat(student.outputs), torch.cat(teacher.outputs))
     s, t = torch.cat(student.outputs).argmax(-1), torch.cat(teacher.outputs).argmax(-1)
     return float((s == t).float().mean())
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
