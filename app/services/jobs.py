@@ -19,7 +19,7 @@ from app.schemas import TERMINAL_STATUSES, JobCreate, JobPublic, JobStatus, Tria
 from app.services.files import get_file
 from app.services.queues import waiting_for
 from app.webhooks import check_target
-from worker.kd.spec import SEARCH_METRICS, FileStudent, JobSpec
+from worker.kd.spec import SEARCH_METRICS, FileStudent, HFFileStudent, JobSpec
 from worker.kd.student_size import student_parameters, too_large
 
 
@@ -28,30 +28,41 @@ def _request_hash(spec: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# The field that names each role's file, and the upload purpose it must have.
+_ROLE_FIELDS: dict[str, tuple[str, str]] = {
+    "teacher": ("teacher.file_id", "teacher"),
+    "dataset": ("dataset.file_id", "dataset"),
+    "eval_dataset": ("dataset.eval_file_id", "dataset"),
+    "student": ("student.file_id", "student"),
+}
+
+
 def file_refs(spec: JobSpec) -> dict[str, str]:
-    """The uploaded files a spec names, by role (teacher, dataset, student)."""
+    """The uploaded files a spec names, by role (teacher, dataset, eval_dataset, student)."""
     refs = {"teacher": spec.teacher.file_id}
     if spec.dataset.file_id is not None:
         refs["dataset"] = spec.dataset.file_id
-    if isinstance(spec.student, FileStudent):
+    if spec.dataset.eval_file_id is not None:
+        refs["eval_dataset"] = spec.dataset.eval_file_id
+    if isinstance(spec.student, FileStudent | HFFileStudent):
         refs["student"] = spec.student.file_id
     return refs
 
 
 def _check_files(session: Session, tenant_id: str, spec: JobCreate) -> None:
     for role, file_id in file_refs(spec).items():
-        purpose = role
+        field, purpose = _ROLE_FIELDS[role]
         try:
             file = get_file(session, tenant_id, file_id)
         except NotFound:
             raise NotFound(
-                f"{role}.file_id: there is no file {file_id!r} in your account; upload the "
-                f"{role} first (POST /v1/files with purpose={purpose!r}) and use its id."
+                f"{field}: there is no file {file_id!r} in your account; upload the "
+                f"{purpose} first (POST /v1/files with purpose={purpose!r}) and use its id."
             ) from None
         if file.purpose != purpose:
             raise Unprocessable(
-                f"{role}.file_id: file {file_id!r} was uploaded with purpose "
-                f"{file.purpose!r}; upload the {role} with purpose={purpose!r}."
+                f"{field}: file {file_id!r} was uploaded with purpose "
+                f"{file.purpose!r}; upload the {purpose} with purpose={purpose!r}."
             )
 
 

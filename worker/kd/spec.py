@@ -19,9 +19,13 @@ from worker.kd.catalogue import (
     losses_for,
 )
 
-STUDENT_ARCHS: tuple[str, ...] = ("cnn", "file", "mlp", "resnet", "from_teacher", "hf")
+STUDENT_ARCHS: tuple[str, ...] = (
+    "cnn", "file", "mlp", "resnet", "from_teacher", "hf", "hf_file",
+)  # fmt: skip
 # Students of Hugging Face teachers only (worker.kd.hf).
-TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf")
+TRANSFORMER_ARCHS: tuple[str, ...] = ("from_teacher", "hf", "hf_file")
+# How a causal-LM student learns from its teacher (distillation.method).
+LM_METHODS: tuple[str, ...] = ("logits", "top_k", "sequence", "on_policy")
 TEACHER_FORMATS: tuple[str, ...] = ("torchscript", "torch_export", "onnx", "safetensors", "hf_zip")
 # Teacher formats whose classifier head can be found, so that feature and relation terms
 # naming no layers are paired automatically (worker.kd.training.pairing); others name them.
@@ -107,6 +111,13 @@ class DatasetSpec(_Strict):
         32,
     )
     grayscale: bool = False
+    eval_file_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Causal-LM jobs: a separate JSONL/text upload the report is measured on "
+        "(default: a held-out part of the dataset).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
@@ -187,6 +198,14 @@ class HFStudent(_Strict):
     )
 
 
+class HFFileStudent(_Strict):
+    """An uploaded smaller Hugging Face model (the teacher's ZIP layout) that shares the
+    teacher's tokenizer; checked in validation (incompatible_models names a difference)."""
+
+    arch: Literal["hf_file"]
+    file_id: str = Field(min_length=1, max_length=64)
+
+
 class FileStudent(_Strict):
     """A student brought as a TorchScript file: its architecture and initial weights."""
 
@@ -205,7 +224,13 @@ def _check_arch(value: Any) -> Any:
 
 
 StudentSpec = Annotated[
-    MLPStudent | CNNStudent | ResNetStudent | FileStudent | FromTeacherStudent | HFStudent,
+    MLPStudent
+    | CNNStudent
+    | ResNetStudent
+    | FileStudent
+    | FromTeacherStudent
+    | HFStudent
+    | HFFileStudent,
     BeforeValidator(_check_arch),
     Field(discriminator="arch"),
 ]
@@ -254,6 +279,16 @@ class AugmentSpec(_Strict):
         return bool(self.mixup or self.noise or self.crop or self.flip)
 
 
+class GenerationSpec(_Strict):
+    """Sampling for causal-LM methods that generate (sequence, on_policy); the KD
+    `temperature` is separate and keeps its meaning."""
+
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    temperature: float = Field(1.0, ge=0.0, le=100.0, description="0: greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    completions_per_prompt: int = Field(1, ge=1, le=64)
+
+
 class DistillationSpec(_Strict):
     """What the student learns from. Without `losses`, Hinton's response-based KD:
     alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE(labels)."""
@@ -265,6 +300,20 @@ class DistillationSpec(_Strict):
     cache_teacher: bool = Field(
         True, description="Reuse teacher outputs across epochs and jobs when inputs are fixed."
     )
+    method: Literal["logits", "top_k", "sequence", "on_policy"] = Field(
+        "logits",
+        description="Causal-LM jobs: logits (dense token-level KD), top_k (the teacher's "
+        "top-k logits cached once), sequence (learn the teacher's generations), on_policy "
+        "(GKD: student generations scored by the teacher, generalized JSD).",
+    )
+    top_k: int = Field(32, ge=1, le=4096, description="method top_k: logits kept per token.")
+    lmbda: float = Field(
+        0.5, ge=0.0, le=1.0, description="method on_policy: share of student-generated batches."
+    )
+    beta: float = Field(
+        0.5, ge=0.0, le=1.0, description="method on_policy: 0 forward KL, 1 reverse KL."
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
 
 
 PLANNED = (
@@ -364,8 +413,13 @@ JobKind = Literal["tensor", "transformer"]
 # Fields that apply to one kind of job only: a spec of the other kind that states one is a 422.
 _FIELDS_FOR: dict[tuple[TaskKind, ...], set[str]] = {
     TENSOR_TASKS: {"teacher.arch", "dataset.image_size", "dataset.grayscale"},
-    TRANSFORMER_TASKS: {"teacher.task", "dataset.max_length"},
+    TRANSFORMER_TASKS: {"teacher.task", "dataset.max_length", "dataset.eval_file_id"},
 }
+# Fields of the causal-LM task only (checked against the teacher's task when it is known).
+_CAUSAL_LM_FIELDS: tuple[str, ...] = (
+    "distillation.method", "distillation.top_k", "distillation.lmbda", "distillation.beta",
+    "distillation.generation", "dataset.eval_file_id",
+)  # fmt: skip
 
 # The per-epoch metrics a search selects on, first found first (classifiers write
 # val_accuracy; sentence-embedding students val_cosine).
@@ -472,11 +526,15 @@ class JobSpec(_Strict):
         return (self.teacher.task,) if self.teacher.task else TRANSFORMER_TASKS
 
     def _fields_set(self) -> set[str]:
-        """The dotted names of the teacher and dataset fields the spec states with a value
-        other than the default (a stored spec, dumped whole, states every field); a
-        teacher's inline architecture fields (extras) count as stated."""
+        """The dotted names of the teacher, dataset and distillation fields the spec states
+        with a value other than the default (a stored spec, dumped whole, states every
+        field); a teacher's inline architecture fields (extras) count as stated."""
         stated = set()
-        for section, part in (("teacher", self.teacher), ("dataset", self.dataset)):
+        sections = (
+            ("teacher", self.teacher), ("dataset", self.dataset),
+            ("distillation", self.distillation),
+        )  # fmt: skip
+        for section, part in sections:
             fields = type(part).model_fields
             for name in part.model_fields_set:
                 field = fields.get(name)
@@ -496,6 +554,12 @@ class JobSpec(_Strict):
                 f"{field} applies to {', '.join(only)} jobs only, not to {' or '.join(tasks)}: "
                 f"remove it"
             )
+        if "causal_lm" not in tasks:
+            for field in sorted(set(_CAUSAL_LM_FIELDS) & self._fields_set()):
+                raise ValueError(
+                    f"{field} applies to causal_lm jobs only (a Hugging Face causal-LM "
+                    f"teacher), not to {' or '.join(tasks)}: remove it"
+                )
         if self.kind == "transformer" and self.distillation.augment.active:
             raise ValueError(
                 "distillation.augment applies to tensor_classification jobs only (inputs that "
