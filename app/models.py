@@ -18,8 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy import event as orm_event
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -194,18 +193,3 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-@orm_event.listens_for(Session, "before_flush")
-def _record_webhook_deliveries(session: Session, _context: Any, _instances: Any) -> None:
-    """A job's end event (succeeded, failed, cancelled) brings its webhook delivery into
-    the same flush, whichever code path ended the job (worker, sweep, search, API)."""
-    ends = [
-        obj
-        for obj in session.new
-        if isinstance(obj, JobEvent) and obj.kind in ("succeeded", "failed", "cancelled")
-    ]
-    if ends:
-        from app.services.webhooks import record_deliveries
-
-        record_deliveries(session, [obj.job_id for obj in ends])

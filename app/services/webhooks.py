@@ -2,7 +2,8 @@
 
 A job that ends (succeeded, failed, cancelled) with a `webhook_url` gets a row in
 `webhook_deliveries`, written by `record_deliveries` in the same transaction as its end
-event (a flush hook in app/models.py), so a broker outage at that moment loses nothing.
+event (the flush hook below, registered when app.services is imported), so a broker
+outage at that moment loses nothing.
 Senders are the Celery webhook task (sent when the job ends, when the broker answers) and
 every worker's maintenance sweep (whatever is due). A sender takes a row with a guarded
 update (pending, due, not held by a live claim, attempts as it read them), which sets
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import event as orm_event
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -81,6 +83,19 @@ def record_deliveries(session: Session, job_ids: Iterable[str]) -> None:
             )
         )
         pending.add(job_id)
+
+
+@orm_event.listens_for(Session, "before_flush")
+def _record_on_end_events(session: Session, _context: Any, _instances: Any) -> None:
+    """A job's end event (succeeded, failed, cancelled) brings its webhook delivery into
+    the same flush, whichever code path ended the job (worker, sweep, search, API)."""
+    ends = [
+        obj.job_id
+        for obj in session.new
+        if isinstance(obj, JobEvent) and obj.kind in ("succeeded", "failed", "cancelled")
+    ]
+    if ends:
+        record_deliveries(session, ends)
 
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
