@@ -79,6 +79,28 @@ def make_artifact(data_dir: Path, job_id: str, mb: int) -> tuple[Path, str, int]
     return path, digest.hexdigest(), size
 
 
+def record_artifact(
+    url: str, job_id: str, name: str, relative: str, size: int, sha256: str
+) -> None:
+    """Mark the job succeeded with one artifact, stored at `relative`, as the worker does."""
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    from app.db import make_engine
+    from app.models import Artifact, Job
+
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+            session.add(
+                Artifact(job_id=job_id, name=name, bytes=size, sha256=sha256, path=relative)
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+
+
 def drop_from_cache(path: Path) -> None:
     """Evict this one file's pages from the page cache (no effect on anything else)."""
     fd = os.open(path, os.O_RDONLY)
@@ -167,26 +189,7 @@ def measure(args: argparse.Namespace) -> Result:
         job_id = seeded.job_ids[0]
         log(f"writing a {mb} MB artifact")
         path, sha256, size = make_artifact(data_dir, job_id, mb)
-        from sqlalchemy import update
-        from sqlalchemy.orm import Session
-
-        from app.db import make_engine
-        from app.models import Artifact, Job
-
-        engine = make_engine(seeded.url)
-        with Session(engine) as session:
-            session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
-            session.add(
-                Artifact(
-                    job_id=job_id,
-                    name="big.bin",
-                    bytes=size,
-                    sha256=sha256,
-                    path=f"{job_id}/big.bin",
-                )
-            )
-            session.commit()
-        engine.dispose()
+        record_artifact(seeded.url, job_id, "big.bin", f"{job_id}/big.bin", size, sha256)
         base, api = servers.start_api(procs, "api", data_dir)
         servers.wait_up(base, procs)
         url = f"{base}/v1/jobs/{job_id}/artifacts/big.bin"

@@ -26,6 +26,7 @@ SECTIONS: dict[str, str] = {
     "api": "bench.api",
     "queue": "bench.queue_latency",
     "artifacts": "bench.artifacts",
+    "downloads": "bench.downloads",
     "metrics_path": "bench.metrics_path",
     "scaling": "bench.scaling",
     "recipes": "bench.recipes",

@@ -5,7 +5,8 @@ bench/results/NAME.json), then rewrite the tables of BENCHMARKS.md from those re
 Run: make bench                          (installs first, then all of it)
      .venv/bin/python -m bench.run [--quick] [--only training,api] [--no-render]
 
-Sections: training (1), api (2), queue (3), artifacts (4), metrics_path (5), scaling (6).
+Sections: training (1), api (2), queue (3), artifacts and downloads (4), metrics_path (5),
+scaling (6).
 `--quick` is a smoke run (small and short; its figures are marked as such); results of a
 quick run go to bench/results/quick/ and are not rendered unless --render-quick is given.
 """
@@ -23,7 +24,7 @@ from bench.common import RESULTS, ROOT, log
 
 # `make bench`'s sections, in the order they run (bench.recipes and bench.hf_recipes, longer
 # runs, have their own make targets).
-SECTIONS = ["training", "metrics_path", "scaling", "api", "queue", "artifacts"]
+SECTIONS = ["training", "metrics_path", "scaling", "api", "queue", "artifacts", "downloads"]
 
 
 def main() -> None:
