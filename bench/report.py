@@ -29,6 +29,7 @@ SECTIONS: dict[str, str] = {
     "downloads": "bench.downloads",
     "metrics_path": "bench.metrics_path",
     "scaling": "bench.scaling",
+    "throughput": "bench.throughput",
     "recipes": "bench.recipes",
     "hf_recipes": "bench.hf_recipes",
 }

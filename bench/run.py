@@ -6,7 +6,7 @@ Run: make bench                          (installs first, then all of it)
      .venv/bin/python -m bench.run [--quick] [--only training,api] [--no-render]
 
 Sections: training (1), api (2), queue (3), artifacts and downloads (4), metrics_path (5),
-scaling (6).
+scaling (6), throughput (7).
 `--quick` is a smoke run (small and short; its figures are marked as such); results of a
 quick run go to bench/results/quick/ and are not rendered unless --render-quick is given.
 """
@@ -24,7 +24,16 @@ from bench.common import RESULTS, ROOT, log
 
 # `make bench`'s sections, in the order they run (bench.recipes and bench.hf_recipes, longer
 # runs, have their own make targets).
-SECTIONS = ["training", "metrics_path", "scaling", "api", "queue", "artifacts", "downloads"]
+SECTIONS = [
+    "training",
+    "metrics_path",
+    "scaling",
+    "api",
+    "queue",
+    "artifacts",
+    "downloads",
+    "throughput",
+]
 
 
 def main() -> None:
