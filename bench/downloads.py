@@ -192,8 +192,8 @@ def rows(r: Result) -> list[Table]:
         f"{api['redirect']:.2f} s redirected against {api['stream']:.2f} s streamed (CPU "
         "time is read from /proc in 10 ms ticks: a redirect costs the API at most a tick or "
         "two, whatever the size)."
-        f"\n- The store is {r['store']}: it is the ceiling of both paths, and shares the two "
-        "cores with the API and the client."
+        "\n- The store is moto's S3 server, a Python process on this machine: it is the ceiling "
+        "of both paths, and shares the two cores with the API and the client."
         f"\n\n{r['megabytes']} MB artifact, {r['rounds']} rounds, variants interleaved."
     )
     header = [
