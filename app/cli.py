@@ -57,6 +57,14 @@ def worker(
             "(default: DISTILLERY_QUEUE). The control queue is always served."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="CPU threads for training (default: DISTILLERY_WORKER_THREADS; 0: torch's "
+            "default, every core). Give each of several workers on one machine its share.",
+        ),
+    ] = None,
 ) -> None:
     """Run one Celery worker process (one job at a time; run one per GPU)."""
     import socket
@@ -68,6 +76,12 @@ def worker(
     served = [q.strip() for q in (queues or settings.queue).split(",") if q.strip()]
     if not served:
         raise typer.BadParameter("name at least one queue", param_hint="--queues")
+    count = settings.worker_threads if threads is None else threads
+    if count:
+        # Read by torch's OpenMP/MKL when torch loads (first job), and inherited by the
+        # processes of a multi-process job: workers sharing cores don't oversubscribe them.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(count)
 
     celery_app.worker_main(
         [

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         60.0, gt=0.0, description="A job whose heartbeat is older is taken to have lost its worker."
     )
     max_attempts: int = Field(3, ge=1, description="Runs of a job before it fails worker_lost.")
+    worker_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads a worker's training uses (OMP_NUM_THREADS); 0: torch's "
+        "default (all cores). Set it when several workers share a machine's cores.",
+    )
     requeue_after_seconds: float = Field(
         600.0, gt=0.0, description="A job queued this long is sent to the broker again."
     )
