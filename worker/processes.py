@@ -154,7 +154,7 @@ def _outcome(returncode: int, files: RunFiles) -> tuple[dict[str, Any], dict[str
 def _last_error(log_path: Path) -> str:
     """torchrun's own summary of the failure (which rank, which exit code or signal)."""
     lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-    wanted = [line.strip() for line in lines if "exitcode" in line or "Signal" in line]
+    wanted = [" ".join(line.split()) for line in lines if "exitcode" in line or "Signal" in line]
     return "; ".join(wanted[-3:])[:400] or "no error was recorded"
 
 

@@ -29,7 +29,7 @@ from worker.kd.jobs import DistillResult
 from worker.kd.rank_files import FileReporter, RunFiles, SilentReporter
 from worker.kd.spec import JobSpec
 from worker.kd.training.checkpoint import Checkpointing
-from worker.kd.training.distributed import Ranks
+from worker.kd.training.distributed import PeerLost, Ranks
 from worker.kd.training.reporting import Reporter
 from worker.kd.training.teacher_cache import TeacherCache
 
@@ -90,7 +90,7 @@ def main(run_dir: str) -> int:
     except KDError as exc:
         if ranks.leader:
             files.write_outcome("failed", code=exc.code, message=exc.message)
-    except dist.DistError:
+    except (PeerLost, dist.DistError):
         raise  # a peer died: no outcome, so the worker takes the attempt as lost
     except Exception as exc:
         if ranks.leader:

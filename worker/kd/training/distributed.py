@@ -24,6 +24,7 @@ on them before each step, so all ranks stop together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,18 @@ import torch.distributed as dist
 from torch import nn
 
 WHOLE = slice(None)  # the whole batch: one process's part
+
+
+class PeerLost(RuntimeError):
+    """A collective failed: another rank of the job died (gloo and NCCL say so with a
+    plain RuntimeError, which this tells apart from an error of the job itself)."""
+
+
+def _collective(operation: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    try:
+        operation(*args, **kwargs)
+    except RuntimeError as exc:
+        raise PeerLost(f"a collective with the other ranks failed: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Ranks:
         if not self.distributed:
             return stop
         flag = torch.tensor([1.0 if (stop and self.leader) else 0.0], device=device)
-        dist.all_reduce(flag)
+        _collective(dist.all_reduce, flag)
         return bool(flag.item() > 0)
 
     def batch_mean(self, values: torch.Tensor, weight: float) -> torch.Tensor:
@@ -81,7 +94,7 @@ class Ranks:
         if not self.distributed:
             return values
         total = values * weight
-        dist.all_reduce(total)
+        _collective(dist.all_reduce, total)
         return total
 
     def average_gradients(self, parameters: list[nn.Parameter]) -> None:
@@ -92,7 +105,7 @@ class Ranks:
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
+        _collective(dist.all_reduce, flat)
         flat /= self.world
         offset = 0
         for grad in grads:
@@ -104,7 +117,7 @@ class Ranks:
         if not self.distributed:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        _collective(dist.broadcast_object_list, box, src=0)
         return box[0]
 
     def broadcast_parameters(self, module: nn.Module) -> None:
@@ -112,4 +125,4 @@ class Ranks:
         if not self.distributed:
             return
         for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
+            _collective(dist.broadcast, tensor, src=0)
