@@ -26,9 +26,8 @@ TRAINING = {"epochs": 4, "batch_size": 64, "learning_rate": 1e-2, "seed": 0, "de
 
 
 def spec(processes: int) -> JobSpec:
-    return job_spec(
-        distillation=RECIPE, training=TRAINING, baseline=True, resources={"processes": processes}
-    )
+    sections: dict[str, Any] = {"baseline": True, "resources": {"processes": processes}}
+    return job_spec(distillation=RECIPE, training=TRAINING, **sections)
 
 
 @dataclass
@@ -99,7 +98,7 @@ def test_processes_are_bounded_and_for_tensor_jobs_only() -> None:
     for bad in (0, 17):
         with pytest.raises(ValidationError, match="processes"):
             spec(bad)
-    with pytest.raises(ValidationError, match="resources.processes > 1 applies to tensor"):
+    with pytest.raises(ValidationError, match=r"resources\.processes > 1 applies to tensor"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "from_teacher", "num_layers": 2},
             "dataset": {"file_id": "d"}, "resources": {"processes": 2},
