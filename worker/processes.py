@@ -16,9 +16,10 @@ each rank in a session of its own; ranks write their pids). A rank also dies wit
 torchrun (Linux: parent-death signal), and rank 0 stops the job after a checkpoint when
 the worker itself is gone (killed), so that another worker resumes it.
 
-The rendezvous is torchrun's c10d store on a free port of this machine, and rank 0's
-address is 127.0.0.1 (`--local-addr`), so it never depends on how the host name resolves;
-gloo is told to use the loopback interface unless the environment names another.
+The rendezvous is torchrun's c10d store on a free port of this machine, and the address
+the ranks meet at (their MASTER_ADDR) is 127.0.0.1 (`--local-addr`), so it never depends
+on how the host name resolves; gloo is told to use the loopback interface unless the
+environment names another (GLOO_SOCKET_IFNAME).
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def torchrun_command(processes: int, run_dir: Path) -> list[str]:
 
 def rank_environment() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
     if sys.platform == "linux":
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return env

@@ -19,7 +19,7 @@ from worker.kd.rank_files import RunFiles, job_description
 from worker.kd.spec import JobSpec
 from worker.kd.training.distributed import WHOLE, Ranks
 from worker.kd.training.reporting import MemoryReporter
-from worker.processes import RankLost, run_on_processes
+from worker.processes import RankFailed, RankLost, run_on_processes
 
 RECIPE = {"temperature": 4.0, "alpha": 0.9, "augment": {"mixup": 0.4, "noise": 0.05}}
 TRAINING = {"epochs": 4, "batch_size": 64, "learning_rate": 1e-2, "seed": 0, "device": "cpu"}
@@ -147,6 +147,20 @@ def test_a_stop_stops_every_rank_and_the_job_resumes_from_rank_0s_checkpoint(
     # Exact resume: the epochs after the stop are the uninterrupted run's.
     after = per_epoch(resumed, "train_loss_epoch")
     assert after == pytest.approx(per_epoch(whole, "train_loss_epoch")[-len(after) :], rel=1e-5)
+
+
+def test_an_engine_error_on_the_ranks_is_the_jobs_error(teacher_path: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    job = job_description(
+        spec(2).model_dump(mode="json"),
+        {"teacher": teacher_path, "dataset": broken},
+        tmp_path,
+        None,
+    )
+    with pytest.raises(RankFailed) as failed:
+        run_on_processes(2, job, tmp_path / "ranks", MemoryReporter())
+    assert failed.value.code == "invalid_dataset", failed.value.message
 
 
 class KillRank1(MemoryReporter):
