@@ -34,10 +34,12 @@ from app.services.files import get_file
 from app.services.jobs import file_refs
 from app.storage import Storage, open_storage
 from worker.kd.errors import Cancelled, KDError
+from worker.kd.rank_files import job_description
 from worker.kd.report.summary import HEADLINE
 from worker.kd.spec import JobSpec
 from worker.lifecycle import SHUTTING_DOWN
 from worker.local_copies import InputCache, mirrored_checkpoints
+from worker.processes import RankLost, run_on_processes
 from worker.reporter import DatabaseReporter
 from worker.trials import TRIAL_STOPS, TrialReporter, trial_reporter
 
@@ -188,6 +190,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
             _run(job, settings, work_dir)
     except Stopped as stop:
         _stopped(job_id, stop.reason, settings)
+    except RankLost as lost:
+        retry_lost(job_id, job.attempt, lost.reason, settings)
     except KDError as exc:
         fail(job_id, exc.code, exc.message)
     except ValidationError as exc:  # a spec stored under an older schema
@@ -323,11 +327,52 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         if settings.teacher_cache_bytes:
             cache = TeacherCache(settings.teacher_cache_dir, settings.teacher_cache_bytes)
         with mirrored_checkpoints(storage, job.id, checkpointing.path.parent):
-            result = distill(prepared, work_dir, reporter, checkpointing, cache)
+            if spec.resources.processes > 1:  # data parallel: torchrun runs the ranks
+                described = job_description(
+                    prepared.spec.model_dump(mode="json"), dict(paths), work_dir,
+                    (checkpointing.path, checkpointing.every_steps), settings.max_student_params,
+                    None if cache is None else (cache.root, cache.max_bytes),
+                )  # fmt: skip
+                report, artifacts = run_on_processes(
+                    spec.resources.processes, described, work_dir / "ranks", reporter
+                )
+            else:
+                result = distill(prepared, work_dir, reporter, checkpointing, cache)
+                report, artifacts = result.report, result.artifacts
     except Cancelled as exc:
         raise Stopped(reporter.stop_reason or "cancelled") from exc
     reporter.flush()
-    _store_success(job.id, storage, result.artifacts, result.report)
+    _store_success(job.id, storage, artifacts, report)
+
+
+def retry_lost(job_id: str, attempt: int, reason: str, settings: Settings) -> None:
+    """A process of the attempt died: queue the job again to resume from its checkpoint,
+    as the sweep does for a lost worker (the attempt counts), or fail it `worker_lost`
+    after `max_attempts` runs."""
+    if attempt >= settings.max_attempts:
+        fail(
+            job_id,
+            "worker_lost",
+            f"{reason}; the job has had {attempt} attempts "
+            f"(DISTILLERY_MAX_ATTEMPTS={settings.max_attempts}); it was not retried.",
+        )
+        return
+    with session_scope() as session:
+        requeued = transition(
+            session, job_id, [JobStatus.validating, JobStatus.running], status=JobStatus.queued,
+            worker=None, heartbeat_at=None, enqueued_at=utcnow(),
+        )  # fmt: skip
+        if requeued:
+            add_event(
+                session, job_id, "requeued",
+                f"{reason}; queued again to resume from its last checkpoint "
+                f"(attempt {attempt + 1} of {settings.max_attempts}).",
+            )  # fmt: skip
+            queue = queue_of(session.get_one(Job, job_id).spec)
+    if requeued:
+        enqueue_job(job_id, queue)
+    else:  # being cancelled: the lost attempt completes the cancel
+        _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
 
 
 def _check_gpus(spec: JobSpec) -> None:
@@ -338,6 +383,14 @@ def _check_gpus(spec: JobSpec) -> None:
         raise NotEnoughGpus(
             f"The job asks for {wanted} GPU(s) (resources.gpus) and its worker has {have}; "
             "send it to a queue whose workers have them (resources.queue)."
+        )
+    processes, device = spec.resources.processes, spec.training.device
+    on_gpus = device == "cuda" or (device == "auto" and have > 0)
+    if processes > 1 and on_gpus and processes > have:
+        raise NotEnoughGpus(
+            f"The job asks for {processes} processes (resources.processes), one GPU each, "
+            f"and its worker has {have} GPU(s); ask for {have} processes at most, or send "
+            "it to a queue whose workers have more GPUs (resources.queue)."
         )
 
 

@@ -27,7 +27,11 @@ def test_queues_need_a_key(client: TestClient) -> None:
 def test_resources_are_validated(
     client: TestClient, headers: dict[str, str], job_files: dict[str, str]
 ) -> None:
-    for bad in ({"queue": "a100 gpu"}, {"gpus": -1}, {"queue": "x", "cpus": 2}):
+    bad_resources = (
+        {"queue": "a100 gpu"}, {"gpus": -1}, {"queue": "x", "cpus": 2},
+        {"processes": 0}, {"processes": 17}, {"processes": "two"},
+    )  # fmt: skip
+    for bad in bad_resources:
         answer = client.post("/v1/jobs", headers=headers, json=spec(job_files, resources=bad))
         assert answer.status_code == 422, answer.text
         assert "resources" in answer.json()["error"]["message"]
@@ -39,7 +43,7 @@ def test_a_job_on_a_queue_without_workers_says_so_until_one_beats(
     queue = f"q{uuid.uuid4().hex[:8]}"
     body = spec(job_files, resources={"queue": queue, "gpus": 1})
     job = client.post("/v1/jobs", headers=headers, json=body).json()
-    assert job["spec"]["resources"] == {"queue": queue, "gpus": 1}
+    assert job["spec"]["resources"] == {"queue": queue, "gpus": 1, "processes": 1}
     seen = client.get(f"/v1/jobs/{job['id']}", headers=headers).json()
     assert seen["waiting"] == f"waiting for a worker on queue '{queue}'"
     assert queues(client, headers)[queue] == {

@@ -467,6 +467,9 @@ def job_kind_of(data: dict[str, Any]) -> JobKind:
     return "transformer" if arch in TRANSFORMER_ARCHS or fmt == "hf_zip" else "tensor"
 
 
+MAX_PROCESSES = 16  # one machine's worth of training processes (resources.processes)
+
+
 class ResourcesSpec(_Strict):
     """Where the job runs: workers started with `--queues` naming `queue` take it."""
 
@@ -476,6 +479,13 @@ class ResourcesSpec(_Strict):
         description="The worker queue, e.g. a100; default: the server's queue.",
     )
     gpus: int = Field(0, ge=0, le=64, description="GPUs the job's worker must have.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Training processes on the worker's machine (torchrun, data parallel: the "
+        "batch is split among them); tensor jobs only.",
+    )
 
 
 class JobSpec(_Strict):
@@ -565,6 +575,11 @@ class JobSpec(_Strict):
                 "distillation.augment applies to tensor_classification jobs only (inputs that "
                 "can be mixed, noised, cropped or flipped); a transformer job's texts are not "
                 "augmented: remove distillation.augment"
+            )
+        if self.kind == "transformer" and self.resources.processes > 1:
+            raise ValueError(
+                "resources.processes > 1 applies to tensor_classification jobs only; a "
+                "transformer job trains on one process: remove resources.processes"
             )
         for index, term in enumerate(self.distillation.losses or []):
             meta = loss_meta(term.kind)

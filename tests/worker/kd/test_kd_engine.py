@@ -30,6 +30,7 @@ REPORT_KEYS = {
     "agreement", "kl_teacher_student", "quality_retained", "size_reduction", "speedup",
     "device", "epochs", "steps", "train_seconds", "recipe", "baseline", "kd_gain",
     "best_epoch", "stopped_early", "speedup_batch64", "onnx_max_abs_diff", "evaluation",
+    "processes",
 }  # fmt: skip
 MODEL_KEYS = {"accuracy", "parameters", "serialized_bytes", "latency_ms_batch1"}
 
@@ -81,6 +82,7 @@ def test_report_has_every_field(distilled: Distilled) -> None:
     assert set(report["teacher"]) >= MODEL_KEYS and set(report["student"]) >= MODEL_KEYS
     assert report["validation"] == {"source": "split", "samples": 359, "labels": "dataset"}
     assert (report["baseline"], report["kd_gain"]) == (None, None)
+    assert report["processes"] == 1
     assert report["student"]["parameters"] < report["teacher"]["parameters"]
     assert json.loads((distilled.out_dir / "report.json").read_text()) == report
     assert set(distilled.result.artifacts) == {

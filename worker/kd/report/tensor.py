@@ -49,6 +49,7 @@ def tensor_report(
     layer_pairing: list[dict[str, Any]] | None = None,
     selection: dict[str, Any] | None = None,
     no_verdict_reason: str | None = None,
+    processes: int = 1,
 ) -> TensorReport:
     """report.json; accuracies are on `val`, the evaluation split (used for no choice),
     against `val.label_source` labels; `selection` names the split that chose. Teacher,
@@ -91,6 +92,7 @@ def tensor_report(
         "best_epoch": outcome.best_epoch,
         "stopped_early": outcome.stopped_early,
         "train_seconds": round(outcome.seconds, 3),
+        "processes": processes,
         "recipe": recipe(spec, outcome.used_labels),
         "onnx_max_abs_diff": onnx_max_abs_diff,
         **({"layer_pairing": layer_pairing} if layer_pairing else {}),

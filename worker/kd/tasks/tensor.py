@@ -13,6 +13,7 @@ from torch import nn
 from worker.kd.datasets.splits import Splits
 from worker.kd.losses import CompositeLoss
 from worker.kd.training.augment import Augmenter
+from worker.kd.training.distributed import WHOLE
 from worker.kd.training.evaluate import ValidationSet, accuracy, agreement, predict_logits
 from worker.kd.training.features import module_features
 from worker.kd.training.pairing import LayerPair
@@ -55,12 +56,16 @@ class TensorAdapter:
     def num_examples(self) -> int:
         return len(self.data.x_train)
 
-    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = self.data.x_train[idx].to(self.device)  # (B, *input_shape)
         y = None if self.data.y_train is None else self.data.y_train[idx].to(self.device)  # (B,)
         augmented = self.augmenter.active
-        if augmented:
+        if augmented:  # drawn for the whole batch: every process draws the same
             x, y = self.augmenter(x, y)  # targets may be mixed one-hot (B, K)
+        if part != WHOLE:  # this process's part of the batch: (b, ...)
+            idx, x, y = idx[part], x[part], None if y is None else y[part]
         teacher_logits: torch.Tensor | None = None
         teacher_features: dict[str, torch.Tensor] = {}
         if self.objective.needs_teacher:

@@ -31,6 +31,7 @@ from worker.kd.tasks.tensor import Objective, TeacherSource, TensorAdapter
 from worker.kd.teachers import load_teacher, probe_teacher
 from worker.kd.training.augment import Augmenter
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
+from worker.kd.training.distributed import Ranks
 from worker.kd.training.evaluate import ValidationSet, count_parameters
 from worker.kd.training.features import module_features
 from worker.kd.training.pairing import pair_layers
@@ -59,7 +60,9 @@ def distill_tensor(
 ) -> DistillResult:
     """Train the student (and the baseline when asked), choosing epochs on the selection
     split, save its files, and measure the saved student against the teacher on the
-    evaluation split, which no choice has seen."""
+    evaluation split, which no choice has seen. In a data parallel job every rank trains
+    (worker.kd.training.distributed) and rank 0 alone saves, measures and reports; the
+    others return an empty result."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec, device = prepared.spec, prepared.device
     recorder = RecordingReporter(reporter)
@@ -72,6 +75,8 @@ def distill_tensor(
         baseline = _train_baseline(prepared, val, recorder, checkpointing)
     elif spec.baseline:
         recorder.event("baseline_skipped", f"No baseline: {NO_LABELS}.")
+    if not Ranks.current().leader:  # the other ranks helped train; the leader writes
+        return DistillResult(report={}, artifacts={})
     evaluation = ValidationSet.evaluation(prepared.data, prepared.teacher, device)
     report, artifacts = _write_outputs(
         prepared, evaluation, recorder, out_dir, student, outcome, baseline
@@ -457,6 +462,7 @@ def _write_outputs(
         layer_pairing=recorder.layer_pairing,
         selection={"split": data.selection, "samples": len(data.x_val)},
         no_verdict_reason=NO_LABELS if spec.baseline and baseline is None else None,
+        processes=Ranks.current().world,
     )
     if baseline is not None and report.verdict is not None and report.verdict.kept == "baseline":
         artifacts = _save(baseline[0], config, evaluation, out_dir, recorder)

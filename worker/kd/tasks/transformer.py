@@ -17,6 +17,7 @@ from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import Outputs, forward
 from worker.kd.hf.objective import TransformerObjective
+from worker.kd.training.distributed import WHOLE
 from worker.kd.training.trainer import Cast
 
 
@@ -60,8 +61,10 @@ class TransformerAdapter:
     def num_examples(self) -> int:
         return len(self.data)
 
-    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rows = idx.tolist()
+    def loss(
+        self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows = idx[part].tolist()
         objective = self.objective
         batch = self.data.batch(rows, self.tokenizer, self.device)  # each (B, T)
         teacher_out = None if self.teacher is None else self.teacher(rows, batch)

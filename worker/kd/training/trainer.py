@@ -33,6 +33,7 @@ from worker.kd.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from worker.kd.training.distributed import WHOLE, Ranks
 from worker.kd.training.reporting import Reporter
 
 LOG_EVERY = 10  # steps between train_loss metrics
@@ -47,8 +48,13 @@ class TaskAdapter(Protocol):
     @property
     def num_examples(self) -> int: ...
 
-    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total, {part: value}) on training examples `idx` (B,)."""
+    def loss(
+        self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total, {part: value}) on training examples `idx[part]` of the batch `idx` (B,):
+        in a data parallel job each process trains on its part, and draws that span the
+        batch (augmentation, mixup partners) are made for the whole batch, as in one
+        process."""
         ...
 
     def evaluate(self) -> dict[str, float]:
@@ -265,6 +271,7 @@ class Trainer:
     metric_prefix: str = ""
     progress_span: tuple[float, float] = (0.0, 1.0)  # (offset, share) of the job's progress
     used_labels: bool = False
+    ranks: Ranks = field(default_factory=Ranks.current)  # data parallel: this process's place
     step: int = 0
     _seconds_before: float = 0.0  # training time of earlier runs of this job
 
@@ -291,6 +298,8 @@ class Trainer:
         scheduler = make_scheduler(optimizer, self.training, self.total_steps)
         loop = _LoopState(torch.Generator().manual_seed(self.training.seed))
         resumed = self._resume(optimizer, scheduler, loop)
+        self.ranks.broadcast_parameters(self.student)  # as DDP does: the leader's weights
+        self.ranks.broadcast_parameters(self.objective)
         stopped_early = False
         for epoch in range(loop.epoch, self.training.epochs + 1):
             loop.begin_epoch(epoch, resumed)
@@ -344,12 +353,15 @@ class Trainer:
         parameters = self.parameters()  # once per epoch, not per step
         every = self.checkpointing.every_steps if self.checkpointing else 0
         total_steps, loss, cast = self.total_steps, self.adapter.loss, self.cast
+        ranks = self.ranks
         for idx in batches[loop.batches_done :]:
-            if self.reporter.should_stop():
+            if ranks.agree(self.reporter.should_stop(), self.device):
                 self._save(optimizer, scheduler, loop, start)
                 raise Cancelled()
-            total, parts = loss(idx, cast)
-            total.backward()
+            part, weight = ranks.share(len(idx))  # the whole batch in one process
+            total, parts = loss(idx, cast, part)
+            (total * weight if ranks.distributed else total).backward()
+            ranks.average_gradients(parameters)
             if clip is not None:
                 nn.utils.clip_grad_norm_(parameters, clip)
             optimizer.step()
@@ -358,6 +370,7 @@ class Trainer:
             self.step += 1
             loop.batches_done += 1
             names, values = stack_parts(total, parts)
+            values = ranks.batch_mean(values, weight / ranks.world)  # the global batch's
             loop.totals.add(names, values)
             loop.window.add(names, values)
             if self.step % LOG_EVERY == 0 or self.step == total_steps:
@@ -374,6 +387,8 @@ class Trainer:
         start: float,
     ) -> None:
         if self.checkpointing is None:
+            return
+        if not self.ranks.leader:  # the leader's copy of the weights is everyone's
             return
         state = {
             "fingerprint": self.fingerprint,
@@ -443,10 +458,11 @@ class Trainer:
         means = totals.means()
         loss = self._checked(means.pop("total", math.nan))
         self.student.eval()
+        evaluated = self.adapter.evaluate() if self.ranks.leader else None
         values = {
             "train_loss_epoch": loss,
             **{f"train_{name}_epoch": value for name, value in means.items()},
-            **self.adapter.evaluate(),
+            **self.ranks.broadcast(evaluated),  # the leader's: early stopping agrees
             "lr": lr,
         }
         prefix = self.metric_prefix
