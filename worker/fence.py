@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class Fence:
     lost: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
     refused: list[str] = field(default_factory=list)
+    # What the attempt had to write once it was lost, and dropped unwritten, by kind.
+    dropped: Counter[str] = field(default_factory=Counter)
 
     def owns(self) -> ColumnElement[bool]:
         """The condition that holds while this attempt owns the job."""
@@ -75,5 +78,5 @@ class Fence:
                 what,
             )
         else:
-            log.info("job %s: stale attempt %d: %s refused", self.job_id, self.attempt, what)
+            log.warning("job %s: stale attempt %d: %s refused", self.job_id, self.attempt, what)
         self.lost.set()

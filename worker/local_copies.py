@@ -131,11 +131,13 @@ def mirrored_checkpoints(
     sent = _stamps(local_dir)  # what was just pulled is in the store already
 
     def push_changed() -> None:
-        if fence.lost.is_set():
-            return
         stamps = _stamps(local_dir)
         changed = {name: stamp for name, stamp in stamps.items() if sent.get(name) != stamp}
         if not changed:
+            return
+        if fence.lost.is_set():  # stale: its checkpoints are not sent any more
+            fence.dropped["checkpoint(s)"] += len(changed)
+            sent.update(changed)
             return
         pushed = {name: storage.push_checkpoint(fence.job_id, fence.attempt, local_dir / name)
                   for name in changed}  # fmt: skip

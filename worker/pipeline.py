@@ -249,7 +249,14 @@ class Stopped(Exception):
 def _stopped(fence: Fence, reason: str) -> None:
     job_id = fence.job_id
     if reason == "lost":  # another attempt owns the job now: leave it alone
-        log.warning("job %s: stale attempt %d stopped", job_id, fence.attempt)
+        dropped = ", ".join(f"{n} {kind}" for kind, n in sorted(fence.dropped.items()))
+        log.warning(
+            "job %s: stale attempt %d stopped; refused: %s; dropped unwritten: %s",
+            job_id,
+            fence.attempt,
+            "; ".join(fence.refused),
+            dropped or "nothing",
+        )
     elif reason == "shutdown":
         hand_back(
             fence,

@@ -130,6 +130,7 @@ class DatabaseReporter:
         if not self._metrics and self._progress is None and not self._events:
             return
         if self.fence.lost.is_set():  # stale: nothing of this attempt is written any more
+            self.fence.dropped.update(self._counts())
             self._drop()
             return
         progress = {} if self._progress is None else {"progress": self._progress}
@@ -153,11 +154,15 @@ class DatabaseReporter:
             self.writes += 1
         self._drop()
 
+    def _counts(self) -> dict[str, int]:
+        counts = {"metric point(s)": len(self._metrics), "event(s)": len(self._events)}
+        counts["progress"] = int(self._progress is not None)
+        return {kind: n for kind, n in counts.items() if n}
+
     def _what(self) -> str:
-        parts = [f"{len(self._metrics)} metric point(s)"] if self._metrics else []
-        parts += [f"{len(self._events)} event(s)"] if self._events else []
-        parts += ["progress"] if self._progress is not None else []
-        return ", ".join(parts)
+        return ", ".join(
+            kind if kind == "progress" else f"{n} {kind}" for kind, n in self._counts().items()
+        )
 
     def _drop(self) -> None:
         self._events = []

@@ -147,6 +147,7 @@ def test_a_stale_attempts_metrics_events_and_progress_are_refused() -> None:
     reporter.metric("train_loss", 1.0, step=7, epoch=2)  # a lost attempt writes nothing more
     reporter.flush()
     assert snapshot(owner.job_id) == before and len(stale.refused) == 1
+    assert stale.dropped == {"metric point(s)": 1}
     assert before["metrics"] == [("train_loss", s, 2.0) for s in (1, 2, 3)]
     assert before["job"]["progress"] == 0.1
 
