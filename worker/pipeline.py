@@ -226,16 +226,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         shutil.rmtree(inputs_dir(settings, job_id), ignore_errors=True)
     # A stale attempt leaves the job, its webhook and its checkpoints to the owner.
     ended = not fence.lost.is_set() and announce_end(job_id)
-    _drop_checkpoints(fence, settings, ended=ended)
-
-
-def _drop_checkpoints(fence: Fence, settings: Settings, ended: bool) -> None:
-    """An ended job's checkpoints go; the attempt's working copy always goes (the next
-    attempt may run elsewhere, and pulls the recorded checkpoints from the store)."""
-    storage = open_storage(settings)
-    if ended:
-        storage.delete_checkpoints(fence.job_id)
-    shutil.rmtree(storage.checkpoint_dir(fence.job_id, fence.attempt), ignore_errors=True)
+    if ended:  # an ended job's checkpoints go
+        open_storage(settings).delete_checkpoints(job_id)
 
 
 class Stopped(Exception):
@@ -368,6 +360,10 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
             result = distill(prepared, work_dir, reporter, checkpointing, cache)
     except Cancelled as exc:
         raise Stopped(reporter.stop_reason or "cancelled") from exc
+    finally:
+        # What is worth keeping was pushed when the mirror closed; the working copy goes
+        # now, before any hand-back lets the next run (same attempt number) begin.
+        shutil.rmtree(checkpointing.path.parent, ignore_errors=True)
     reporter.flush()
     if fence.lost.is_set():
         raise Stopped("lost")
@@ -441,6 +437,8 @@ def _store_success(
             add_event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")
     if done:
         fence.ended.set()
+        for earlier in range(1, attempt):  # files of attempts that died before their end
+            storage.delete_job_artifacts(job_id, earlier)
     else:
         storage.delete_job_artifacts(job_id, attempt)
         fence.refuse(f"end (succeeded) and {len(stored)} artifact(s)")

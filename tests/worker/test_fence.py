@@ -227,6 +227,10 @@ def test_a_stale_success_is_refused_and_its_objects_deleted(
         _store_success(stale, storage, _artifacts(tmp_path, "stale"), REPORT)
         assert snapshot(owner.job_id) == before
         assert _stored(storage, s3, owner.job_id) == []
+    else:  # what attempt 1 stored before it was cut off mid-upload: cleared at the end
+        storage.put_artifact(
+            owner.job_id, "student.pt", _artifacts(tmp_path, "cut")["student.pt"], 1
+        )
     with session_scope() as session:  # the owner reaches `running`
         session.execute(update(Job).where(Job.id == owner.job_id).values(status="running"))
     _store_success(owner, storage, _artifacts(tmp_path, "owner"), REPORT)
