@@ -359,6 +359,8 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
         with mirror:
             result = distill(prepared, work_dir, reporter, checkpointing, cache)
     except Cancelled as exc:
+        if fence.lost.is_set():
+            database_reporter.flush()  # counts what it holds as dropped; writes nothing
         raise Stopped(reporter.stop_reason or "cancelled") from exc
     finally:
         # What is worth keeping was pushed when the mirror closed; the working copy goes
