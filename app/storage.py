@@ -157,8 +157,9 @@ def checkpoint_key(job_id: str, attempt: int, name: str) -> str:
 
 
 class LocalStorage(Storage):
-    """A directory: `files/`, `artifacts/` and `checkpoints/` under one root. Checkpoints
-    are written in place, so there is nothing to mirror."""
+    """A directory: `files/`, `artifacts/` and `checkpoints/` under one root. An attempt's
+    checkpoints are written in place (`checkpoints/job/attempt/work`); a push is a hard
+    link under a fresh name beside them, nothing is copied."""
 
     default_downloads = "stream"
 
