@@ -207,8 +207,8 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
     try:
         with heartbeat(fence, settings.heartbeat_seconds):
             _run(job, fence, settings, work_dir)
-    except Stopped as stop:
-        _stopped(fence, stop.reason)
+    except Stopped as stop:  # a lost attempt stops quietly, whatever stopped it
+        _stopped(fence, "lost" if fence.lost.is_set() else stop.reason)
     except KDError as exc:
         fail(fence, exc.code, exc.message)
     except ValidationError as exc:  # a spec stored under an older schema
