@@ -11,16 +11,16 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = '0009'
+down_revision: str | None = '0008'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("checkpoints", sa.JSON(), nullable=True))
+    op.add_column('jobs', sa.Column('checkpoints', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("checkpoints")
+    with op.batch_alter_table('jobs') as batch:
+        batch.drop_column('checkpoints')
