@@ -13,6 +13,14 @@ is no longer the owner (`lost`): it stops quietly, without touching the job. The
 takes the job's row lock (PostgreSQL) or the database's write lock (SQLite) until commit,
 so the sweep's take-over waits for an owner's write in flight and never interleaves with
 it: there is no read-then-write window.
+
+A hand-back (SIGTERM) gives its attempt number back, so the next claim reuses it; that is
+safe because the run that hands back has stopped writing before its hand-back commits
+(its loop, mirror and heartbeat are done, its working checkpoint dir removed).
+
+On PostgreSQL, workers on other hosts want `idle_in_transaction_session_timeout` set on
+the server (a few seconds): a worker cut off in the middle of a transaction would
+otherwise hold the job's row lock, and stall the take-over, until TCP gives up.
 """
 
 from __future__ import annotations
