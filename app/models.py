@@ -117,6 +117,10 @@ class Job(Base):
     )
     trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
     trial: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The job's current checkpoints in the store ({file name: key}), recorded under the
+    # fence of the attempt that wrote them: a stale attempt's uploads are never recorded,
+    # so the next attempt resumes from the owner's files only (worker/local_copies.py).
+    checkpoints: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class JobEvent(Base):

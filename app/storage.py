@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,11 +79,16 @@ class Storage(ABC):
 
     # Job artifacts --------------------------------------------------------------------
     @abstractmethod
-    def put_artifact(self, job_id: str, name: str, source: Path) -> tuple[str, int, str]:
-        """Copy a finished artifact in; returns (relative path, bytes, sha256)."""
+    def put_artifact(
+        self, job_id: str, name: str, source: Path, attempt: int | None = None
+    ) -> tuple[str, int, str]:
+        """Copy a finished artifact in; returns (relative path, bytes, sha256). A job
+        attempt's artifacts go under their own prefix, so a stale attempt never replaces
+        the files of the attempt that owns the job."""
 
     @abstractmethod
-    def delete_job_artifacts(self, job_id: str) -> None: ...
+    def delete_job_artifacts(self, job_id: str, attempt: int | None = None) -> None:
+        """Delete a job's artifacts (only those of `attempt` when given)."""
 
     # Reading --------------------------------------------------------------------------
     @abstractmethod
@@ -108,18 +114,23 @@ class Storage(ABC):
     def presigned_url(self, kind: Kind, relative: str, filename: str, seconds: int) -> str:
         """A URL that fetches the object without our API key, valid for `seconds`."""
 
-    # Checkpoints: a local working copy, mirrored to the store -------------------------
+    # Checkpoints: each attempt's working copies, snapshotted to the store ---------------
     @abstractmethod
-    def checkpoint_dir(self, job_id: str) -> Path:
-        """The local directory a job's training loop writes its checkpoints to."""
+    def checkpoint_dir(self, job_id: str, attempt: int) -> Path:
+        """The directory an attempt's training loop writes its checkpoints to (its own:
+        a stale attempt of the job, still running somewhere, never writes into it)."""
 
     @abstractmethod
-    def push_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        """Copy the job's checkpoint files to the store (each one whole)."""
+    def push_checkpoint(self, job_id: str, attempt: int, path: Path) -> str:
+        """Store a snapshot of a checkpoint file under a key used once (never overwritten);
+        returns the key, which the worker then records under the attempt's fence."""
 
     @abstractmethod
-    def pull_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        """Bring the job's stored checkpoints into `local_dir` (to resume)."""
+    def pull_checkpoint(self, key: str, target: Path) -> None:
+        """Copy a recorded checkpoint to `target` (to resume)."""
+
+    @abstractmethod
+    def delete_checkpoint(self, key: str) -> None: ...
 
     @abstractmethod
     def delete_checkpoints(self, job_id: str) -> None: ...
@@ -130,16 +141,25 @@ def check_artifact_name(name: str) -> None:
         raise ValueError(f"artifact name {name!r} is not a plain file name")
 
 
-def _checkpoint_files(local_dir: Path) -> list[Path]:
-    """Finished checkpoint files (never a `.partial` being written)."""
-    if not local_dir.is_dir():
-        return []
-    return sorted(p for p in local_dir.iterdir() if p.is_file() and not p.name.endswith(".partial"))
+def artifact_relative(job_id: str, name: str, attempt: int | None) -> str:
+    check_artifact_name(name)
+    return f"{job_id}/{name}" if attempt is None else f"{job_id}/{attempt}/{name}"
+
+
+def _artifact_prefix(job_id: str, attempt: int | None) -> str:
+    return job_id if attempt is None else f"{job_id}/{attempt}"
+
+
+def checkpoint_key(job_id: str, attempt: int, name: str) -> str:
+    """A fresh key for a snapshot of checkpoint file `name` of one attempt."""
+    check_artifact_name(name)
+    return f"{job_id}/{attempt}/{uuid.uuid4().hex[:12]}-{name}"
 
 
 class LocalStorage(Storage):
-    """A directory: `files/`, `artifacts/` and `checkpoints/` under one root. Checkpoints
-    are written in place, so there is nothing to mirror."""
+    """A directory: `files/`, `artifacts/` and `checkpoints/` under one root. An attempt's
+    checkpoints are written in place (`checkpoints/job/attempt/work`); a push is a hard
+    link under a fresh name beside them, nothing is copied."""
 
     default_downloads = "stream"
 
@@ -168,9 +188,10 @@ class LocalStorage(Storage):
     def delete_file(self, relative: str) -> None:
         self.file_path(relative).unlink(missing_ok=True)
 
-    def put_artifact(self, job_id: str, name: str, source: Path) -> tuple[str, int, str]:
-        check_artifact_name(name)
-        relative = f"{job_id}/{name}"
+    def put_artifact(
+        self, job_id: str, name: str, source: Path, attempt: int | None = None
+    ) -> tuple[str, int, str]:
+        relative = artifact_relative(job_id, name, attempt)
         target = self._inside(self.artifacts_root, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{name}.partial")
@@ -181,8 +202,9 @@ class LocalStorage(Storage):
     def artifact_path(self, relative: str) -> Path:
         return self._inside(self.artifacts_root, relative)
 
-    def delete_job_artifacts(self, job_id: str) -> None:
-        shutil.rmtree(self._inside(self.artifacts_root, job_id), ignore_errors=True)
+    def delete_job_artifacts(self, job_id: str, attempt: int | None = None) -> None:
+        prefix = _artifact_prefix(job_id, attempt)
+        shutil.rmtree(self._inside(self.artifacts_root, prefix), ignore_errors=True)
 
     def local_path(self, kind: Kind, relative: str) -> Path:
         root = self.files_root if kind == "files" else self.artifacts_root
@@ -205,17 +227,32 @@ class LocalStorage(Storage):
     def presigned_url(self, kind: Kind, relative: str, filename: str, seconds: int) -> str:
         raise NotImplementedError("a directory store cannot presign URLs")
 
-    def checkpoint_dir(self, job_id: str) -> Path:
-        return self._inside(self.checkpoints_root, job_id)
+    def checkpoint_dir(self, job_id: str, attempt: int) -> Path:
+        return self._inside(self.checkpoints_root, f"{job_id}/{attempt}/work")
 
-    def push_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        return None  # written in place
+    def push_checkpoint(self, job_id: str, attempt: int, path: Path) -> str:
+        key = checkpoint_key(job_id, attempt, path.name)
+        target = self._inside(self.checkpoints_root, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # the loop replaces its file atomically, so a hard link is a snapshot
+            os.link(path, target)
+        except OSError:
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)
+        return key
 
-    def pull_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        return None
+    def pull_checkpoint(self, key: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(self._inside(self.checkpoints_root, key), partial)
+        os.replace(partial, target)
+
+    def delete_checkpoint(self, key: str) -> None:
+        self._inside(self.checkpoints_root, key).unlink(missing_ok=True)
 
     def delete_checkpoints(self, job_id: str) -> None:
-        shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
+        shutil.rmtree(self._inside(self.checkpoints_root, job_id), ignore_errors=True)
 
     @staticmethod
     def _inside(root: Path, relative: str) -> Path:
@@ -279,14 +316,15 @@ class S3Storage(Storage):
     def delete_file(self, relative: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key("files", relative))
 
-    def put_artifact(self, job_id: str, name: str, source: Path) -> tuple[str, int, str]:
-        check_artifact_name(name)
-        relative = f"{job_id}/{name}"
+    def put_artifact(
+        self, job_id: str, name: str, source: Path, attempt: int | None = None
+    ) -> tuple[str, int, str]:
+        relative = artifact_relative(job_id, name, attempt)
         self._put("artifacts", relative, source)
         return relative, source.stat().st_size, sha256_of(source)
 
-    def delete_job_artifacts(self, job_id: str) -> None:
-        self._delete_under(self.key("artifacts", job_id) + "/")
+    def delete_job_artifacts(self, job_id: str, attempt: int | None = None) -> None:
+        self._delete_under(self.key("artifacts", _artifact_prefix(job_id, attempt)) + "/")
 
     def _delete_under(self, prefix: str) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -353,31 +391,29 @@ class S3Storage(Storage):
         )
         return url
 
-    def checkpoint_dir(self, job_id: str) -> Path:
-        return self.work_root / "checkpoints" / job_id
+    def checkpoint_dir(self, job_id: str, attempt: int) -> Path:
+        return self.work_root / "checkpoints" / job_id / str(attempt)
 
-    def push_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        for path in _checkpoint_files(local_dir):
-            # Copied aside first: the loop may replace the file while it is being sent.
-            snapshot = self.tmp_dir / f"{job_id}-{path.name}.sending"
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, snapshot)
-            except OSError:
-                shutil.copyfile(path, snapshot)
-            try:
-                self._put("checkpoints", f"{job_id}/{path.name}", snapshot)
-            finally:
-                snapshot.unlink(missing_ok=True)
+    def push_checkpoint(self, job_id: str, attempt: int, path: Path) -> str:
+        key = checkpoint_key(job_id, attempt, path.name)
+        # Copied aside first: the loop may replace the file while it is being sent.
+        snapshot = self.tmp_dir / f"{key.replace('/', '-')}.sending"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, snapshot)
+        except OSError:
+            shutil.copyfile(path, snapshot)
+        try:
+            self._put("checkpoints", key, snapshot)
+        finally:
+            snapshot.unlink(missing_ok=True)
+        return key
 
-    def pull_checkpoints(self, job_id: str, local_dir: Path) -> None:
-        prefix = self.key("checkpoints", job_id) + "/"
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                name = item["Key"][len(prefix) :]
-                check_artifact_name(name)
-                self._get(item["Key"], local_dir / name)
+    def pull_checkpoint(self, key: str, target: Path) -> None:
+        self._get(self.key("checkpoints", key), target)
+
+    def delete_checkpoint(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key("checkpoints", key))
 
     def delete_checkpoints(self, job_id: str) -> None:
         self._delete_under(self.key("checkpoints", job_id) + "/")

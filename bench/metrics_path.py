@@ -144,6 +144,7 @@ def measure(args: argparse.Namespace) -> Result:
         from app.migrate import upgrade_head
         from app.models import Job, Tenant
         from bench import loops, workloads
+        from worker.fence import Fence
         from worker.kd.training.reporting import MemoryReporter
         from worker.reporter import DatabaseReporter
 
@@ -186,7 +187,7 @@ def measure(args: argparse.Namespace) -> Result:
                     inner: Any = (
                         MemoryReporter()
                         if throttle is None
-                        else DatabaseReporter(new_job(), *throttle)
+                        else DatabaseReporter(Fence(new_job(), 0), *throttle)
                     )
                     reporter = CountingReporter(inner)
                     before = statements["n"]

@@ -4,9 +4,10 @@ With an object store a worker shares no disk with the API or other workers:
 - `InputCache` fetches a job's inputs into a local directory keyed by sha256 (two jobs on
   the same teacher fetch it once), bounded in bytes: the least recently used copies are
   deleted to make room; a running job keeps its own links to what it reads.
-- `mirrored_checkpoints` pulls a job's stored checkpoints before training (to resume) and
-  pushes each new checkpoint the loop writes, so another worker can resume the job if this
-  one is lost. With a directory store both are no-ops: the files are already in place.
+- `mirrored_checkpoints` pulls a job's recorded checkpoints before training (to resume) and
+  pushes each new checkpoint the loop writes, recording it under the attempt's fence, so
+  another worker can resume the job if this one is lost (on a directory store a push is a
+  hard link).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import Settings
-from app.storage import Kind, Storage, open_storage, sha256_of
+from app.storage import Kind, Storage, check_artifact_name, open_storage, sha256_of
+from worker.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -98,29 +100,71 @@ class InputCache:
 
 @contextmanager
 def mirrored_checkpoints(
-    storage: Storage, job_id: str, local_dir: Path, every: float = 1.0
+    storage: Storage,
+    fence: Fence,
+    local_dir: Path,
+    current: dict[str, str] | None,
+    record: Callable[[dict[str, str]], bool],
+    every: float = 1.0,
 ) -> Iterator[None]:
-    """Resume from the stored checkpoints, and push every checkpoint written meanwhile
-    (checked every `every` seconds, and once more when the body ends)."""
-    storage.pull_checkpoints(job_id, local_dir)
+    """Resume from the job's recorded checkpoints (`current`: file name to stored key), and
+    push every checkpoint the attempt writes meanwhile (checked every `every` seconds, and
+    once more when the body ends).
+
+    Why this keeps a stale attempt from touching the owner's checkpoints: each push goes to
+    a key of its own (`job/attempt/random-name`, never overwritten), and only `record`,
+    which holds the attempt's fence in the database, makes it the job's checkpoint. A stale
+    attempt's push is uploaded but its record is refused, so it is deleted and nothing ever
+    reads it; a check of the fence before the upload alone would leave a window between
+    the check and the write. The next attempt resumes from the recorded keys only, which a
+    fenced attempt wrote. The keys a new record replaces are deleted after it commits."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    recorded = dict(current or {})
+    for name, key in recorded.items():
+        check_artifact_name(name)
+        if not (local_dir / name).exists():
+            try:
+                storage.pull_checkpoint(key, local_dir / name)
+            except Exception:  # gone (a record whose commit was in doubt): start without it
+                log.warning("checkpoint %s of job %s is missing", key, fence.job_id, exc_info=True)
     stop = threading.Event()
-    sent: dict[str, int] = {}
+    sent = _stamps(local_dir)  # what was just pulled is in the store already
 
     def push_changed() -> None:
         stamps = _stamps(local_dir)
-        if stamps and stamps != {k: v for k, v in sent.items() if k in stamps}:
-            storage.push_checkpoints(job_id, local_dir)
-            sent.update(stamps)
+        changed = {name: stamp for name, stamp in stamps.items() if sent.get(name) != stamp}
+        if not changed:
+            return
+        if fence.lost.is_set():  # stale: its checkpoints are not sent any more
+            fence.dropped["checkpoint(s)"] += len(changed)
+            sent.update(changed)
+            return
+        pushed = {name: storage.push_checkpoint(fence.job_id, fence.attempt, local_dir / name)
+                  for name in changed}  # fmt: skip
+        owned = False
+        try:
+            owned = record({**recorded, **pushed})
+        finally:
+            if not owned:  # refused, or the database could not say: nothing reads them
+                for key in pushed.values():
+                    storage.delete_checkpoint(key)
+        if not owned:
+            fence.refuse(f"checkpoint ({', '.join(sorted(pushed))})")
+            return
+        replaced = [recorded[name] for name in pushed if name in recorded]
+        recorded.update(pushed)
+        sent.update(changed)
+        for key in replaced:
+            storage.delete_checkpoint(key)
 
     def loop() -> None:
         while not stop.wait(every):
             try:
                 push_changed()
             except Exception:  # the store may be restarting; the next round retries
-                log.warning("pushing the checkpoint of job %s failed", job_id, exc_info=True)
+                log.warning("pushing the checkpoint of job %s failed", fence.job_id, exc_info=True)
 
-    sent.update(_stamps(local_dir))  # what was just pulled is in the store already
-    thread = threading.Thread(target=loop, name=f"checkpoints-{job_id}", daemon=True)
+    thread = threading.Thread(target=loop, name=f"checkpoints-{fence.job_id}", daemon=True)
     thread.start()
     try:
         yield
@@ -130,7 +174,7 @@ def mirrored_checkpoints(
         try:
             push_changed()  # the checkpoint a stop (shutdown, cancel, deadline) just wrote
         except Exception:
-            log.warning("pushing the last checkpoint of job %s failed", job_id, exc_info=True)
+            log.warning("pushing the last checkpoint of job %s failed", fence.job_id, exc_info=True)
 
 
 def _stamps(local_dir: Path) -> dict[str, int]:

@@ -33,7 +33,8 @@ from app.models import File, Job, utcnow
 from app.queue import enqueue_file_validation, enqueue_job, queue_of
 from app.schemas import JobStatus
 from app.services.webhooks import deliver_due
-from worker.pipeline import ACTIVE, add_event, announce_end, transition
+from worker.fence import ACTIVE
+from worker.pipeline import add_event, announce_end, transition
 from worker.search import SEARCH, advance, advance_stalled
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,10 @@
 The database is the source of truth: every status change is a guarded update, so a job
 is run by one worker only and a duplicate delivery finds nothing to claim. While a job
 runs, its worker renews a lease (`heartbeat_at`); a job whose lease lapses is taken back
-by `worker.maintenance` and resumes from its last checkpoint on another worker.
+by `worker.maintenance` and resumes from its last checkpoint on another worker. The attempt
+that lost it may still be running (a worker cut off from the network): every write of an
+attempt holds its fence (`worker.fence`), so a stale attempt's writes are refused and it
+stops without touching the job.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.services.files import get_file
 from app.services.jobs import file_refs
 from app.storage import Storage, open_storage
+from worker.fence import Fence
 from worker.kd.errors import Cancelled, KDError
 from worker.kd.rank_files import job_description
 from worker.kd.report.summary import HEADLINE
@@ -44,8 +48,6 @@ from worker.reporter import DatabaseReporter
 from worker.trials import TRIAL_STOPS, TrialReporter, trial_reporter
 
 log = logging.getLogger(__name__)
-
-ACTIVE = (JobStatus.validating, JobStatus.running, JobStatus.cancelling)
 
 
 class FileMissing(KDError):
@@ -109,23 +111,31 @@ def claim(job_id: str) -> Job | None:
         return job
 
 
-def _finish(job_id: str, status: JobStatus, event: str, **values: Any) -> None:
+def _finish(fence: Fence, status: JobStatus, event: str, **values: Any) -> None:
+    """End the job, if this attempt still owns it."""
     with session_scope() as session:
-        if transition(session, job_id, ACTIVE, status=status, finished_at=utcnow(), **values):
-            add_event(session, job_id, str(status), event)
+        ended = fence.hold(session, status=status, finished_at=utcnow(), **values)
+        if ended:
+            add_event(session, fence.job_id, str(status), event)
+    if ended:
+        fence.ended.set()
+    else:
+        fence.refuse(f"end ({status})")
 
 
-def fail(job_id: str, code: str, message: str) -> None:
-    _finish(job_id, JobStatus.failed, message, error={"code": code, "message": message})
+def fail(fence: Fence, code: str, message: str) -> None:
+    _finish(fence, JobStatus.failed, message, error={"code": code, "message": message})
 
 
-def hand_back(job_id: str, reason: str) -> None:
+def hand_back(fence: Fence, reason: str) -> None:
     """Put a running job back in the queue (this run does not count as an attempt)."""
+    job_id = fence.job_id
     with session_scope() as session:
         handed = transition(
             session,
             job_id,
             [JobStatus.validating, JobStatus.running],
+            Job.attempt == fence.attempt,
             status=JobStatus.queued,
             worker=None,
             heartbeat_at=None,
@@ -136,27 +146,32 @@ def hand_back(job_id: str, reason: str) -> None:
             add_event(session, job_id, "requeued", reason)
             queue = queue_of(session.get_one(Job, job_id).spec)
     if handed:
+        fence.ended.set()
         enqueue_job(job_id, queue)
+    else:
+        fence.refuse("hand-back")
 
 
 @contextmanager
-def heartbeat(job_id: str, every: float) -> Iterator[None]:
+def heartbeat(fence: Fence, every: float) -> Iterator[None]:
     """Renew the job's lease from a thread while the body runs (validation, training and
-    evaluation alike), so a busy step never looks like a dead worker."""
+    evaluation alike), so a busy step never looks like a dead worker. A renewal refused
+    (the job was taken back and claimed again, or it ended) marks the attempt lost."""
     stop = threading.Event()
-    me = worker_name()
+    job_id, me = fence.job_id, worker_name()
 
     def beat() -> None:
         while not stop.wait(every):
             try:
                 with session_scope() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == job_id, Job.worker == me, Job.status.in_(ACTIVE))
-                        .values(heartbeat_at=utcnow())
-                    )
+                    owned = fence.hold(session, Job.worker == me, heartbeat_at=utcnow())
             except Exception:  # the database may be restarting; the next beat retries
                 log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+                continue
+            if not owned:
+                if not fence.ended.is_set():
+                    fence.refuse("heartbeat")
+                return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
     thread.start()
@@ -167,10 +182,15 @@ def heartbeat(job_id: str, every: float) -> Iterator[None]:
         thread.join(timeout=every + 5)
 
 
-def checkpoint_path(settings: Settings, job_id: str) -> Path:
-    """The job's checkpoint on this machine (in the store itself when it is a directory;
-    a working copy mirrored to it when it is an object store)."""
-    return open_storage(settings).checkpoint_dir(job_id) / "checkpoint.pt"
+def checkpoint_path(settings: Settings, fence: Fence) -> Path:
+    """The attempt's checkpoint: a working copy whose snapshots are recorded in the store."""
+    return open_storage(settings).checkpoint_dir(fence.job_id, fence.attempt) / "checkpoint.pt"
+
+
+def record_checkpoints(fence: Fence, keys: dict[str, str]) -> bool:
+    """Make `keys` the job's checkpoints, if this attempt still owns the job."""
+    with session_scope() as session:
+        return fence.hold(session, checkpoints=keys)
 
 
 def inputs_dir(settings: Settings, job_id: str) -> Path:
@@ -184,22 +204,23 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
     if job is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return
+    fence = Fence(job.id, job.attempt)
     work_dir = settings.work_dir / job_id
     try:
-        with heartbeat(job_id, settings.heartbeat_seconds):
-            _run(job, settings, work_dir)
-    except Stopped as stop:
-        _stopped(job_id, stop.reason, settings)
+        with heartbeat(fence, settings.heartbeat_seconds):
+            _run(job, fence, settings, work_dir)
+    except Stopped as stop:  # a lost attempt stops quietly, whatever stopped it
+        _stopped(fence, "lost" if fence.lost.is_set() else stop.reason)
     except RankLost as lost:
-        retry_lost(job_id, job.attempt, lost.reason, settings)
+        retry_lost(fence, lost.reason, settings)
     except KDError as exc:
-        fail(job_id, exc.code, exc.message)
+        fail(fence, exc.code, exc.message)
     except ValidationError as exc:  # a spec stored under an older schema
-        fail(job_id, "invalid_spec", describe_validation_errors(list(exc.errors())))
+        fail(fence, "invalid_spec", describe_validation_errors(list(exc.errors())))
     except Exception as exc:
         log.exception("job %s failed unexpectedly", job_id)
         fail(
-            job_id,
+            fence,
             "internal_error",
             f"The worker hit an unexpected error ({type(exc).__name__}: {str(exc)[:300]}). "
             "Retry the job; if it fails again, report this message.",
@@ -207,17 +228,10 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         shutil.rmtree(inputs_dir(settings, job_id), ignore_errors=True)
-    _drop_checkpoints(job_id, settings, ended=announce_end(job_id))
-
-
-def _drop_checkpoints(job_id: str, settings: Settings, ended: bool) -> None:
-    """An ended job's checkpoints go; an object store's local working copy always goes
-    (the next attempt may run elsewhere, and pulls it from the store)."""
-    storage = open_storage(settings)
-    if ended:
-        storage.delete_checkpoints(job_id)
-    if ended or settings.object_store:
-        shutil.rmtree(storage.checkpoint_dir(job_id), ignore_errors=True)
+    # A stale attempt leaves the job, its webhook and its checkpoints to the owner.
+    ended = not fence.lost.is_set() and announce_end(job_id)
+    if ended:  # an ended job's checkpoints go
+        open_storage(settings).delete_checkpoints(job_id)
 
 
 class Stopped(Exception):
@@ -228,10 +242,20 @@ class Stopped(Exception):
         self.reason = reason
 
 
-def _stopped(job_id: str, reason: str, settings: Settings) -> None:
-    if reason == "shutdown":
-        hand_back(
+def _stopped(fence: Fence, reason: str) -> None:
+    job_id = fence.job_id
+    if reason == "lost":  # another attempt owns the job now: leave it alone
+        dropped = ", ".join(f"{n} {kind}" for kind, n in sorted(fence.dropped.items()))
+        log.warning(
+            "job %s: stale attempt %d stopped; refused: %s; dropped unwritten: %s",
             job_id,
+            fence.attempt,
+            "; ".join(fence.refused),
+            dropped or "nothing",
+        )
+    elif reason == "shutdown":
+        hand_back(
+            fence,
             "The worker is shutting down; the job goes back to the queue and "
             "resumes from its checkpoint.",
         )
@@ -240,16 +264,16 @@ def _stopped(job_id: str, reason: str, settings: Settings) -> None:
             job = session.get_one(Job, job_id)
             limit = job.spec.get("training", {}).get("max_runtime_seconds")
         fail(
-            job_id,
+            fence,
             "max_runtime_exceeded",
             f"The job ran longer than training.max_runtime_seconds ({limit} s) and was stopped "
             "after a final checkpoint. Raise the limit or shorten training.",
         )
     elif reason in TRIAL_STOPS:  # a search's trial, stopped early: it ends, not fails
         message = TRIAL_STOPS[reason]
-        _finish(job_id, JobStatus.cancelled, message, error={"code": reason, "message": message})
+        _finish(fence, JobStatus.cancelled, message, error={"code": reason, "message": message})
     else:
-        _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
+        _finish(fence, JobStatus.cancelled, "Cancelled while running.")
 
 
 def announce_end(job_id: str) -> bool:
@@ -265,7 +289,7 @@ def announce_end(job_id: str) -> bool:
     return ended
 
 
-def _run(job: Job, settings: Settings, work_dir: Path) -> None:
+def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
     from worker.kd.engine import distill, prepare
     from worker.kd.training.checkpoint import Checkpointing
     from worker.kd.training.teacher_cache import (
@@ -293,9 +317,14 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         planned["spec"] = {**job.spec, "training": prepared.spec.training.model_dump(mode="json")}
     with session_scope() as session:
         if not transition(
-            session, job.id, [JobStatus.validating], status=JobStatus.running, **planned
+            session,
+            job.id,
+            [JobStatus.validating],
+            Job.attempt == fence.attempt,
+            status=JobStatus.running,
+            **planned,
         ):
-            raise Stopped("cancelled")
+            raise Stopped("cancelled")  # or taken back: the end is fenced as well
         add_event(session, job.id, "running", "Inputs are valid; training started.")
         if prepared.plan is not None:
             plan = prepared.plan
@@ -308,7 +337,7 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
             )  # fmt: skip
     limit = spec.training.max_runtime_seconds
     database_reporter = DatabaseReporter(
-        job.id,
+        fence,
         settings.progress_flush_seconds,
         settings.cancel_poll_seconds,
         deadline=None if limit is None else started + limit,
@@ -319,14 +348,19 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
         reporter = trial_reporter(database_reporter, job, settings)
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    checkpointing = Checkpointing(
-        checkpoint_path(settings, job.id), settings.checkpoint_every_steps
+    checkpointing = Checkpointing(checkpoint_path(settings, fence), settings.checkpoint_every_steps)
+    mirror = mirrored_checkpoints(
+        storage,
+        fence,
+        checkpointing.path.parent,
+        job.checkpoints,
+        lambda keys: record_checkpoints(fence, keys),
     )
     try:
         cache = None
         if settings.teacher_cache_bytes:
             cache = TeacherCache(settings.teacher_cache_dir, settings.teacher_cache_bytes)
-        with mirrored_checkpoints(storage, job.id, checkpointing.path.parent):
+        with mirror:
             if spec.resources.processes > 1:  # data parallel: torchrun runs the ranks
                 described = job_description(
                     prepared.spec.model_dump(mode="json"), dict(paths), work_dir,
@@ -340,39 +374,48 @@ def _run(job: Job, settings: Settings, work_dir: Path) -> None:
                 result = distill(prepared, work_dir, reporter, checkpointing, cache)
                 report, artifacts = result.report, result.artifacts
     except Cancelled as exc:
+        if fence.lost.is_set():
+            database_reporter.flush()  # counts what it holds as dropped; writes nothing
         raise Stopped(reporter.stop_reason or "cancelled") from exc
+    finally:
+        # What is worth keeping was pushed when the mirror closed; the working copy goes
+        # now, before any hand-back lets the next run (same attempt number) begin.
+        shutil.rmtree(checkpointing.path.parent, ignore_errors=True)
     reporter.flush()
-    _store_success(job.id, storage, artifacts, report)
+    if fence.lost.is_set():
+        raise Stopped("lost")
+    _store_success(fence, storage, artifacts, report)
 
 
-def retry_lost(job_id: str, attempt: int, reason: str, settings: Settings) -> None:
+def retry_lost(fence: Fence, reason: str, settings: Settings) -> None:
     """A process of the attempt died: queue the job again to resume from its checkpoint,
     as the sweep does for a lost worker (the attempt counts), or fail it `worker_lost`
-    after `max_attempts` runs."""
-    if attempt >= settings.max_attempts:
+    after `max_attempts` runs; fenced like every write of the attempt."""
+    if fence.attempt >= settings.max_attempts:
         fail(
-            job_id,
+            fence,
             "worker_lost",
-            f"{reason}; the job has had {attempt} attempts "
+            f"{reason}; the job has had {fence.attempt} attempts "
             f"(DISTILLERY_MAX_ATTEMPTS={settings.max_attempts}); it was not retried.",
         )
         return
     with session_scope() as session:
-        requeued = transition(
-            session, job_id, [JobStatus.validating, JobStatus.running], status=JobStatus.queued,
-            worker=None, heartbeat_at=None, enqueued_at=utcnow(),
+        requeued = fence.hold(
+            session, Job.status.in_([JobStatus.validating, JobStatus.running]),
+            status=JobStatus.queued, worker=None, heartbeat_at=None, enqueued_at=utcnow(),
         )  # fmt: skip
         if requeued:
             add_event(
-                session, job_id, "requeued",
+                session, fence.job_id, "requeued",
                 f"{reason}; queued again to resume from its last checkpoint "
-                f"(attempt {attempt + 1} of {settings.max_attempts}).",
+                f"(attempt {fence.attempt + 1} of {settings.max_attempts}).",
             )  # fmt: skip
-            queue = queue_of(session.get_one(Job, job_id).spec)
+            queue = queue_of(session.get_one(Job, fence.job_id).spec)
     if requeued:
-        enqueue_job(job_id, queue)
-    else:  # being cancelled: the lost attempt completes the cancel
-        _finish(job_id, JobStatus.cancelled, "Cancelled while running.")
+        fence.ended.set()
+        enqueue_job(fence.job_id, queue)
+    elif not fence.lost.is_set():  # being cancelled: the lost attempt completes the cancel
+        _finish(fence, JobStatus.cancelled, "Cancelled while running.")
 
 
 def _check_gpus(spec: JobSpec) -> None:
@@ -423,28 +466,35 @@ def job_result(report: dict[str, Any], artifact_names: list[str]) -> dict[str, A
 
 
 def _store_success(
-    job_id: str, storage: Storage, artifacts: dict[str, Path], report: dict[str, Any]
+    fence: Fence, storage: Storage, artifacts: dict[str, Path], report: dict[str, Any]
 ) -> None:
-    stored = {name: storage.put_artifact(job_id, name, path) for name, path in artifacts.items()}
+    """Store the artifacts under the attempt's own prefix, then, holding the fence, end the
+    job and list them; a stale attempt's end is refused and its objects are deleted."""
+    job_id, attempt = fence.job_id, fence.attempt
+    stored = {
+        name: storage.put_artifact(job_id, name, path, attempt) for name, path in artifacts.items()
+    }
     with session_scope() as session:
-        # An attempt that died after storing its files leaves rows behind: replace them.
-        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-        for name, (relative, size, sha256) in stored.items():
-            session.add(
-                Artifact(job_id=job_id, name=name, bytes=size, sha256=sha256, path=relative)
-            )
-        done = transition(
+        done = fence.hold(
             session,
-            job_id,
-            ACTIVE,
             status=JobStatus.succeeded,
             finished_at=utcnow(),
             progress=1.0,
             result=job_result(report, sorted(stored)),
         )
-        if not done:
-            session.rollback()
-            storage.delete_job_artifacts(job_id)
-            return
-        student = report["student"]["accuracy"]
-        add_event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")
+        if done:
+            # An attempt that died after storing its files leaves rows behind: replace them.
+            session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+            for name, (relative, size, sha256) in stored.items():
+                session.add(
+                    Artifact(job_id=job_id, name=name, bytes=size, sha256=sha256, path=relative)
+                )
+            student = report["student"]["accuracy"]
+            add_event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")
+    if done:
+        fence.ended.set()
+        for earlier in range(1, attempt):  # files of attempts that died before their end
+            storage.delete_job_artifacts(job_id, earlier)
+    else:
+        storage.delete_job_artifacts(job_id, attempt)
+        fence.refuse(f"end (succeeded) and {len(stored)} artifact(s)")

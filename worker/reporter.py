@@ -7,17 +7,18 @@ import threading
 import time
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Insert, insert, select, update
+from sqlalchemy import Connection, Insert, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from app.db import get_engine
 from app.models import Job, JobEvent, Metric, utcnow
 from app.schemas import JobStatus
+from worker.fence import Fence
 
 log = logging.getLogger(__name__)
 
-StopReason = Literal["cancelled", "shutdown", "max_runtime"]
+StopReason = Literal["cancelled", "shutdown", "max_runtime", "lost"]
 
 
 def insert_metrics(connection: Connection) -> Insert:
@@ -35,19 +36,23 @@ class DatabaseReporter:
     events are written at once (there are few). Cancel is read at most once per
     `cancel_poll_seconds`, so a long run costs a handful of queries a second at most.
 
-    The loop is asked to stop for a cancel, a worker shutdown or the job's time limit;
-    `stop_reason` says which."""
+    Every write holds the attempt's fence (worker/fence.py) in its transaction: a stale
+    attempt's progress, metrics and events are refused, and the loop is asked to stop.
+
+    The loop is asked to stop for a cancel, a worker shutdown, the job's time limit or the
+    loss of the job to another attempt; `stop_reason` says which."""
 
     def __init__(
         self,
-        job_id: str,
+        fence: Fence,
         flush_seconds: float,
         cancel_poll_seconds: float,
         *,
         deadline: float | None = None,
         shutdown: threading.Event | None = None,
     ) -> None:
-        self.job_id = job_id
+        self.fence = fence
+        self.job_id = fence.job_id
         self.flush_seconds = flush_seconds
         self.cancel_poll_seconds = cancel_poll_seconds
         self.deadline = deadline
@@ -94,6 +99,8 @@ class DatabaseReporter:
         return self.stop_reason is not None
 
     def _reason(self) -> StopReason | None:
+        if self.fence.lost.is_set():
+            return "lost"
         if self.shutdown is not None and self.shutdown.is_set():
             return "shutdown"
         now = time.monotonic()
@@ -122,23 +129,42 @@ class DatabaseReporter:
             self._events.append(event)
         if not self._metrics and self._progress is None and not self._events:
             return
+        if self.fence.lost.is_set():  # stale: nothing of this attempt is written any more
+            self.fence.dropped.update(self._counts())
+            self._drop()
+            return
+        progress = {} if self._progress is None else {"progress": self._progress}
         try:
             with get_engine().begin() as connection:
-                if self._events:
+                # The fence first: it locks the job's row until commit (worker/fence.py).
+                owned = self.fence.hold(connection, **progress)
+                if owned and self._events:
                     connection.execute(insert(JobEvent), self._events)
-                if self._metrics:  # one executemany, not an INSERT per row
+                if owned and self._metrics:  # one executemany, not an INSERT per row
                     connection.execute(insert_metrics(connection), self._metrics)
-                if self._progress is not None:
-                    connection.execute(
-                        update(Job).where(Job.id == self.job_id).values(progress=self._progress)
-                    )
         except DBAPIError:
             # The database is restarting or unreachable: keep everything and write it with
             # the next flush, so training goes on and nothing is lost.
             log.warning("progress write of job %s failed; will retry", self.job_id, exc_info=True)
             self._last_flush = time.monotonic()
             return
-        self.writes += 1
+        if not owned:
+            self.fence.refuse(self._what())
+        else:
+            self.writes += 1
+        self._drop()
+
+    def _counts(self) -> dict[str, int]:
+        counts = {"metric point(s)": len(self._metrics), "event(s)": len(self._events)}
+        counts["progress"] = int(self._progress is not None)
+        return {kind: n for kind, n in counts.items() if n}
+
+    def _what(self) -> str:
+        return ", ".join(
+            kind if kind == "progress" else f"{n} {kind}" for kind, n in self._counts().items()
+        )
+
+    def _drop(self) -> None:
         self._events = []
         self._metrics = []
         self._progress = None

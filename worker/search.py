@@ -37,6 +37,7 @@ from app.models import Artifact, File, Job, JobEvent, Metric
 from app.queue import enqueue_job, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.storage import Storage, open_storage
+from worker.fence import Fence
 from worker.kd.spec import SEARCH_METRICS, JobSpec, with_training_defaults
 from worker.pipeline import (
     add_event,
@@ -106,14 +107,15 @@ def start(job_id: str, settings: Settings) -> None:
     if job is None:
         log.info("search %s is not queued; nothing to do", job_id)
         return
-    with heartbeat(job_id, settings.heartbeat_seconds):  # creating a study can take a while
-        queued = _begin(job, settings)
+    fence = Fence(job.id, job.attempt)
+    with heartbeat(fence, settings.heartbeat_seconds):  # creating a study can take a while
+        queued = _begin(job, fence, settings)
     for child in queued:
         enqueue_job(child, queue_of(job.spec))
     announce_end(job_id)
 
 
-def _begin(job: Job, settings: Settings) -> list[str]:
+def _begin(job: Job, fence: Fence, settings: Settings) -> list[str]:
     try:
         spec = JobSpec.model_validate(job.spec)
         context = search_context(job, spec)
@@ -121,7 +123,7 @@ def _begin(job: Job, settings: Settings) -> list[str]:
         if context.labelled and not study.trials:
             study.enqueue_trial(scratch_params(context))
     except ValidationError as exc:
-        fail(job.id, "invalid_spec", describe_validation_errors(list(exc.errors())))
+        fail(fence, "invalid_spec", describe_validation_errors(list(exc.errors())))
         return []
     queued: list[str] = []
     with session_scope() as session:
@@ -129,10 +131,12 @@ def _begin(job: Job, settings: Settings) -> list[str]:
             session,
             job.id,
             [JobStatus.validating],
+            Job.attempt == fence.attempt,
             status=JobStatus.running,
             worker=None,
             heartbeat_at=None,
         )
+        fence.ended.set()  # a running search holds no lease: its worker lets go of it
         if running:
             search = spec.search
             assert search is not None

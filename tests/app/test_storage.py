@@ -12,6 +12,7 @@ import pytest
 from app.config import Settings
 from app.storage import LocalStorage, RangeNotSatisfiable, S3Storage, Storage, open_storage
 from tests.s3 import S3Endpoint, s3_endpoint  # noqa: F401  (the `s3` fixture)
+from worker.fence import Fence
 from worker.local_copies import InputCache, mirrored_checkpoints
 
 
@@ -28,7 +29,7 @@ def test_a_directory_is_the_default_store(tmp_path: Path) -> None:
     store = open_storage(Settings(data_dir=tmp_path))
     assert isinstance(store, LocalStorage)
     assert store.files_root == tmp_path.resolve() / "files"
-    assert store.checkpoint_dir("job_x") == tmp_path.resolve() / "checkpoints" / "job_x"
+    assert store.checkpoint_dir("job_x", 2) == tmp_path.resolve() / "checkpoints/job_x/2/work"
 
 
 def test_files_and_artifacts_round_trip_through_a_bucket(s3: S3Endpoint, tmp_path: Path) -> None:
@@ -89,25 +90,32 @@ def test_keys_cannot_escape_the_prefix(s3: S3Endpoint, tmp_path: Path) -> None:
 
 def test_checkpoints_are_mirrored_and_resumed(s3: S3Endpoint, tmp_path: Path) -> None:
     store = s3_storage(s3, tmp_path)
-    local = store.checkpoint_dir("job_4")
-    with mirrored_checkpoints(store, "job_4", local, every=0.05):
-        local.mkdir(parents=True)
+    records: list[dict[str, str]] = []
+
+    def record(keys: dict[str, str]) -> bool:
+        records.append(keys)
+        return True
+
+    first = Fence("job_4", 1)
+    local = store.checkpoint_dir("job_4", 1)
+    with mirrored_checkpoints(store, first, local, None, record, every=0.05):
         (local / "checkpoint.pt").write_bytes(b"epoch 1")
         (local / "checkpoint.pt.partial").write_bytes(b"half written")
-    assert s3.keys(store.bucket, "prefix/checkpoints/") == [
-        "prefix/checkpoints/job_4/checkpoint.pt"
-    ]
+    (key,) = records[-1].values()
+    assert key.startswith("job_4/1/") and key.endswith("-checkpoint.pt")
+    assert s3.keys(store.bucket, "prefix/checkpoints/") == [f"prefix/checkpoints/{key}"]
 
-    elsewhere = tmp_path / "other-worker"
-    with mirrored_checkpoints(store, "job_4", elsewhere, every=0.05):
+    second = Fence("job_4", 2)
+    elsewhere = store.checkpoint_dir("job_4", 2)
+    with mirrored_checkpoints(store, second, elsewhere, records[-1], record, every=0.05):
         assert (elsewhere / "checkpoint.pt").read_bytes() == b"epoch 1"
         (elsewhere / "checkpoint.pt").write_bytes(b"epoch 2")
-    assert (
-        store.client.get_object(Bucket=store.bucket, Key="prefix/checkpoints/job_4/checkpoint.pt")[
-            "Body"
-        ].read()
-        == b"epoch 2"
-    )
+    (newer,) = records[-1].values()
+    assert newer.startswith("job_4/2/")
+    # The replaced checkpoint is deleted once the new one is recorded.
+    assert s3.keys(store.bucket, "prefix/checkpoints/") == [f"prefix/checkpoints/{newer}"]
+    body = store.client.get_object(Bucket=store.bucket, Key=f"prefix/checkpoints/{newer}")
+    assert body["Body"].read() == b"epoch 2"
     store.delete_checkpoints("job_4")
     assert s3.keys(store.bucket, "prefix/checkpoints/") == []
 

@@ -55,7 +55,7 @@ def test_a_job_runs_with_every_byte_in_the_object_store(
 
     keys = s3.keys(bucket)
     assert f"distillery/files/{teacher['id'][-2:]}/{teacher['id']}" in keys
-    assert f"distillery/artifacts/{job['id']}/student.pt" in keys
+    assert f"distillery/artifacts/{job['id']}/1/student.pt" in keys  # attempt 1's
     assert not any(k.startswith(f"distillery/checkpoints/{job['id']}/") for k in keys)
     data = tmp_path / "data"
     for kind in ("files", "artifacts", "checkpoints"):

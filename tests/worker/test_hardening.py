@@ -20,6 +20,7 @@ from app.services.keys import get_or_create_tenant
 from app.storage import open_storage
 from tests.factories import small_dataset
 from tests.worker.test_pipeline import make_job
+from worker.fence import Fence
 from worker.file_validation import validate_file
 from worker.maintenance import sweep
 from worker.reporter import DatabaseReporter
@@ -71,10 +72,10 @@ def test_a_file_left_validating_is_sent_again_once() -> None:
 def test_a_resumed_run_does_not_duplicate_metric_points() -> None:
     """kill -9 after step 6 with the checkpoint at step 3: the next run replays 4..6."""
     job_id = make_job(JobStatus.running)
-    first = DatabaseReporter(job_id, flush_seconds=0, cancel_poll_seconds=3600)
+    first = DatabaseReporter(Fence(job_id, 0), flush_seconds=0, cancel_poll_seconds=3600)
     for step in range(1, 7):
         first.metric("train_loss", 1.0 / step, step=step, epoch=1)
-    resumed = DatabaseReporter(job_id, flush_seconds=3600, cancel_poll_seconds=3600)
+    resumed = DatabaseReporter(Fence(job_id, 0), flush_seconds=3600, cancel_poll_seconds=3600)
     for step in range(4, 10):
         resumed.metric("train_loss", 1.0 / step, step=step, epoch=1)
     resumed.flush()

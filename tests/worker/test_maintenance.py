@@ -14,6 +14,7 @@ from app.migrate import upgrade_head
 from app.models import Job, JobEvent, utcnow
 from app.schemas import JobStatus
 from app.services.keys import get_or_create_tenant
+from worker.fence import Fence
 from worker.maintenance import sweep
 from worker.pipeline import hand_back
 
@@ -91,5 +92,5 @@ def test_a_job_queued_too_long_is_sent_again() -> None:
 
 def test_hand_back_does_not_count_as_an_attempt() -> None:
     job_id = make_job(JobStatus.running, attempt=2)
-    hand_back(job_id, "shutting down")
+    hand_back(Fence(job_id, 2), "shutting down")
     assert state(job_id)[:2] == ("queued", 1)

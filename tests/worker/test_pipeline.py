@@ -22,6 +22,7 @@ from app.services.files import create_file
 from app.services.keys import get_or_create_tenant
 from app.storage import open_storage
 from app.uploads import ReceivedFile
+from worker.fence import Fence
 from worker.kd.budget import PLANNED_FIELDS
 from worker.kd.spec import JobSpec
 from worker.pipeline import claim, run_job
@@ -91,7 +92,7 @@ def test_a_job_whose_files_vanished_fails_with_a_message() -> None:
 
 def test_reporter_writes_at_a_bounded_rate() -> None:
     job_id = make_job(JobStatus.running)
-    reporter = DatabaseReporter(job_id, flush_seconds=3600, cancel_poll_seconds=3600)
+    reporter = DatabaseReporter(Fence(job_id, 0), flush_seconds=3600, cancel_poll_seconds=3600)
     for step in range(1, 1001):
         reporter.metric("train_loss", 1.0 / step, step=step, epoch=1)
         reporter.progress(step / 1000, epoch=1, step=step)
@@ -106,7 +107,7 @@ def test_reporter_writes_at_a_bounded_rate() -> None:
 
 def test_reporter_sees_a_cancel_request() -> None:
     job_id = make_job(JobStatus.running)
-    reporter = DatabaseReporter(job_id, flush_seconds=0, cancel_poll_seconds=0)
+    reporter = DatabaseReporter(Fence(job_id, 0), flush_seconds=0, cancel_poll_seconds=0)
     assert reporter.should_stop() is False
     with session_scope() as session:
         session.get_one(Job, job_id).status = JobStatus.cancelling
