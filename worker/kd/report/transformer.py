@@ -36,6 +36,7 @@ def transformer_report(
     teacher_val: measure.ValOutputs | None = None,
     baseline: Trained | None = None,
     baseline_skipped: str | None = None,
+    onnx_with_past: dict[str, Any] | None = None,
 ) -> TransformerReport:
     """report.json: the DistilBERT triple (quality retained, parameter reduction, speed-up
     at batch 1 and 32 for a stated sequence length), measured here; with a baseline, what
@@ -101,6 +102,7 @@ def transformer_report(
         report["verdict"] = no_verdict(baseline_skipped)
     if task == "causal_lm":
         report.update(generation_figures(prepared))
+        report["onnx_with_past"] = onnx_with_past
     if task == "sentence_embedding":
         s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
         report["embedding"] = {

@@ -17,7 +17,7 @@ from torch import nn
 
 from worker.kd.budget import plan_job, with_plan
 from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.exports.transformer import export_onnx
+from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
@@ -366,6 +366,8 @@ def _write_outputs(
     save_student(prepared.student, prepared.teacher, student_dir)
     artifacts = {"student.zip": zip_directory(student_dir, out_dir / "student.zip")}
     artifacts.update(export_onnx(prepared, out_dir, recorder))
+    with_past, onnx_with_past = export_with_past(prepared, out_dir, recorder)
+    artifacts.update(with_past)
     if prepared.generated is not None:
         path = out_dir / GENERATIONS_ARTIFACT
         artifacts[GENERATIONS_ARTIFACT] = write_artifact(
@@ -374,6 +376,7 @@ def _write_outputs(
     model = transformer_report(
         prepared, outcome, recorder.onnx_max_abs_diff, teacher_val=teacher_val,
         baseline=baseline, baseline_skipped=baseline_skipped,
+        onnx_with_past=onnx_with_past or None,
     )  # fmt: skip
     report = report_json(model)
     artifacts["report.json"] = out_dir / "report.json"
