@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from worker.kd.errors import InvalidSpec
 from worker.kd.hf.generate import pack, sample, split_prompt
 from worker.kd.hf.models import forward
 from worker.kd.hf.objective import Term, TransformerObjective
@@ -77,6 +78,12 @@ class _GeneralizedJSDLoss(LogitLoss):
 def on_policy_objective(spec: JobSpec) -> TransformerObjective:
     """One term: the generalized JSD with the spec's beta, at the KD temperature."""
     d = spec.distillation
+    if d.losses:
+        raise InvalidSpec(
+            "distillation.losses: method on_policy's loss is the generalized JSD between "
+            "student and teacher (set it with distillation.beta); remove losses, or use "
+            "method logits or sequence for other terms."
+        )
     loss = _GeneralizedJSDLoss(d.beta, d.temperature)
     return TransformerObjective("causal_lm", [Term(f"generalized_jsd(beta={d.beta:g})", 1.0, loss)])
 

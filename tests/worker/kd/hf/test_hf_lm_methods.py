@@ -16,7 +16,7 @@ import torch
 
 from tests.worker.kd.hf.factories import gpt2_dir, write_jsonl, zip_dir
 from worker.kd.engine import distill, prepare
-from worker.kd.errors import Cancelled
+from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.hf.generate import pack, split_prompt
 from worker.kd.hf.models import forward
 from worker.kd.jobs import HFPrepared
@@ -262,3 +262,10 @@ def test_on_policy_cancel_keeps_a_checkpoint(files: tuple[Path, Path], tmp_path:
         train(files, job("on_policy"), reporter, ckpt)
     assert ckpt.path.exists()
     assert "training_started" in [kind for kind, _, _ in reporter.events]
+
+
+def test_methods_refuse_losses_they_cannot_use(files: tuple[Path, Path]) -> None:
+    with pytest.raises(InvalidSpec, match="on_policy's loss is the generalized JSD"):
+        prepared_job(files, job("on_policy", losses=[{"kind": "soft_ce"}]))
+    with pytest.raises(InvalidSpec, match="'hidden_cosine' compares layers"):
+        prepared_job(files, job("sequence", losses=[{"kind": "hidden_cosine"}]))
