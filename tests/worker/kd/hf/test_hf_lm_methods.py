@@ -235,6 +235,9 @@ def test_on_policy_job_reports_its_method(files: tuple[Path, Path], tmp_path: Pa
     assert report["method"] == "on_policy"
     assert report["loss"] == ["1*generalized_jsd(beta=0)"]
     assert "generations.jsonl" not in result.artifacts
+    assert report["speculative"]["identical"] is True
+    card = result.artifacts["README.md"].read_text()
+    assert "method `on_policy`" in card and "As the teacher's draft model" in card
 
 
 # Stopped after 1 step; after 4 (mid-epoch 2): each resumed step redraws its coin and
