@@ -37,10 +37,15 @@ from worker.kd.training.reporting import MemoryReporter
 
 RESULTS = Path(__file__).parent / "results" / "lm_methods.json"
 STUDENT = {"arch": "hf", "config": {"n_layer": 2, "n_embd": 32}}
+# Two completions per prompt: twice the texts (and steps) of the other methods; the
+# one-completion row is the same budget in steps.
 GENERATION = {"max_new_tokens": 16, "temperature": 1.0, "completions_per_prompt": 2}
 METHODS: dict[str, dict[str, Any]] = {
     "baseline (CE on the text)": {"losses": [{"kind": "ce"}]},
     "logits (soft_ce+ce T=1 a=0.9)": {"method": "logits", "temperature": 1.0, "alpha": 0.9},
+    "sequence (a=0, 1 completion/prompt)": {"method": "sequence", "alpha": 0.0,
+                                            "generation": {**GENERATION,
+                                                           "completions_per_prompt": 1}},
     "sequence (a=0: teacher text only)": {"method": "sequence", "alpha": 0.0,
                                           "generation": GENERATION},
     "sequence (a=0.5: + teacher logits)": {"method": "sequence", "alpha": 0.5,
