@@ -192,29 +192,7 @@ def train_student(
     """Distil into `prepared.student`: AdamW with warmup and cosine decay, exact resume.
     `method: sequence` first has the teacher generate its training texts (resumable, in
     the checkpoint's directory); `method: on_policy` samples from the student as it trains."""
-    method = lm_method(prepared)
-    adapter: TransformerAdapter
-    if method == "sequence":
-        directory = None if checkpointing is None else checkpointing.path.parent
-        generated = teacher_generations(prepared, recorder, directory)
-        data, prompt_lengths = generated_dataset(generated)
-        prepared.generated = generated
-        t = prepared.teacher
-        adapter = SequenceKDAdapter(
-            prepared.student, prepared.objective, _online(prepared), data, prepared.val,
-            teacher_val, t.tokenizer, t.layout, prepared.device, prompt_lengths=prompt_lengths,
-        )  # fmt: skip
-    elif method == "on_policy":
-        t, spec = prepared.teacher, prepared.spec
-        adapter = OnPolicyAdapter(
-            prepared.student, prepared.objective, _online(prepared), prepared.train,
-            prepared.val, teacher_val, t.tokenizer, t.layout, prepared.device,
-            lmbda=spec.distillation.lmbda, generation=spec.distillation.generation,
-            seed=spec.training.seed,
-        )  # fmt: skip
-    else:
-        teacher = teacher_source(prepared, prepared.objective, recorder, cache)
-        adapter = _adapter(prepared, prepared.student, prepared.objective, teacher, teacher_val)
+    adapter = _student_adapter(prepared, teacher_val, recorder, checkpointing, cache)
     trainer = _trainer(prepared, prepared.student, prepared.objective, adapter, recorder,
                        checkpointing, checkpoint_fingerprint(prepared.spec),
                        span=(0.0, share))  # fmt: skip
@@ -228,6 +206,34 @@ def train_student(
             {"student_batches": adapter.student_batches},
         )
     return outcome
+
+
+def _student_adapter(
+    prepared: HFPrepared,
+    teacher_val: measure.ValOutputs,
+    recorder: RecordingReporter,
+    checkpointing: Checkpointing | None,
+    cache: TeacherCache | None,
+) -> TransformerAdapter:
+    """The distilled student's adapter: the task's own, or a causal-LM method's."""
+    method, t, spec = lm_method(prepared), prepared.teacher, prepared.spec
+    if method == "sequence":
+        directory = None if checkpointing is None else checkpointing.path.parent
+        prepared.generated = teacher_generations(prepared, recorder, directory)
+        data, prompt_lengths = generated_dataset(prepared.generated)
+        return SequenceKDAdapter(
+            prepared.student, prepared.objective, _online(prepared), data, prepared.val,
+            teacher_val, t.tokenizer, t.layout, prepared.device, prompt_lengths=prompt_lengths,
+        )  # fmt: skip
+    if method == "on_policy":
+        return OnPolicyAdapter(
+            prepared.student, prepared.objective, _online(prepared), prepared.train,
+            prepared.val, teacher_val, t.tokenizer, t.layout, prepared.device,
+            lmbda=spec.distillation.lmbda, generation=spec.distillation.generation,
+            seed=spec.training.seed,
+        )  # fmt: skip
+    teacher = teacher_source(prepared, prepared.objective, recorder, cache)
+    return _adapter(prepared, prepared.student, prepared.objective, teacher, teacher_val)
 
 
 def lm_method(prepared: HFPrepared) -> str:
@@ -342,6 +348,7 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
             "val_samples": len(prepared.val),
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
+            "method": lm_method(prepared),
             "epochs": spec.training.epochs,
             "steps": steps,
         },
