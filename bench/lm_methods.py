@@ -29,6 +29,7 @@ from torch import nn
 
 from bench.hf_recipes import lm_line, lm_teacher
 from worker.kd.engine import distill, prepare
+from worker.kd.hf.generate import split_prompt
 from worker.kd.hf.models import load_model, load_tokenizer
 from worker.kd.jobs import HFPrepared
 from worker.kd.spec import JobSpec
@@ -52,6 +53,9 @@ METHODS: dict[str, dict[str, Any]] = {
                                            "temperature": 1.0, "generation": GENERATION},
     "on_policy (lmbda 0.5, beta 0.5)": {"method": "on_policy", "lmbda": 0.5, "beta": 0.5,
                                         "temperature": 1.0, "generation": GENERATION},
+    "on_policy (lmbda 0.5, beta 0: forward KL)": {"method": "on_policy", "lmbda": 0.5,
+                                                  "beta": 0.0, "temperature": 1.0,
+                                                  "generation": GENERATION},
 }  # fmt: skip
 
 
@@ -61,8 +65,12 @@ def write_lines(path: Path, seed: int, n: int) -> Path:
     return path
 
 
-def perplexity(model: nn.Module, tokenizer: Any, texts: list[str]) -> float:
-    """exp(mean next-token NLL) over every predicted token of `texts`."""
+def perplexity(
+    model: nn.Module, tokenizer: Any, texts: list[str], completions_only: bool = False
+) -> float:
+    """exp(mean next-token NLL) over every predicted token of `texts` (`completions_only`:
+    over the tokens after each text's prompt, `hf.generate.split_prompt`: what the
+    prompt/completion methods train on)."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -72,6 +80,10 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: list[str]) -> float:
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
             keep = mask[:, 1:].bool()
+            if completions_only:  # right-padded: a text's prompt is its first tokens
+                for row, n in enumerate(mask.sum(1).tolist()):
+                    cut = len(split_prompt(list(range(int(n))))[0])
+                    keep[row, : cut - 1] = False
             nll = F.cross_entropy(logits[:, :-1][keep].float(), ids[:, 1:][keep], reduction="sum")
             total, count = total + float(nll), count + int(keep.sum())
     return math.exp(total / count)
@@ -88,7 +100,9 @@ def run(quick: bool) -> dict[str, Any]:
     held_out = [json.loads(line)["text"] for line in
                 write_lines(folder / "eval.jsonl", 302, 300).read_text().splitlines()]  # fmt: skip
     tokenizer = load_tokenizer(folder / "teacher")
-    teacher_ppl = perplexity(load_model(folder / "teacher", "causal_lm"), tokenizer, held_out)
+    teacher = load_model(folder / "teacher", "causal_lm")
+    teacher_ppl = perplexity(teacher, tokenizer, held_out)
+    teacher_completion_ppl = perplexity(teacher, tokenizer, held_out, True)
     rows: list[dict[str, Any]] = []
     for name, distillation in METHODS.items():
         for seed in seeds:
@@ -108,12 +122,20 @@ def run(quick: bool) -> dict[str, Any]:
             rows.append({
                 "method": name, "seed": seed,
                 "perplexity": perplexity(prepared.student, tokenizer, held_out),
+                "completion_perplexity": perplexity(prepared.student, tokenizer, held_out, True),
                 "train_seconds": report["train_seconds"],
                 "generation_seconds": generated[0]["seconds"] if generated else 0.0,
                 "speculative": report.get("speculative"),
                 "generation_speed": report.get("generation_speed"),
             })  # fmt: skip
-            shown = ("method", "seed", "perplexity", "train_seconds", "generation_seconds")
+            shown = (
+                "method",
+                "seed",
+                "perplexity",
+                "completion_perplexity",
+                "train_seconds",
+                "generation_seconds",
+            )
             print(json.dumps({k: rows[-1][k] for k in shown}), flush=True)
     summary = []
     for name in METHODS:
@@ -122,6 +144,7 @@ def run(quick: bool) -> dict[str, Any]:
         summary.append({
             "method": name,
             "perplexity": statistics.mean(r["perplexity"] for r in mine),
+            "completion_perplexity": statistics.mean(r["completion_perplexity"] for r in mine),
             "train_seconds": statistics.mean(r["train_seconds"] for r in mine),
             "generation_seconds": statistics.mean(r["generation_seconds"] for r in mine),
             "acceptance_rate": statistics.mean(s["acceptance_rate"] or 0.0 for s in spec_rows),
@@ -129,6 +152,7 @@ def run(quick: bool) -> dict[str, Any]:
             "identical": all(s["identical"] for s in spec_rows),
         })  # fmt: skip
     return {"teacher_perplexity": teacher_ppl, "teacher_train_seconds": teacher_seconds,
+            "teacher_completion_perplexity": teacher_completion_ppl,
             "seeds": seeds, "summary": summary, "runs": rows}  # fmt: skip
 
 
@@ -143,7 +167,9 @@ def main() -> None:
     print(f"teacher perplexity {results['teacher_perplexity']:.3f}")
     for row in results["summary"]:
         print(
-            f"{row['method']:38s} ppl {row['perplexity']:.3f}  train {row['train_seconds']:.1f}s"
+            f"{row['method']:42s} ppl {row['perplexity']:.3f}"
+            f"  completion ppl {row['completion_perplexity']:.3f}"
+            f"  train {row['train_seconds']:.1f}s"
             f"  gen {row['generation_seconds']:.1f}s  accept {row['acceptance_rate']:.3f}"
             f"  spec x{row['speculative_speedup']:.2f}  identical {row['identical']}"
         )
