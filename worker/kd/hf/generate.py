@@ -85,6 +85,17 @@ def new_tokens(model: nn.Module, prompt_length: int, wanted: int) -> int:
     return wanted if limit is None else max(0, min(wanted, limit - prompt_length))
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask (B, P), padded on the left for generation."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros(len(prompts), longest, dtype=torch.long)  # (B, P)
+    for row, prompt in enumerate(prompts):
+        ids[row, longest - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, longest - len(prompt) :] = 1
+    return ids, mask
+
+
 def sample(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -103,15 +114,11 @@ def sample(
     budget = new_tokens(model, longest, generation.max_new_tokens)
     if budget == 0:
         return [[] for _ in range(len(prompts) * count)]
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)  # (B, P) left-padded
-    mask = torch.zeros(len(prompts), longest, dtype=torch.long)  # (B, P)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, longest - len(prompt) :] = 1
+    ids, mask = left_padded(prompts, pad_id)  # each (B, P)
     greedy = generation.temperature == 0.0
     options: dict[str, Any] = {"do_sample": False} if greedy else {
         "do_sample": True, "temperature": generation.temperature, "top_p": generation.top_p,
-        "top_k": None,
+        "top_k": 0,  # no top-k cut (transformers defaults to 50): top_p alone
     }  # fmt: skip
     was_training = model.training
     model.eval()

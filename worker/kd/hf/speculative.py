@@ -23,24 +23,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from worker.kd.hf.generate import new_tokens
+from worker.kd.hf.generate import left_padded, new_tokens
 from worker.kd.hf.measure import TIMING_THREADS, torch_threads
 
 SPECULATIVE_PROMPTS = 8
 MAX_NEW_TOKENS = 32  # per prompt, at most (the job's generation.max_new_tokens when lower)
 GENERATION_BATCHES = (1, 8)
 SPEED_ROUNDS = 3  # timed rounds per model and batch size, after one warm-up
-
-
-def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask (B, P), padded on the left for generation."""
-    longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)  # (B, P)
-    mask = torch.zeros(len(prompts), longest, dtype=torch.long)  # (B, P)
-    for row, prompt in enumerate(prompts):
-        ids[row, longest - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, longest - len(prompt) :] = 1
-    return ids, mask
 
 
 def greedy(
