@@ -5,6 +5,7 @@ sizes, lengths and padding than the traced one."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -150,11 +151,24 @@ class DecoderWithPast(nn.Module):
         length = input_ids.shape[1]
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]  # (B, T)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         past_key_values=cache, position_ids=positions, use_cache=True)  # fmt: skip
+                         position_ids=positions, use_cache=True,
+                         **{cache_argument(self.model): cache})  # fmt: skip
         presents: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
+        for layer in returned_cache(out).layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The forward's name for the cache: `cache` (transformers >= 5.2x), else the older
+    `past_key_values`."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def past_names(layers: int, prefix: str) -> list[str]:
@@ -192,7 +206,7 @@ def export_with_past(
 def _export_with_past(prepared: HFPrepared, model: nn.Module, path: Path) -> dict[str, Any]:
     tokenizer, val = prepared.teacher.tokenizer, prepared.val
     with torch.no_grad():
-        probe = model(input_ids=torch.tensor([[0, 0]]), use_cache=True).past_key_values
+        probe = returned_cache(model(input_ids=torch.tensor([[0, 0]]), use_cache=True))
     layers = len(probe.layers)
     _, heads, _, head_dim = probe.layers[0].keys.shape
     wrapper = DecoderWithPast(model, layers).eval()
