@@ -53,6 +53,8 @@ METHODS: dict[str, dict[str, Any]] = {
                                            "temperature": 1.0, "generation": GENERATION},
     "on_policy (lmbda 0.5, beta 0.5)": {"method": "on_policy", "lmbda": 0.5, "beta": 0.5,
                                         "temperature": 1.0, "generation": GENERATION},
+    "on_policy (lmbda 0: data completions, beta 0)": {"method": "on_policy", "lmbda": 0.0,
+                                                      "beta": 0.0, "temperature": 1.0},
     "on_policy (lmbda 0.5, beta 0: forward KL)": {"method": "on_policy", "lmbda": 0.5,
                                                   "beta": 0.0, "temperature": 1.0,
                                                   "generation": GENERATION},
