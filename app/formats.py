@@ -187,7 +187,7 @@ def inspect_upload(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     """What the file object reports; raises InvalidFile for uploads no job could use."""
     if purpose == "dataset":
         return inspect_dataset(path, fmt)
-    if purpose == "teacher" and fmt == "hf_zip":
+    if purpose in ("teacher", "student") and fmt == "hf_zip":  # student: arch hf_file
         try:
             return read_layout(path).details()
         except InvalidTeacher as exc:

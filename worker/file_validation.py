@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def inspect_file(purpose: str, path: Path, fmt: str) -> dict[str, Any]:
     """What validation found; raises KDError for a file no job could use."""
-    if purpose == "teacher" and fmt == "hf_zip":
+    if purpose in ("teacher", "student") and fmt == "hf_zip":
         return {}  # the upload check already read the model directory's config
     if purpose == "teacher":
         from worker.kd.teachers.inspection import inspect_teacher

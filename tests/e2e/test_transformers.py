@@ -56,3 +56,28 @@ def test_transformer_job_through_the_api(
     loaded = auto.from_pretrained(str(tmp_path / "student"), local_files_only=True)
     assert loaded.config.num_hidden_layers == 2
     transformers.AutoTokenizer.from_pretrained(str(tmp_path / "student"), local_files_only=True)
+
+
+def test_sequence_method_with_an_uploaded_student_through_the_api(
+    embedded: Api, tmp_path: Path
+) -> None:
+    """method sequence, an hf_file student: the teacher's generations are an artifact of
+    the job, beside the student ZIP and the decoder with past key values."""
+    teacher = embedded.upload(zip_dir(gpt2_dir(tmp_path / "m"), tmp_path / "t.zip"), "teacher")
+    student_dir = gpt2_dir(tmp_path / "s", layers=2, seed=1)
+    student = embedded.upload(zip_dir(student_dir, tmp_path / "s.zip"), "student")
+    assert student["format"] == "hf_zip" and student["details"]["num_layers"] == 2
+    dataset = embedded.upload(write_jsonl(tmp_path / "d.jsonl", 32, labeled=False), "dataset")
+    job = embedded.submit({
+        "teacher": {"file_id": teacher["id"]},
+        "student": {"arch": "hf_file", "file_id": student["id"]},
+        "dataset": {"file_id": dataset["id"], "max_length": 24},
+        "distillation": {"method": "sequence", "generation": {"max_new_tokens": 8}},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+    })  # fmt: skip
+    job = embedded.wait(job["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    names = {a["name"] for a in embedded.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]}
+    assert {"generations.jsonl", "student.zip", "student_with_past.onnx"} <= names
+    report = embedded.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["method"] == "sequence" and report["speculative"]["identical"] is True

@@ -50,7 +50,7 @@ def _prepare_transformer(
     device: torch.device,
     max_student_params: int | None,
 ) -> HFPrepared:
-    return prepare_hf(spec, teacher_path, dataset_path, device)
+    return prepare_hf(spec, teacher_path, dataset_path, device, student_path)
 
 
 JOBS: dict[JobKind, JobKindEntry] = {

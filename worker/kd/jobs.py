@@ -56,6 +56,9 @@ class HFPrepared:
     teacher_path: Path
     dataset_path: Path | None
     plan: Plan | None = None  # the training the engine planned (None: the spec stated it all)
+    student_path: Path | None = None  # an `hf_file` student's uploaded model ZIP
+    # method sequence: the teacher's completions (worker.kd.tasks.sequence_kd.Generated)
+    generated: list[Any] | None = None
 
     @property
     def task(self) -> str:

@@ -16,9 +16,15 @@ import torch
 from torch import nn
 
 from worker.kd.datasets.archives import ArchiveLimits, safe_extract
-from worker.kd.errors import InvalidDataset, InvalidSpec, InvalidTeacher, shorten
+from worker.kd.errors import (
+    IncompatibleModels,
+    InvalidDataset,
+    InvalidSpec,
+    InvalidTeacher,
+    shorten,
+)
 from worker.kd.hf.layout import ModelLayout, config_value, read_layout
-from worker.kd.spec import FromTeacherStudent, HFStudent
+from worker.kd.spec import FromTeacherStudent, HFFileStudent, HFStudent
 
 MODEL_LIMITS = ArchiveLimits(max_members=10_000, max_total_bytes=16 * 1024**3, max_ratio=1000.0)
 SENTENCE_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
@@ -165,15 +171,86 @@ def num_layers(model: nn.Module) -> int:
     return int(value)
 
 
-def build_student(spec: Any, teacher: nn.Module) -> nn.Module:
+def build_student(
+    spec: Any, teacher: nn.Module, student_path: Path | None = None, tokenizer: Any = None,
+    task: str | None = None,
+) -> nn.Module:  # fmt: skip
+    """The job's student: `from_teacher` layers, a fresh `hf` config, or the uploaded
+    `hf_file` model at `student_path` (checked against the teacher's `tokenizer`)."""
     if isinstance(spec, FromTeacherStudent):
         return from_teacher(teacher, choose_layers(spec, num_layers(teacher)))
     if isinstance(spec, HFStudent):
         return fresh_student(teacher, spec.config)
+    if isinstance(spec, HFFileStudent):
+        if student_path is None or task is None:
+            raise InvalidSpec("student.arch hf_file needs its uploaded model file (file_id).")
+        return load_file_student(Path(student_path), task, tokenizer)
     raise InvalidSpec(
-        f"A Hugging Face teacher takes a transformer student (arch from_teacher or hf), not "
-        f"{spec.arch!r}."
+        f"A Hugging Face teacher takes a transformer student (arch from_teacher, hf or "
+        f"hf_file), not {spec.arch!r}."
     )
+
+
+def load_file_student(path: Path, task: str, teacher_tokenizer: Any) -> nn.Module:
+    """An uploaded model-directory ZIP as the student, trainable, after checking that it
+    shares the teacher's tokenizer (`tokenizer_difference`)."""
+    layout = read_layout(path)
+    if layout.task not in (None, task):
+        raise IncompatibleModels(
+            f"The student model is a {layout.task} model and the teacher a {task} model; "
+            "upload a student of the teacher's task."
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="distillery-hf-student-"))
+    try:
+        safe_extract(Path(path), scratch, MODEL_LIMITS)
+        directory = scratch / layout.root
+        model = load_model(directory, task)
+        tokenizer = load_tokenizer(directory)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    difference = tokenizer_difference(teacher_tokenizer, tokenizer, config_of(model))
+    if difference is not None:
+        raise IncompatibleModels(
+            f"The student does not share the teacher's tokenizer: {difference}. Distillation "
+            "compares the two models token by token; save the student with the teacher's "
+            "tokenizer (tokenizer.save_pretrained) and a matching vocab_size."
+        )
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model.train()
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
+                  "mask_token")  # fmt: skip
+
+
+def tokenizer_difference(teacher: Any, student: Any, student_config: Any) -> str | None:
+    """The first difference between two tokenizers that makes token ids mean different
+    things (vocabulary size, a special token, the token-to-id map), or None."""
+    t_size, s_size = len(teacher), len(student)
+    if t_size != s_size:
+        return f"vocabulary size {s_size} (student) against {t_size} (teacher)"
+    model_vocab = int(getattr(student_config, "vocab_size", 0) or 0)
+    if model_vocab and model_vocab < t_size:
+        return (
+            f"the student model's vocab_size is {model_vocab}, below the tokenizer's "
+            f"{t_size} tokens"
+        )
+    for name in SPECIAL_TOKENS:
+        t_token, s_token = getattr(teacher, name, None), getattr(student, name, None)
+        t_id, s_id = getattr(teacher, f"{name}_id", None), getattr(student, f"{name}_id", None)
+        if (t_token, t_id) != (s_token, s_id):
+            return (
+                f"special token {name} is {s_token!r} (id {s_id}) in the student and "
+                f"{t_token!r} (id {t_id}) in the teacher"
+            )
+    t_vocab, s_vocab = teacher.get_vocab(), student.get_vocab()
+    for token, index in sorted(t_vocab.items(), key=lambda item: item[1]):
+        if s_vocab.get(token) != index:
+            other = s_vocab.get(token)
+            where = "is missing" if other is None else f"has id {other}"
+            return f"token {token!r} has id {index} in the teacher and {where} in the student"
+    return None
 
 
 def choose_layers(spec: FromTeacherStudent, depth: int) -> list[int]:
@@ -251,7 +328,14 @@ def save_student(student: nn.Module, teacher: LoadedTeacher, directory: Path) ->
     """The student as a Hugging Face directory (safetensors) with the teacher's tokenizer,
     plus the sentence-transformers modules when the teacher was one."""
     directory.mkdir(parents=True, exist_ok=True)
+    generation = getattr(teacher.model, "generation_config", None)
+    if teacher.task == "causal_lm" and generation is not None:
+        # The teacher's decoding defaults (eos, pad, bos ids...) travel with the student:
+        # generation_config.json, which `generate` reads.
+        cast(Any, student).generation_config = copy.deepcopy(generation)
     student.save_pretrained(str(directory))  # type: ignore[operator]
+    if teacher.task == "causal_lm" and generation is not None:
+        cast(Any, student).generation_config.save_pretrained(str(directory))
     teacher.tokenizer.save_pretrained(str(directory))
     if not teacher.layout.sentence_transformers:
         return

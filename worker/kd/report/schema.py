@@ -158,6 +158,16 @@ class TransformerReport(ReportBase):
     loss: list[str] = Field(default_factory=list)
     resumable: bool = True
     embedding: dict[str, float] | None = None
+    method: str | None = Field(None, description="Causal LMs: distillation.method.")
+    onnx_with_past: dict[str, Any] | None = Field(
+        None,
+        description="Causal LMs: student_with_past.onnx (a decoding step with past key "
+        "values) and its check, or why it was not written (past_key_values: false).",
+    )
+    generation_speed: dict[str, Any] | None = Field(
+        None,
+        description="Causal LMs: greedy generation tokens/s of teacher and student, batch 1 and 8.",
+    )
 
 
 Report = Annotated[TensorReport | TransformerReport, Field(discriminator="kind")]

@@ -223,4 +223,28 @@ def _transformer_card(report: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _generation_lines(report))
+
+
+def _generation_lines(report: dict[str, Any]) -> list[str]:
+    """A causal LM's method, its figures as the teacher's draft model and its speed."""
+    lines = []
+    if report.get("method"):
+        lines.append(f"Distilled with method `{report['method']}`.")
+    draft = report.get("speculative")
+    if draft:
+        lines.append(
+            f"As the teacher's draft model (assisted generation, greedy, batch 1, "
+            f"{draft['prompts']} prompts): acceptance rate {_num(draft['acceptance_rate'])}, "
+            f"speed-up {_num(draft['speedup'], '{:.2f}x')}, tokens identical to the "
+            f"teacher's alone: {'yes' if draft['identical'] else 'no'}."
+        )
+    speed = report.get("generation_speed")
+    if speed:
+        per = [
+            f"{who} {speed[who].get('batch_1', 0):,.0f} at batch 1, "
+            f"{speed[who].get('batch_8', 0):,.0f} at batch 8"
+            for who in ("teacher", "student")
+        ]
+        lines.append(f"Greedy generation, new tokens/s: {'; '.join(per)}.")
+    return [*lines, ""] if lines else []

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from worker.kd.hf import measure
+from worker.kd.hf.generate import split_prompt
 from worker.kd.hf.models import num_layers
+from worker.kd.hf.speculative import generation_speed, speculative
 from worker.kd.jobs import HFPrepared, Trained
 from worker.kd.report.schema import REPORT_SCHEMA_VERSION, TransformerReport
 from worker.kd.report.summary import ratio
@@ -34,6 +36,7 @@ def transformer_report(
     teacher_val: measure.ValOutputs | None = None,
     baseline: Trained | None = None,
     baseline_skipped: str | None = None,
+    onnx_with_past: dict[str, Any] | None = None,
 ) -> TransformerReport:
     """report.json: the DistilBERT triple (quality retained, parameter reduction, speed-up
     at batch 1 and 32 for a stated sequence length), measured here; with a baseline, what
@@ -97,6 +100,9 @@ def transformer_report(
         report["verdict"] = _verdict(task, s_out, b_out, t_out, report["kd_gain"])
     elif baseline_skipped is not None:
         report["verdict"] = no_verdict(baseline_skipped)
+    if task == "causal_lm":
+        report.update(generation_figures(prepared))
+        report["onnx_with_past"] = onnx_with_past
     if task == "sentence_embedding":
         s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
         report["embedding"] = {
@@ -104,6 +110,21 @@ def transformer_report(
             "retrieval_agreement": measure.retrieval_agreement(s_emb, t_emb),
         }
     return TransformerReport.model_validate(report)
+
+
+def generation_figures(prepared: HFPrepared) -> dict[str, Any]:
+    """A causal LM's method, the student as the teacher's draft model (`speculative`) and
+    both models' generation tokens/s at batch 1 and 8, on the validation texts' prompts."""
+    teacher, spec = prepared.teacher, prepared.spec
+    prompts = [split_prompt(f["input_ids"])[0] for f in prepared.val.features]
+    pad, eos = int(teacher.tokenizer.pad_token_id), teacher.tokenizer.eos_token_id
+    wanted = spec.distillation.generation.max_new_tokens
+    args = (teacher.model, prepared.student, prompts, wanted, pad, eos)
+    return {
+        "method": spec.distillation.method,
+        "speculative": speculative(*args),
+        "generation_speed": generation_speed(*args),
+    }
 
 
 def _verdict(

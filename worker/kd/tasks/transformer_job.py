@@ -17,7 +17,7 @@ from torch import nn
 
 from worker.kd.budget import plan_job, with_plan
 from worker.kd.errors import IncompatibleModels, InvalidSpec
-from worker.kd.exports.transformer import export_onnx
+from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
 from worker.kd.hf.data import Encoded, encode_splits, read_examples
@@ -41,12 +41,21 @@ from worker.kd.report.schema import report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.transformer import predict, transformer_report
 from worker.kd.spec import FromTeacherStudent, JobSpec, is_planned, planned_training
+from worker.kd.tasks.on_policy import OnPolicyAdapter, on_policy_objective
+from worker.kd.tasks.sequence_kd import (
+    GENERATIONS_ARTIFACT,
+    SequenceKDAdapter,
+    generated_dataset,
+    sequence_objective,
+    teacher_generations,
+    write_artifact,
+)
 from worker.kd.tasks.transformer import (
     TRANSFORMER_ADAPTERS,
     TransformerAdapter,
     TransformerTeacherSource,
 )
-from worker.kd.tasks.transformer_teacher import teacher_source
+from worker.kd.tasks.transformer_teacher import online_teacher, teacher_source
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
 from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.reporting import RecordingReporter, Reporter
@@ -63,7 +72,11 @@ def is_hf_teacher(spec: JobSpec, teacher_path: Path) -> bool:
 
 
 def prepare_hf(
-    spec: JobSpec, teacher_path: Path, dataset_path: Path | None, device: torch.device
+    spec: JobSpec,
+    teacher_path: Path,
+    dataset_path: Path | None,
+    device: torch.device,
+    student_path: Path | None = None,
 ) -> HFPrepared:
     examples = read_examples(spec.dataset, dataset_path)
     teacher = load_teacher(Path(teacher_path), spec.teacher.task)
@@ -79,7 +92,8 @@ def prepare_hf(
         )  # fmt: skip
         _check_labels(teacher, train, val)
         seed_everything(spec.training.seed)
-        student = build_student(spec.student, teacher.model)
+        student = build_student(spec.student, teacher.model, student_path, teacher.tokenizer,
+                                teacher.task)  # fmt: skip
         kept = (
             choose_layers(spec.student, num_layers(teacher.model))
             if isinstance(spec.student, FromTeacherStudent)
@@ -87,7 +101,7 @@ def prepare_hf(
         )
         mapping = layer_map(num_layers(student), num_layers(teacher.model), kept)
         labeled = train.labels is not None and teacher.task == "sequence_classification"
-        objective = build_objective(
+        objective = _method_objective(spec, teacher.task) or build_objective(
             spec, teacher.task, labeled, config_of(student), config_of(teacher.model), mapping
         )
     except BaseException:
@@ -102,7 +116,18 @@ def prepare_hf(
     return HFPrepared(
         spec, teacher, student.to(device), objective.to(device), train, val, device,
         Path(teacher_path), None if dataset_path is None else Path(dataset_path), plan,
+        None if student_path is None else Path(student_path),
     )  # fmt: skip
+
+
+def _method_objective(spec: JobSpec, task: str) -> TransformerObjective | None:
+    """The loss of a causal-LM method that learns from generated text, or None."""
+    method = spec.distillation.method if task == "causal_lm" else "logits"
+    if method == "sequence":
+        return sequence_objective(spec)
+    if method == "on_policy":
+        return on_policy_objective(spec)
+    return None
 
 
 def _check_labels(teacher: LoadedTeacher, train: Encoded, val: Encoded) -> None:
@@ -164,13 +189,62 @@ def train_student(
     cache: TeacherCache | None,
     share: float = 1.0,
 ) -> TrainOutcome:
-    """Distil into `prepared.student`: AdamW with warmup and cosine decay, exact resume."""
-    teacher = teacher_source(prepared, prepared.objective, recorder, cache)
-    trainer = _trainer(prepared, prepared.student, prepared.objective, teacher, teacher_val,
-                       recorder, checkpointing, checkpoint_fingerprint(prepared.spec),
+    """Distil into `prepared.student`: AdamW with warmup and cosine decay, exact resume.
+    `method: sequence` first has the teacher generate its training texts (resumable, in
+    the checkpoint's directory); `method: on_policy` samples from the student as it trains."""
+    adapter = _student_adapter(prepared, teacher_val, recorder, checkpointing, cache)
+    trainer = _trainer(prepared, prepared.student, prepared.objective, adapter, recorder,
+                       checkpointing, checkpoint_fingerprint(prepared.spec),
                        span=(0.0, share))  # fmt: skip
     _announce(prepared, recorder, trainer.total_steps)
-    return trainer.fit()
+    outcome = trainer.fit()
+    if isinstance(adapter, OnPolicyAdapter):
+        recorder.event(
+            "on_policy_finished",
+            f"{adapter.student_batches} of this run's batches were completed by the student "
+            f"(lmbda {prepared.spec.distillation.lmbda:g}).",
+            {"student_batches": adapter.student_batches},
+        )
+    return outcome
+
+
+def _student_adapter(
+    prepared: HFPrepared,
+    teacher_val: measure.ValOutputs,
+    recorder: RecordingReporter,
+    checkpointing: Checkpointing | None,
+    cache: TeacherCache | None,
+) -> TransformerAdapter:
+    """The distilled student's adapter: the task's own, or a causal-LM method's."""
+    method, t, spec = lm_method(prepared), prepared.teacher, prepared.spec
+    if method == "sequence":
+        directory = None if checkpointing is None else checkpointing.path.parent
+        prepared.generated = teacher_generations(prepared, recorder, directory)
+        data, prompt_lengths = generated_dataset(prepared.generated)
+        return SequenceKDAdapter(
+            prepared.student, prepared.objective, _online(prepared), data, prepared.val,
+            teacher_val, t.tokenizer, t.layout, prepared.device, prompt_lengths=prompt_lengths,
+        )  # fmt: skip
+    if method == "on_policy":
+        return OnPolicyAdapter(
+            prepared.student, prepared.objective, _online(prepared), prepared.train,
+            prepared.val, teacher_val, t.tokenizer, t.layout, prepared.device,
+            lmbda=spec.distillation.lmbda, generation=spec.distillation.generation,
+            seed=spec.training.seed,
+        )  # fmt: skip
+    teacher = teacher_source(prepared, prepared.objective, recorder, cache)
+    return _adapter(prepared, prepared.student, prepared.objective, teacher, teacher_val)
+
+
+def lm_method(prepared: HFPrepared) -> str:
+    """The causal-LM method (`logits` for other tasks)."""
+    return prepared.spec.distillation.method if prepared.task == "causal_lm" else "logits"
+
+
+def _online(prepared: HFPrepared) -> TransformerTeacherSource:
+    """The teacher run on each batch: the texts of generating methods are new each time."""
+    teacher = prepared.teacher
+    return online_teacher(teacher.model, prepared.task, teacher.layout, False, False)
 
 
 def baseline_unavailable(prepared: HFPrepared) -> str | None:
@@ -187,7 +261,10 @@ def new_student(prepared: HFPrepared) -> nn.Module:
     """The job's student as `prepare_hf` built it, before any training: same seed, same
     initialisation (the teacher's layers for from_teacher, seeded weights for hf)."""
     seed_everything(prepared.spec.training.seed)
-    return build_student(prepared.spec.student, prepared.teacher.model).to(prepared.device)
+    t = prepared.teacher
+    student = build_student(prepared.spec.student, t.model, prepared.student_path, t.tokenizer,
+                            t.task)  # fmt: skip
+    return student.to(prepared.device)
 
 
 def train_baseline(
@@ -204,7 +281,8 @@ def train_baseline(
     if checkpointing is not None:
         path = checkpointing.path.with_name(f"baseline-{checkpointing.path.name}")
         own_checkpoint = Checkpointing(path, checkpointing.every_steps)
-    trainer = _trainer(prepared, student, objective, None, teacher_val, recorder, own_checkpoint,
+    adapter = _adapter(prepared, student, objective, None, teacher_val)
+    trainer = _trainer(prepared, student, objective, adapter, recorder, own_checkpoint,
                        checkpoint_fingerprint(prepared.spec) + ":baseline", prefix=BASELINE,
                        span=(0.5, 0.5))  # fmt: skip
     target = TRANSFORMER_ADAPTERS[prepared.task].baseline_target
@@ -222,8 +300,7 @@ def _trainer(
     prepared: HFPrepared,
     student: nn.Module,
     objective: TransformerObjective,
-    teacher: TransformerTeacherSource | None,
-    teacher_val: measure.ValOutputs,
+    adapter: TransformerAdapter,
     recorder: RecordingReporter,
     checkpointing: Checkpointing | None,
     recipe: str,
@@ -231,8 +308,7 @@ def _trainer(
     prefix: str = "",
     span: tuple[float, float],
 ) -> Trainer:
-    """A run on the job's training texts, validated against the teacher's fixed outputs."""
-    adapter = _adapter(prepared, student, objective, teacher, teacher_val)
+    """A run through `adapter`, validated against the teacher's fixed outputs."""
     return Trainer(
         student, objective, adapter, planned_training(prepared.spec.training), prepared.device,
         recorder, history=recorder.metrics, checkpointing=checkpointing, fingerprint=recipe,
@@ -272,6 +348,7 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
             "val_samples": len(prepared.val),
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
+            "method": lm_method(prepared),
             "epochs": spec.training.epochs,
             "steps": steps,
         },
@@ -296,9 +373,17 @@ def _write_outputs(
     save_student(prepared.student, prepared.teacher, student_dir)
     artifacts = {"student.zip": zip_directory(student_dir, out_dir / "student.zip")}
     artifacts.update(export_onnx(prepared, out_dir, recorder))
+    with_past, onnx_with_past = export_with_past(prepared, out_dir, recorder)
+    artifacts.update(with_past)
+    if prepared.generated is not None:
+        path = out_dir / GENERATIONS_ARTIFACT
+        artifacts[GENERATIONS_ARTIFACT] = write_artifact(
+            prepared.generated, prepared.teacher.tokenizer, path
+        )
     model = transformer_report(
         prepared, outcome, recorder.onnx_max_abs_diff, teacher_val=teacher_val,
         baseline=baseline, baseline_skipped=baseline_skipped,
+        onnx_with_past=onnx_with_past or None,
     )  # fmt: skip
     report = report_json(model)
     artifacts["report.json"] = out_dir / "report.json"

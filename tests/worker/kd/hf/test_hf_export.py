@@ -20,6 +20,7 @@ from worker.kd.exports.transformer import (
     TRACE_OPSET,
     Batch,
     export_onnx,
+    export_with_past,
     random_batch,
     signature,
 )
@@ -113,3 +114,40 @@ def test_a_graph_tracing_gets_wrong_is_exported_again_with_torch_export(tmp_path
     opset = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
     assert opset[""] != TRACE_OPSET  # written by the torch.export-based exporter
     assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["m.onnx", "traced.onnx"]
+
+
+def test_causal_student_with_past_decodes_as_pytorch_does(tmp_path: Path) -> None:
+    """student_with_past.onnx: a left-padded batch of two prompts with an empty past, then
+    one token a step from the returned presents, against the PyTorch student on the whole
+    sequences (positions counted over real tokens)."""
+    prepared = prepared_job(tmp_path, "causal_lm")
+    recorder = RecordingReporter(MemoryReporter())
+    export_onnx(prepared, tmp_path, recorder)
+    artifacts, info = export_with_past(prepared, tmp_path, recorder)
+
+    assert info["past_key_values"] is True and info["max_abs_diff"] < 1e-4
+    session = onnxruntime.InferenceSession(str(artifacts["student_with_past.onnx"]))
+    assert session.get_modelmeta().custom_metadata_map["past_key_values"] == "true"
+    plain = onnxruntime.InferenceSession(str(tmp_path / "student.onnx"))
+    assert plain.get_modelmeta().custom_metadata_map["with_past"] == "student_with_past.onnx"
+    student: Any = prepared.student.eval()
+    ids = torch.tensor([[0, 0, 5, 9, 14], [3, 8, 2, 7, 11]])  # (B, T): row 0 left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    names = [i.name for i in session.get_inputs()][2:]
+    heads, head_dim = info["heads"], info["head_dim"]
+    past = [np.zeros((2, heads, 0, head_dim), dtype=np.float32) for _ in names]
+    step = ids
+    for _ in range(3):
+        feed = {"input_ids": step.numpy(), "attention_mask": mask.numpy(),
+                **dict(zip(names, past, strict=True))}  # fmt: skip
+        logits, *past = session.run(None, feed)
+        with torch.no_grad():
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            expected = student(input_ids=ids, attention_mask=mask, position_ids=positions,
+                               use_cache=False).logits[:, -1]  # fmt: skip
+        assert np.abs(logits[:, -1] - expected.numpy()).max() < 1e-4
+        step = torch.from_numpy(logits[:, -1].argmax(-1, keepdims=True))  # (B, 1)
+        ids, mask = (
+            torch.cat([ids, step], 1),
+            torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+        )
