@@ -33,6 +33,7 @@ from worker.kd.losses import LogitLoss
 from worker.kd.spec import GenerationSpec, JobSpec
 from worker.kd.tasks.sequence_kd import completion_loss
 from worker.kd.tasks.transformer import CausalLMAdapter
+from worker.kd.training.distributed import WHOLE
 from worker.kd.training.trainer import Cast
 
 SEED_OFFSET = 7919  # the adapter's generator starts from training.seed + this
@@ -101,8 +102,10 @@ class OnPolicyAdapter(CausalLMAdapter):
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.seed + SEED_OFFSET)
 
-    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rows = idx.tolist()
+    def loss(
+        self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows = idx[part].tolist()  # part: a rank's share (transformer jobs run on one process)
         split = [split_prompt(self.data.features[i]["input_ids"]) for i in rows]
         prompts = [prompt for prompt, _ in split]
         on_policy = float(torch.rand((), generator=self.generator)) < self.lmbda

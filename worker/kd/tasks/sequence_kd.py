@@ -39,6 +39,7 @@ from worker.kd.jobs import HFPrepared
 from worker.kd.losses import LossInputs, get_loss, loss_info
 from worker.kd.spec import JobSpec
 from worker.kd.tasks.transformer import CausalLMAdapter
+from worker.kd.training.distributed import WHOLE
 from worker.kd.training.reporting import Reporter
 from worker.kd.training.teacher_cache import file_sha256
 from worker.kd.training.trainer import Cast
@@ -270,8 +271,10 @@ class SequenceKDAdapter(CausalLMAdapter):
 
     prompt_lengths: list[int] = field(default_factory=list)
 
-    def loss(self, idx: torch.Tensor, cast: Cast) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rows = idx.tolist()
+    def loss(
+        self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows = idx[part].tolist()  # part: a rank's share (transformer jobs run on one process)
         prompts, completions = [], []
         for i in rows:
             ids, cut = self.data.features[i]["input_ids"], self.prompt_lengths[i]
