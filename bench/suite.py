@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import worker.kd.runner
+import worker.kd.tasks.tensor_job
 from bench.suite_tasks import HELD_OUT, TUNING, Task, tasks
 from worker.kd.budget import BudgetRule, plan_job
-from worker.kd.engine import Prepared, distill, prepare
-from worker.kd.reporting import MemoryReporter
+from worker.kd.engine import distill, prepare
+from worker.kd.jobs import Prepared
 from worker.kd.spec import DEFAULT_RECIPE, JobSpec, TrainingSpec
 from worker.kd.students import build_student
+from worker.kd.training.reporting import MemoryReporter
 
 TEXTBOOK: dict[str, Any] = {"temperature": 4.0, "alpha": 0.7}
 SCRATCH: dict[str, Any] = {"alpha": 0.0}
@@ -144,7 +145,7 @@ def unit(
     """Every candidate and its scratch student on one task with one seed (one process)."""
     torch.set_num_threads(1)
     # The curves plot changes no accuracy and costs seconds per run: not drawn here.
-    worker.kd.runner.plot_curves = _no_plot
+    worker.kd.tasks.tensor_job.plot_curves = _no_plot
     task = TASKS[index][1]
     files = task_files(root, index)
     work = Path(tempfile.mkdtemp(dir=root))
@@ -311,7 +312,10 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         multiprocessing.get_context("fork").Pool(args.jobs) as pool,
     ):
         root = Path(tmp)
-        for name in pool.starmap(build_files, [(i, root, args.cache) for i in range(len(TASKS))]):
+        stages = {"all": (TUNING, HELD_OUT), "tuning": (TUNING,), "held-out": (HELD_OUT,)}
+        needed = [i for i, (split, _) in enumerate(TASKS)
+                  if split in stages[args.stage] and wanted(i)]  # fmt: skip
+        for name in pool.starmap(build_files, [(i, root, args.cache) for i in needed]):
             print(f"[{time.monotonic() - started:6.0f}s] teacher ready: {name}", flush=True)
         if args.stage in ("all", "tuning"):
             tuning = [i for i, (split, _) in enumerate(TASKS) if split == TUNING and wanted(i)]
