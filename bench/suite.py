@@ -370,7 +370,13 @@ def render(
 ) -> None:
     """Write the suite's section between its markers at the end of BENCHMARKS.md."""
     text = path.read_text()
-    block = "\n".join([MARKERS[0], *section_lines(result), MARKERS[1]])
+    lines = section_lines(result)
+    results = path.parent / "bench" / "results"
+    if (results / "suite_hf.json").exists():
+        lines += hf_lines(json.loads((results / "suite_hf.json").read_text()))
+    if (results / "suite_search.json").exists():
+        lines += search_lines(json.loads((results / "suite_search.json").read_text()))
+    block = "\n".join([MARKERS[0], *lines, MARKERS[1]])
     if MARKERS[0] in text:
         head, rest = text.split(MARKERS[0], 1)
         text = head + block + rest.split(MARKERS[1], 1)[1]
@@ -444,6 +450,82 @@ def section_lines(result: dict[str, Any]) -> list[str]:
             f"{r['gain']:+.4f} | {per_seed} | {r['teacher']:.4f} | {r['headroom']:+.4f} | "
             f"{r['steps']} |"
         )
+    return lines
+
+
+def hf_lines(hf: dict[str, Any]) -> list[str]:
+    """The transformer tasks (`python -m bench.suite_hf`)."""
+    lines = [
+        "", "### Transformer tasks (`python -m bench.suite_hf`)", "",
+        "A Hugging Face teacher, text data; the job names teacher, student and dataset only "
+        "(the default transformer recipe), its training section planned by each candidate "
+        "rule. Classifiers: `baseline: true`, the same student without the teacher at the "
+        "same budget and seed is the scratch column. Sentence embeddings have no "
+        "teacher-free target: the scratch column is the same student untrained, and the "
+        "quality is nearest-neighbour agreement with the teacher (mean cosine beside it). "
+        f"{hf['samples']} texts per task, {hf['val_fraction']:.0%} carved for evaluation "
+        "(text jobs have no separate test split, so the same carved half also picks the "
+        f"best epoch, for student and scratch alike). The run took {hf['seconds'] / 60:.0f} "
+        "min. " + hf.get("note", ""), "",
+        f"**Chosen transformer rule: {hf['chosen']}** (`worker/kd/budget.py: "
+        "TRANSFORMER_RULE`; a test keeps it in step with `bench/results/suite_hf.json`).", "",
+        "| split | task | rule | teacher | scratch | student | gain | gain per seed | epochs "
+        "| steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for split, rows in (("tuning", hf["tuning"]), ("held-out", hf["held_out"])):
+        for r in rows:
+            mark = " **(chosen)**" if r["rule"] == hf["chosen"] else ""
+            cosine = (
+                f" (cosine {r['scratch_mean_cosine']:.3f} -> {r['mean_cosine']:.3f})"
+                if "mean_cosine" in r else ""
+            )  # fmt: skip
+            per_seed = " ".join(f"{g:+.3f}" for g in r["gains"])
+            lines.append(
+                f"| {split} | {r['task']} | {r['rule']}{mark} | {r['teacher']:.4f} | "
+                f"{r['scratch']:.4f} | {r['student']:.4f}{cosine} | {r['gain']:+.4f} | "
+                f"{per_seed} | {r['epochs']} | {r['steps']} |"
+            )
+    return lines
+
+
+def search_lines(found: dict[str, Any]) -> list[str]:
+    """The kept-aside kind of task through the service (`python -m bench.suite_search`)."""
+    lines = [
+        "", "### Through the service: defaults only, then a search "
+        "(`python -m bench.suite_search`)", "",
+        f"Task: {found['task']} ({found['split']}), seed {found['seed']}. `distillery up` (the "
+        "embedded default, one worker) on this machine; each job names teacher, student and "
+        "dataset, with `baseline: true`; the second adds `\"search\": {\"budget_seconds\": "
+        f"{found['search_budget_seconds']}}}`. " + found.get("note", ""), "",
+        "| job | status | teacher | baseline | student | kd_gain | verdict | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for name in ("defaults", "search"):
+        r = found[name]
+        verdict = (r.get("verdict") or {}).get("outcome", "-")
+
+        def num(v: Any, sign: str = "") -> str:
+            return "-" if v is None else f"{v:{sign}.4f}"
+
+        lines.append(
+            f"| {name} | {r['status']} | {num(r['teacher'])} | {num(r['baseline'])} | "
+            f"{num(r['student'])} | {num(r['kd_gain'], '+')} | {verdict} | "
+            f"{r['wall_seconds']:.0f} |"
+        )
+    trials = found["search"].get("trials") or []
+    if trials:
+        lines += [
+            "",
+            "| trial | status | value | epochs | params |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for t in trials:
+            value = "-" if t.get("value") is None else f"{t['value']:.4f}"
+            params = ", ".join(f"{k}={v}" for k, v in sorted((t.get("params") or {}).items()))
+            lines.append(
+                f"| {t['number']} | {t['status']} | {value} | {t.get('epochs_run')} | {params} |"
+            )
     return lines
 
 

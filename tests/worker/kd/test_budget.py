@@ -26,6 +26,7 @@ from worker.kd.spec import TRAINING_DEFAULTS, JobSpec, TrainingSpec
 
 DEFAULTS = {**TrainingSpec().model_dump(), **TRAINING_DEFAULTS}
 SUITE_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "suite.json"
+SUITE_HF_RESULTS = SUITE_RESULTS.with_name("suite_hf.json")
 
 
 def spec(training: dict[str, Any] | None = None, **extra: Any) -> JobSpec:
@@ -197,6 +198,14 @@ def test_default_rule_is_the_suites_choice() -> None:
     measured = json.loads(SUITE_RESULTS.read_text())
     assert not measured["quick"]
     assert measured["chosen"]["budget_rule"] == dataclasses.asdict(DEFAULT_RULE)
+
+
+def test_transformer_rule_is_the_transformer_suites_choice() -> None:
+    """TRANSFORMER_RULE is the rule `python -m bench.suite_hf` chose on its tuning task."""
+    if not SUITE_HF_RESULTS.exists():
+        pytest.skip("bench/results/suite_hf.json is written by `python -m bench.suite_hf`")
+    measured = json.loads(SUITE_HF_RESULTS.read_text())
+    assert measured["chosen_rule"] == dataclasses.asdict(TRANSFORMER_RULE)
 
 
 def bare_tensor_spec(training: dict[str, Any] | None = None) -> JobSpec:
