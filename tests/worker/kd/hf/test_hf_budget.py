@@ -44,6 +44,7 @@ def test_a_bare_transformer_spec_is_planned_by_the_rule_with_a_timed_step(
     assert training.batch_size == min(TRANSFORMER_RULE.batch_size, n_train)
     assert training.learning_rate == TRANSFORMER_RULE.learning_rate
     assert training.epochs == TRANSFORMER_RULE.fixed_epochs
+    assert training.epochs is not None and training.batch_size is not None
     assert plan.steps == training.epochs * steps_per_epoch(n_train, training.batch_size)
     assert "transformer rule" in plan.explanation
     # What the pipeline stores is planned: a resume plans nothing and changes nothing.
