@@ -241,12 +241,11 @@ def choose(rows: list[dict[str, Any]]) -> str:
 
 
 def rechoose(path: Path) -> None:
-    """Apply `choose` to a result written before it (its held-out rows always include the
-    rule of before, which is all a choice of it needs)."""
+    """Apply `choose` to a result written before it (its held-out rows, all kept, always
+    include the rule of before, which is all a choice of it needs)."""
     result = json.loads(path.read_text())
     result["chosen"] = chosen = choose(result["tuning"])
     result["chosen_rule"] = asdict(RULES[chosen])
-    result["held_out"] = [r for r in result["held_out"] if r["rule"] in (chosen, BEFORE_NAME)]
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
