@@ -63,3 +63,12 @@ bench-recipes: install
 bench-hf-recipes: install
 	$(PY) -m bench.hf_recipes
 	$(PY) -m bench.report
+
+# The recipe suite (issue 11): budget rule + recipe chosen on tuning tasks, checked on
+# held-out ones (tensor tasks, then transformer tasks); then the kept-aside kind of task
+# through the service, defaults only and a 900 s search. Rewrites BENCHMARKS.md's section.
+.PHONY: bench-suite
+bench-suite: install
+	$(PY) -m bench.suite_hf
+	$(PY) -m bench.suite_search
+	$(PY) -m bench.suite

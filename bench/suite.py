@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import worker.kd.runner
+import worker.kd.tasks.tensor_job
 from bench.suite_tasks import HELD_OUT, TUNING, Task, tasks
 from worker.kd.budget import BudgetRule, plan_job
-from worker.kd.engine import Prepared, distill, prepare
-from worker.kd.reporting import MemoryReporter
+from worker.kd.engine import distill, prepare
+from worker.kd.jobs import Prepared
 from worker.kd.spec import DEFAULT_RECIPE, JobSpec, TrainingSpec
 from worker.kd.students import build_student
+from worker.kd.training.reporting import MemoryReporter
 
 TEXTBOOK: dict[str, Any] = {"temperature": 4.0, "alpha": 0.7}
 SCRATCH: dict[str, Any] = {"alpha": 0.0}
@@ -144,7 +145,7 @@ def unit(
     """Every candidate and its scratch student on one task with one seed (one process)."""
     torch.set_num_threads(1)
     # The curves plot changes no accuracy and costs seconds per run: not drawn here.
-    worker.kd.runner.plot_curves = _no_plot
+    worker.kd.tasks.tensor_job.plot_curves = _no_plot
     task = TASKS[index][1]
     files = task_files(root, index)
     work = Path(tempfile.mkdtemp(dir=root))
@@ -289,7 +290,7 @@ def main() -> None:
 def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     """The tuning stage chooses; the held-out stage checks the chosen candidate (or, run on
     its own, the candidate named, which `assemble` then requires to be the chosen one)."""
-    tuning_seeds, held_out_seeds = ([0], [0]) if args.quick else ([0, 1], [0, 1])
+    tuning_seeds, held_out_seeds = ([0], [0]) if args.quick else ([0, 1], [0, 1, 2])
 
     def wanted(index: int) -> bool:
         return not args.tasks or index in args.tasks
@@ -311,7 +312,10 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         multiprocessing.get_context("fork").Pool(args.jobs) as pool,
     ):
         root = Path(tmp)
-        for name in pool.starmap(build_files, [(i, root, args.cache) for i in range(len(TASKS))]):
+        stages = {"all": (TUNING, HELD_OUT), "tuning": (TUNING,), "held-out": (HELD_OUT,)}
+        needed = [i for i, (split, _) in enumerate(TASKS)
+                  if split in stages[args.stage] and wanted(i)]  # fmt: skip
+        for name in pool.starmap(build_files, [(i, root, args.cache) for i in needed]):
             print(f"[{time.monotonic() - started:6.0f}s] teacher ready: {name}", flush=True)
         if args.stage in ("all", "tuning"):
             tuning = [i for i, (split, _) in enumerate(TASKS) if split == TUNING and wanted(i)]
@@ -366,7 +370,13 @@ def render(
 ) -> None:
     """Write the suite's section between its markers at the end of BENCHMARKS.md."""
     text = path.read_text()
-    block = "\n".join([MARKERS[0], *section_lines(result), MARKERS[1]])
+    lines = section_lines(result)
+    results = path.parent / "bench" / "results"
+    if (results / "suite_hf.json").exists():
+        lines += hf_lines(json.loads((results / "suite_hf.json").read_text()))
+    if (results / "suite_search.json").exists():
+        lines += search_lines(json.loads((results / "suite_search.json").read_text()))
+    block = "\n".join([MARKERS[0], *lines, MARKERS[1]])
     if MARKERS[0] in text:
         head, rest = text.split(MARKERS[0], 1)
         text = head + block + rest.split(MARKERS[1], 1)[1]
@@ -440,6 +450,82 @@ def section_lines(result: dict[str, Any]) -> list[str]:
             f"{r['gain']:+.4f} | {per_seed} | {r['teacher']:.4f} | {r['headroom']:+.4f} | "
             f"{r['steps']} |"
         )
+    return lines
+
+
+def hf_lines(hf: dict[str, Any]) -> list[str]:
+    """The transformer tasks (`python -m bench.suite_hf`)."""
+    lines = [
+        "", "### Transformer tasks (`python -m bench.suite_hf`)", "",
+        "A Hugging Face teacher, text data; the job names teacher, student and dataset only "
+        "(the default transformer recipe), its training section planned by each candidate "
+        "rule. Classifiers: `baseline: true`, the same student without the teacher at the "
+        "same budget and seed is the scratch column. Sentence embeddings have no "
+        "teacher-free target: the scratch column is the same student untrained, and the "
+        "quality is nearest-neighbour agreement with the teacher (mean cosine beside it). "
+        f"{hf['samples']} texts per task, {hf['val_fraction']:.0%} carved for evaluation "
+        "(text jobs have no separate test split, so the same carved half also picks the "
+        f"best epoch, for student and scratch alike). The run took {hf['seconds'] / 60:.0f} "
+        "min. " + hf.get("note", ""), "",
+        f"**Chosen transformer rule: {hf['chosen']}** (`worker/kd/budget.py: "
+        "TRANSFORMER_RULE`; a test keeps it in step with `bench/results/suite_hf.json`).", "",
+        "| split | task | rule | teacher | scratch | student | gain | gain per seed | epochs "
+        "| steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for split, rows in (("tuning", hf["tuning"]), ("held-out", hf["held_out"])):
+        for r in rows:
+            mark = " **(chosen)**" if r["rule"] == hf["chosen"] else ""
+            cosine = (
+                f" (cosine {r['scratch_mean_cosine']:.3f} -> {r['mean_cosine']:.3f})"
+                if "mean_cosine" in r else ""
+            )  # fmt: skip
+            per_seed = " ".join(f"{g:+.3f}" for g in r["gains"])
+            lines.append(
+                f"| {split} | {r['task']} | {r['rule']}{mark} | {r['teacher']:.4f} | "
+                f"{r['scratch']:.4f} | {r['student']:.4f}{cosine} | {r['gain']:+.4f} | "
+                f"{per_seed} | {r['epochs']} | {r['steps']} |"
+            )
+    return lines
+
+
+def search_lines(found: dict[str, Any]) -> list[str]:
+    """The kept-aside kind of task through the service (`python -m bench.suite_search`)."""
+    lines = [
+        "", "### Through the service: defaults only, then a search "
+        "(`python -m bench.suite_search`)", "",
+        f"Task: {found['task']} ({found['split']}), seed {found['seed']}. `distillery up` (the "
+        "embedded default, one worker) on this machine; each job names teacher, student and "
+        "dataset, with `baseline: true`; the second adds `\"search\": {\"budget_seconds\": "
+        f"{found['search_budget_seconds']}}}`. " + found.get("note", ""), "",
+        "| job | status | teacher | baseline | student | kd_gain | verdict | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for name in ("defaults", "search"):
+        r = found[name]
+        verdict = (r.get("verdict") or {}).get("outcome", "-")
+
+        def num(v: Any, sign: str = "") -> str:
+            return "-" if v is None else f"{v:{sign}.4f}"
+
+        lines.append(
+            f"| {name} | {r['status']} | {num(r['teacher'])} | {num(r['baseline'])} | "
+            f"{num(r['student'])} | {num(r['kd_gain'], '+')} | {verdict} | "
+            f"{r['wall_seconds']:.0f} |"
+        )
+    trials = found["search"].get("trials") or []
+    if trials:
+        lines += [
+            "",
+            "| trial | status | value | epochs | params |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for t in trials:
+            value = "-" if t.get("value") is None else f"{t['value']:.4f}"
+            params = ", ".join(f"{k}={v}" for k, v in sorted((t.get("params") or {}).items()))
+            lines.append(
+                f"| {t['number']} | {t['status']} | {value} | {t.get('epochs_run')} | {params} |"
+            )
     return lines
 
 

@@ -158,6 +158,58 @@ def _signal_task(
     )  # fmt: skip
 
 
+def _motifs(
+    seed: int, n: int, classes: int, length: int = 128, width: int = 20, shift: int = 32,
+    noise: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A class is a short shape (a motif: four Gaussian bumps of random signs, `width`
+    samples long) added somewhere within `shift` samples of the centre, over a slow random
+    walk and white noise, with one distractor (a motif of no class) anywhere: translation-
+    invariant local shapes, which a convolution finds and a fully-connected student must
+    learn position by position from few samples."""
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(1000 + seed)  # the same motifs in every split
+    t = np.arange(width)
+
+    def shape() -> np.ndarray:
+        m = np.zeros(width)
+        for _ in range(4):
+            centre, spread = protos.uniform(2, width - 2), protos.uniform(0.8, 2.0)
+            m += (
+                protos.choice([-1, 1])
+                * protos.uniform(0.5, 1.0)
+                * np.exp(-0.5 * ((t - centre) / spread) ** 2)
+            )
+        return m / np.abs(m).max()
+
+    motifs = np.stack([shape() for _ in range(classes)])
+    distractors = np.stack([shape() for _ in range(8)])
+    y = rng.integers(0, classes, size=n)
+    x = np.empty((n, length))
+    low = (length - width) // 2 - shift // 2
+    for i, c in enumerate(y):
+        s = np.cumsum(rng.normal(0, 0.05, size=length))
+        s += rng.normal(0, noise, size=length) - s.mean()
+        at = rng.integers(0, length - width)
+        s[at : at + width] += rng.uniform(1.0, 2.0) * distractors[rng.integers(0, 8)]
+        at = low + rng.integers(0, shift + 1)
+        s[at : at + width] += rng.uniform(2.5, 3.5) * motifs[c]
+        x[i] = s
+    return _f32(x[:, None, :]), y.astype(np.int64)  # (N, 1, L)
+
+
+def _motif_task(name: str, seed: int, transfer: int, student: dict[str, Any]) -> Task:
+    """10 motif classes; the teacher learns from 8,000 signals of its own (as a user's
+    teacher was trained on more than the transfer set), the student from `transfer`."""
+    x, y = _motifs(seed, 8000 + transfer + 2000, 10)
+    teach_x, teach_y = x[:8000], y[:8000]
+    end = 8000 + transfer
+    return Task(
+        name, "signal", x[8000:end], y[8000:end], x[end:], y[end:],
+        lambda: fit(_cnn1d_teacher(10), teach_x, teach_y, 15), student,
+    )  # fmt: skip
+
+
 # Images -----------------------------------------------------------------------------------
 
 
@@ -231,4 +283,11 @@ def tasks() -> list[tuple[str, Task]]:
             nx[:1000], None, nx[1200:], ny[1200:],
             lambda: fit(_cnn2d_teacher(8, 10), nx[:1200], ny[:1200], 20),
             {"arch": "mlp", "hidden": [32]}, x_labelled=nx[:200], y_labelled=ny[:200])),
+        # Added later (a task of the issue's kind with headroom: the first signals task's
+        # teacher barely beats its scratch student), held out from the start: defined here
+        # before any run of the suite's candidates on it; only the teacher-vs-MLP gap was
+        # checked while designing the generator, never a default.
+        (HELD_OUT, _motif_task(
+            "motif signals 10-class, 1000 labelled, CNN -> mlp[100,100]", 11, 1000,
+            {"arch": "mlp", "hidden": [100, 100]})),
     ]  # fmt: skip

@@ -190,3 +190,14 @@ def test_static_files_are_served_and_versioned(web: TestClient) -> None:
 def test_pages_stay_out_of_the_api_schema(web: TestClient) -> None:
     paths = web.get("/openapi.json").json()["paths"]
     assert not {"/", "/login", "/logout", "/new", "/jobs/{job_id}"} & set(paths)
+
+
+def test_new_job_page_says_the_training_fields_are_planned(web: TestClient, key: str) -> None:
+    sign_in(web, key)
+    page = web.get("/new").text
+    for field in ("epochs", "batch-size", "learning-rate"):
+        tag = page[page.index(f'<input id="{field}"') :].split(">", 1)[0]
+        assert 'placeholder="planned"' in tag, tag
+    seed = page[page.index('<input id="seed"') :].split(">", 1)[0]
+    assert 'placeholder="0"' in seed  # the seed is not planned: its default is 0
+    assert 'placeholder="default"' in page[page.index('<input id="temperature"') :].split(">")[0]

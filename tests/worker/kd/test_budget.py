@@ -13,6 +13,7 @@ import pytest
 from worker.kd.budget import (
     DEFAULT_RULE,
     PLANNED_FIELDS,
+    TRANSFORMER_RULE,
     BudgetRule,
     apply_plan,
     capacity_factor,
@@ -25,6 +26,7 @@ from worker.kd.spec import TRAINING_DEFAULTS, JobSpec, TrainingSpec
 
 DEFAULTS = {**TrainingSpec().model_dump(), **TRAINING_DEFAULTS}
 SUITE_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "suite.json"
+SUITE_HF_RESULTS = SUITE_RESULTS.with_name("suite_hf.json")
 
 
 def spec(training: dict[str, Any] | None = None, **extra: Any) -> JobSpec:
@@ -118,13 +120,41 @@ def test_stated_epochs_are_not_capped_by_the_time_budget() -> None:
     assert result.training["epochs"] == 50 and not result.capped_by_time
 
 
-def test_transformer_jobs_keep_their_defaults_within_the_time_budget() -> None:
+def test_transformer_jobs_are_planned_by_their_rule_within_the_time_budget() -> None:
     result = plan(1000, task_kind="transformer")
-    assert result.training == DEFAULTS and result.planned == ("epochs",)
+    assert result.planned == PLANNED_FIELDS and not result.capped_by_time
+    rule = TRANSFORMER_RULE
+    assert result.training["epochs"] == rule.fixed_epochs
+    assert result.training["batch_size"] == rule.batch_size
+    assert result.training["learning_rate"] == rule.learning_rate
+    assert result.training["schedule"] == rule.schedule
+    assert "transformer rule" in result.explanation
     capped = plan(1000, task_kind="transformer", budget_seconds=2.0, seconds_per_step=0.01)
     assert capped.capped_by_time and capped.training["epochs"] == 12  # 16 steps a pass
+    # A stated field is kept, and stated epochs are never capped.
+    stated = plan_training(
+        {"epochs": 3, "learning_rate": 5e-5}, DEFAULTS, n_train=1000, n_params=1,
+        task_kind="transformer", budget_seconds=0.1, seconds_per_step=1.0,
+    )  # fmt: skip
+    assert stated.training["epochs"] == 3 and stated.training["learning_rate"] == 5e-5
+    assert not stated.capped_by_time and "learning_rate" not in stated.planned
     with pytest.raises(ValueError, match="unknown task kind"):
         plan(1000, task_kind="regression")
+
+
+def test_plan_job_gives_transformer_students_the_transformer_rule() -> None:
+    body = {
+        "teacher": {"file_id": "t"}, "dataset": {"file_id": "d"},
+        "student": {"arch": "from_teacher", "num_layers": 2},
+        "training": {"budget_seconds": 10}, "baseline": True,
+    }  # fmt: skip
+    job = JobSpec.model_validate(body)
+    free = plan_job(job, 640, 100_000, None)
+    assert free.training["batch_size"] == TRANSFORMER_RULE.batch_size
+    assert free.training["epochs"] == TRANSFORMER_RULE.fixed_epochs
+    # 10 steps a pass at 0.05 s, shared with the baseline: 10 / (0.05 * 10 * 2) = 10 epochs.
+    capped = plan_job(job, 640, 100_000, 0.05)
+    assert capped.capped_by_time and capped.training["epochs"] == 10
 
 
 def test_apply_plan_plans_an_empty_training_section() -> None:
@@ -168,6 +198,14 @@ def test_default_rule_is_the_suites_choice() -> None:
     measured = json.loads(SUITE_RESULTS.read_text())
     assert not measured["quick"]
     assert measured["chosen"]["budget_rule"] == dataclasses.asdict(DEFAULT_RULE)
+
+
+def test_transformer_rule_is_the_transformer_suites_choice() -> None:
+    """TRANSFORMER_RULE is the rule `python -m bench.suite_hf` chose on its tuning task."""
+    if not SUITE_HF_RESULTS.exists():
+        pytest.skip("bench/results/suite_hf.json is written by `python -m bench.suite_hf`")
+    measured = json.loads(SUITE_HF_RESULTS.read_text())
+    assert measured["chosen_rule"] == dataclasses.asdict(TRANSFORMER_RULE)
 
 
 def bare_tensor_spec(training: dict[str, Any] | None = None) -> JobSpec:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.budget import plan_job, with_plan
+from worker.kd.budget import with_plan
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
@@ -55,6 +55,7 @@ from worker.kd.tasks.transformer import (
     TransformerAdapter,
     TransformerTeacherSource,
 )
+from worker.kd.tasks.transformer_plan import plan_transformer
 from worker.kd.tasks.transformer_teacher import online_teacher, teacher_source
 from worker.kd.training.checkpoint import Checkpointing, fingerprint
 from worker.kd.training.evaluate import count_parameters
@@ -107,10 +108,10 @@ def prepare_hf(
     except BaseException:
         teacher.cleanup()
         raise
-    # Transformer jobs keep their kind's defaults (worker.kd.budget): no step is timed.
+    # Planned at the first claim as a tensor job is: one step timed (worker.kd.budget).
     plan = None
     if not is_planned(spec.training):
-        plan = plan_job(spec, len(train), count_parameters(student), None)
+        plan = plan_transformer(spec, teacher, student, objective, train, device)
         spec = with_plan(spec, plan)
     spec = spec.model_copy(update={"training": planned_training(spec.training)})
     return HFPrepared(

@@ -1,0 +1,296 @@
+"""The recipe suite's transformer tasks (issue 11): a Hugging Face teacher, text data.
+
+Tasks (the split fixed here, before anything was measured on them):
+- tuning: text classification, movie/food reviews graded in 4 classes, a 4-layer BERT
+  teacher -> a `from_teacher` student of 2 layers (bench/hf_recipes.py's classification
+  task, whose teacher chose the transformer loss default there);
+- held-out: text classification on other topics (music/travel), a teacher trained here
+  afresh -> a `from_teacher` student of 1 layer;
+- held-out: sentence embeddings, a sentence-transformers teacher trained here afresh on
+  music/travel reviews (topic x polarity) -> a `from_teacher` student of 2 layers.
+
+Each candidate is a transformer budget rule (worker.kd.budget.BudgetRule). A job names
+teacher, student and dataset only (the default transformer recipe, `baseline: true`), its
+training section planned by the candidate; the engine trains the student and, for the
+classifiers, the same student without the teacher at the same budget and seed (the
+report's baseline). Embedding students have no teacher-free target, so their reference is
+the same student untrained. The rule with the best mean gain on the tuning task among those
+within ACCURACY_SLACK of the best student, on tuning tasks where the teacher has headroom,
+becomes TRANSFORMER_RULE (with no such task, the rule of before stays: nothing measured can
+tell the rules apart); only it (and the rule of before, when different) runs on the
+held-out tasks. Quality: the report's student
+accuracy (labels; nearest-neighbour agreement with the teacher for embeddings) on the
+dataset's carved validation half (text jobs have no separate test split).
+
+Run: .venv/bin/python -m bench.suite_hf [--seeds 0 1 2] [--out bench/results/suite_hf.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.hf_recipes import (
+    bert_config,
+    bert_tokenizer,
+    fit,
+    grade,
+    review,
+    sentence_transformers_files,
+)
+from bench.suite_tasks import HELD_OUT, TUNING
+from worker.kd.budget import BudgetRule, plan_job
+from worker.kd.engine import distill, prepare
+from worker.kd.jobs import HFPrepared
+from worker.kd.spec import JobSpec, TrainingSpec
+from worker.kd.tasks.transformer_job import zip_directory
+from worker.kd.training.evaluate import count_parameters
+from worker.kd.training.reporting import MemoryReporter
+
+BEFORE = BudgetRule(learning_rate=1e-3, batch_size=64, fixed_epochs=20)  # TRAINING_DEFAULTS
+RULES: dict[str, BudgetRule] = {
+    "20 epochs, batch 64, lr 1e-3 (before)": BEFORE,
+    "20 epochs, batch 32, lr 1e-3": BEFORE.with_(batch_size=32),
+    "steps 3k*sqrt(n/1k), batch 32, lr 1e-3": BudgetRule(
+        learning_rate=1e-3, batch_size=32, capacity_exponent=0.0, max_epochs=500
+    ),
+}
+BEFORE_NAME = next(iter(RULES))
+ACCURACY_SLACK = 0.01
+HEADROOM = 0.05  # a task has headroom when the teacher beats scratch by this much (issue 11)
+SAMPLES, VAL_FRACTION, MAX_LENGTH = 1200, 0.5, 32
+
+
+@dataclass
+class HFTask:
+    name: str
+    split: str
+    task: str  # sequence_classification | sentence_embedding
+    topics: list[str]
+    teacher_seed: int
+    data_seed: int
+    student: dict[str, Any]
+
+
+TASKS = [
+    HFTask("text classification movie/food, 4 grades, BERT-4 -> from_teacher 2 layers",
+           TUNING, "sequence_classification", ["movie", "food"], 100, 7,
+           {"arch": "from_teacher", "num_layers": 2}),
+    HFTask("text classification music/travel, 4 grades, BERT-4 -> from_teacher 1 layer",
+           HELD_OUT, "sequence_classification", ["music", "travel"], 400, 17,
+           {"arch": "from_teacher", "num_layers": 1}),
+    HFTask("sentence embedding music/travel, BERT-4 ST -> from_teacher 2 layers",
+           HELD_OUT, "sentence_embedding", ["music", "travel"], 500, 27,
+           {"arch": "from_teacher", "num_layers": 2}),
+]  # fmt: skip
+
+
+def make_teacher(task: HFTask, directory: Path, epochs: int = 8) -> None:
+    """A 4-layer BERT trained here on 4,000 reviews of the task's topics: a classifier of
+    the grade, or an embedder whose normalised mean-pooled states separate topic x
+    polarity (a cosine classifier on them, as bench/hf_recipes.py's embedder)."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    directory.mkdir(parents=True)
+    tokenizer = bert_tokenizer()
+    rng = random.Random(task.teacher_seed)
+    rows = [review(rng, task.topics) for _ in range(4000)]
+    tokens = tokenizer([t for t, _, _ in rows], padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    if task.task == "sequence_classification":
+        labels = torch.tensor([grade(score) for _, _, score in rows])
+        model: Any = BertForSequenceClassification(bert_config(num_labels=4))
+
+        def loss(idx: list[int]) -> torch.Tensor:
+            ids, mask = tokens["input_ids"][idx], tokens["attention_mask"][idx]
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            return F.cross_entropy(logits, labels[idx])
+
+        fit(model, loss, len(rows), epochs, 1e-3)
+    else:
+        labels = torch.tensor([2 * topic + int(score > 0) for _, topic, score in rows])
+        model = BertModel(bert_config())
+        head = nn.Linear(64, 2 * len(task.topics), bias=False)
+
+        def loss(idx: list[int]) -> torch.Tensor:
+            mask = tokens["attention_mask"][idx]
+            ids = tokens["input_ids"][idx]
+            states = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).float()  # (B, T, 1)
+            embedding = F.normalize((states * weights).sum(1) / weights.sum(1), dim=-1)
+            return F.cross_entropy(10.0 * embedding @ F.normalize(head.weight, dim=-1).T,
+                                   labels[idx])  # fmt: skip
+
+        fit(nn.ModuleList([model, head]), loss, len(rows), epochs, 1e-3)
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    if task.task == "sentence_embedding":
+        sentence_transformers_files(directory, 64)
+
+
+def write_data(task: HFTask, path: Path) -> Path:
+    """The student's texts, drawn apart from the teacher's (half carved for evaluation)."""
+    rng = random.Random(task.data_seed)
+    with path.open("w") as handle:
+        for _ in range(SAMPLES):
+            text, _, score = review(rng, task.topics)
+            row: dict[str, Any] = {"text": text}
+            if task.task == "sequence_classification":
+                row["label"] = grade(score)
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def run(
+    task: HFTask, teacher: Path, data: Path, rule: BudgetRule | None, seed: int, work: Path
+) -> dict[str, Any]:
+    """One job through the engine; `rule` None: the embedding student left untrained."""
+    training: dict[str, Any] = {"seed": seed, "val_fraction": VAL_FRACTION, "device": "cpu"}
+    if rule is None:
+        training.update(epochs=1, learning_rate=1e-12, batch_size=32)
+    spec = JobSpec.model_validate({
+        "teacher": {"file_id": "teacher"}, "student": task.student,
+        "dataset": {"file_id": "data", "max_length": MAX_LENGTH}, "training": training,
+        "baseline": task.task == "sequence_classification",
+    })  # fmt: skip
+    prepared = prepare(spec, teacher, data)
+    assert isinstance(prepared, HFPrepared)
+    plan = None
+    if rule is not None:
+        n_params = count_parameters(prepared.student)
+        plan = plan_job(spec, len(prepared.train), n_params, None, rule)
+        planned = TrainingSpec.model_validate(plan.training)
+        prepared.spec = spec.model_copy(update={"training": planned})
+    started = time.monotonic()
+    report = distill(prepared, work, MemoryReporter()).report
+    baseline = report.get("baseline") or {}
+    return {
+        "student": report["student"]["accuracy"], "teacher": report["teacher"]["accuracy"],
+        "baseline": baseline.get("accuracy"),
+        "mean_cosine": (report.get("embedding") or {}).get("mean_cosine_student_teacher"),
+        "epochs": prepared.spec.training.epochs, "steps": None if plan is None else plan.steps,
+        "seconds": time.monotonic() - started,
+    }  # fmt: skip
+
+
+def measure(task: HFTask, files: tuple[Path, Path], names: list[str], seeds: list[int],
+            work: Path) -> list[dict[str, Any]]:  # fmt: skip
+    rows = []
+    untrained = {}
+    if task.task == "sentence_embedding":
+        untrained = {s: run(task, *files, None, s, work) for s in seeds}
+    for name in names:
+        runs = []
+        for seed in seeds:
+            r = run(task, *files, RULES[name], seed, work)
+            r["scratch"] = (
+                r["baseline"] if r["baseline"] is not None else untrained[seed]["student"]
+            )
+            if untrained:
+                r["scratch_mean_cosine"] = untrained[seed]["mean_cosine"]
+            r["seed"] = seed
+            runs.append(r)
+            print(f"{task.name[:44]:44s} {name[:38]:38s} seed {seed} student {r['student']:.4f}"
+                  f" scratch {r['scratch']:.4f} teacher {r['teacher']:.4f} epochs {r['epochs']}"
+                  f" {r['seconds']:.0f}s", flush=True)  # fmt: skip
+        student = statistics.mean(r["student"] for r in runs)
+        scratch = statistics.mean(r["scratch"] for r in runs)
+        row: dict[str, Any] = {
+            "task": task.name, "split": task.split, "kind": task.task, "rule": name,
+            "seeds": seeds, "teacher": runs[0]["teacher"], "student": student,
+            "scratch": scratch, "gain": student - scratch,
+            "gains": [r["student"] - r["scratch"] for r in runs],
+            "headroom": runs[0]["teacher"] - scratch, "epochs": runs[0]["epochs"],
+            "steps": runs[0]["steps"], "runs": runs,
+        }  # fmt: skip
+        if untrained:
+            row["mean_cosine"] = statistics.mean(r["mean_cosine"] for r in runs)
+            row["scratch_mean_cosine"] = statistics.mean(r["scratch_mean_cosine"] for r in runs)
+        rows.append(row)
+    return rows
+
+
+def choose(rows: list[dict[str, Any]]) -> str:
+    """The rule with the best mean gain among those within ACCURACY_SLACK of the best
+    student, on the tuning tasks where the teacher has headroom (beats scratch by
+    HEADROOM); where none has, nothing can tell the rules apart and the rule of before
+    stays."""
+    roomy = {r["task"] for r in rows if r["rule"] == BEFORE_NAME and r["headroom"] >= HEADROOM}
+    mine = [r for r in rows if r["task"] in roomy]
+    if not mine:
+        return BEFORE_NAME
+    means = {
+        name: (statistics.mean(r["gain"] for r in mine if r["rule"] == name),
+               statistics.mean(r["student"] for r in mine if r["rule"] == name))
+        for name in dict.fromkeys(r["rule"] for r in mine)
+    }  # fmt: skip
+    best = max(student for _, student in means.values())
+    eligible = [n for n, (_, student) in means.items() if student >= best - ACCURACY_SLACK]
+    return max(eligible, key=lambda n: means[n])
+
+
+def rechoose(path: Path) -> None:
+    """Apply `choose` to a result written before it (its held-out rows, all kept, always
+    include the rule of before, which is all a choice of it needs)."""
+    result = json.loads(path.read_text())
+    result["chosen"] = chosen = choose(result["tuning"])
+    result["chosen_rule"] = asdict(RULES[chosen])
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tuning-seeds", type=int, nargs="+", help="default: --seeds")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/suite_hf.json"))
+    parser.add_argument("--rechoose", type=Path, help="only re-apply `choose` to this result")
+    parser.add_argument("--note", help="with --rechoose: a sentence for BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.rechoose:
+        rechoose(args.rechoose)
+        if args.note:
+            found = json.loads(args.rechoose.read_text())
+            args.rechoose.write_text(json.dumps({**found, "note": args.note}, indent=2) + "\n")
+        return
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "section": "suite_hf", "rules": {n: asdict(r) for n, r in RULES.items()},
+        "tasks": {t.name: t.split for t in TASKS}, "samples": SAMPLES,
+        "val_fraction": VAL_FRACTION,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = {}
+        for i, task in enumerate(TASKS):
+            make_teacher(task, root / f"t{i}")
+            teacher = zip_directory(root / f"t{i}", root / f"t{i}.zip")
+            files[task.name] = (teacher, write_data(task, root / f"d{i}.jsonl"))
+            print(f"[{time.monotonic() - started:5.0f}s] teacher ready: {task.name}", flush=True)
+        tuning = [t for t in TASKS if t.split == TUNING]
+        seeds = args.tuning_seeds or args.seeds
+        rows = [row for t in tuning for row in measure(t, files[t.name], list(RULES), seeds, root)]
+        chosen = choose(rows)
+        print(f"chosen: {chosen}", flush=True)
+        checked = list(dict.fromkeys([chosen, BEFORE_NAME]))
+        held = [row for t in TASKS if t.split == HELD_OUT
+                for row in measure(t, files[t.name], checked, args.seeds, root)]  # fmt: skip
+    result.update(chosen=chosen, chosen_rule=asdict(RULES[chosen]), tuning=rows, held_out=held,
+                  seconds=time.monotonic() - started)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
