@@ -105,14 +105,14 @@ def prepare_hf(
         objective = _method_objective(spec, teacher.task) or build_objective(
             spec, teacher.task, labeled, config_of(student), config_of(teacher.model), mapping
         )
+        # Planned at the first claim as a tensor job is: steps timed (worker.kd.budget).
+        plan = None
+        if not is_planned(spec.training):
+            plan = plan_transformer(spec, teacher, student, objective, train, device)
+            spec = with_plan(spec, plan)
     except BaseException:
         teacher.cleanup()
         raise
-    # Planned at the first claim as a tensor job is: one step timed (worker.kd.budget).
-    plan = None
-    if not is_planned(spec.training):
-        plan = plan_transformer(spec, teacher, student, objective, train, device)
-        spec = with_plan(spec, plan)
     spec = spec.model_copy(update={"training": planned_training(spec.training)})
     return HFPrepared(
         spec, teacher, student.to(device), objective.to(device), train, val, device,
