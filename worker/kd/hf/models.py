@@ -17,6 +17,7 @@ from torch import nn
 
 from worker.kd.datasets.archives import ArchiveLimits, safe_extract
 from worker.kd.errors import InvalidDataset, InvalidSpec, InvalidTeacher, shorten
+from worker.kd.hf.data import LOSS_MASK
 from worker.kd.hf.layout import ModelLayout, config_value, read_layout
 from worker.kd.spec import FromTeacherStudent, HFStudent
 
@@ -121,9 +122,11 @@ def forward(
     hidden: bool = False,
     attentions: bool = False,
 ) -> Outputs:
-    """The task's output for a padded batch (`input_ids`, `attention_mask`, ...)."""
+    """The task's output for a padded batch (`input_ids`, `attention_mask`, ...; its
+    `loss_mask` is the objective's, not the model's)."""
     extra = {"use_cache": False} if task == "causal_lm" else {}
-    out = model(**batch, output_hidden_states=hidden or task == "sentence_embedding",
+    inputs = {name: value for name, value in batch.items() if name != LOSS_MASK}
+    out = model(**inputs, output_hidden_states=hidden or task == "sentence_embedding",
                 output_attentions=attentions, **extra)  # fmt: skip
     states = tuple(out.hidden_states) if out.hidden_states is not None else ()
     if task == "sentence_embedding":

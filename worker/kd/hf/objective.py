@@ -16,6 +16,7 @@ from torch import nn
 
 from worker.kd.catalogue import LOGIT_TASKS, LOSS_CATALOGUE, TRANSFORMER_TASKS
 from worker.kd.errors import InvalidSpec
+from worker.kd.hf.data import target_mask
 from worker.kd.hf.models import Outputs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
 from worker.kd.losses.transformer import attention_log_probs
@@ -98,8 +99,9 @@ class TransformerObjective(nn.Module):
         labels: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch["attention_mask"].bool()  # (B, T)
-        s_out, t_out = self.rows(student.output, mask), self.rows(teacher.output, mask)
-        targets = next_tokens(batch["input_ids"], mask) if self.task == "causal_lm" else labels
+        learned = target_mask(batch)  # (B, T): completions only, where rows have prompts
+        s_out, t_out = self.rows(student.output, learned), self.rows(teacher.output, learned)
+        targets = next_tokens(batch["input_ids"], learned) if self.task == "causal_lm" else labels
         total = torch.zeros((), device=mask.device)
         parts: dict[str, torch.Tensor] = {}
         for term in self.terms:
@@ -112,8 +114,8 @@ class TransformerObjective(nn.Module):
         return total, parts
 
     def rows(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-sample rows (B, K) or, for next-token logits, one row per predicted real token
-        (N, V)."""
+        """Per-sample rows (B, K) or, for next-token logits, one row per predicted token that
+        `mask` (B, T) marks (N, V)."""
         if self.task != "causal_lm":
             return output
         return output[:, :-1][mask[:, 1:]]  # (N, V)

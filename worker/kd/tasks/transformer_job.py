@@ -20,7 +20,7 @@ from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx
 from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
-from worker.kd.hf.data import Encoded, encode_splits, read_examples
+from worker.kd.hf.data import Encoded, check_targets, encode_splits, read_examples
 from worker.kd.hf.models import (
     LoadedTeacher,
     build_student,
@@ -63,9 +63,18 @@ def is_hf_teacher(spec: JobSpec, teacher_path: Path) -> bool:
 
 
 def prepare_hf(
-    spec: JobSpec, teacher_path: Path, dataset_path: Path | None, device: torch.device
+    spec: JobSpec,
+    teacher_path: Path,
+    dataset_path: Path | None,
+    device: torch.device,
+    eval_dataset_path: Path | None = None,
 ) -> HFPrepared:
     examples = read_examples(spec.dataset, dataset_path)
+    held_out = None
+    if spec.dataset.eval_file_id is not None or eval_dataset_path is not None:
+        if eval_dataset_path is None:
+            raise InvalidSpec("dataset.eval_file_id names an evaluation file, but none was given.")
+        held_out = read_examples(spec.dataset, eval_dataset_path, "evaluation file")
     teacher = load_teacher(Path(teacher_path), spec.teacher.task)
     try:
         if spec.teacher.task not in (None, teacher.task):
@@ -73,11 +82,13 @@ def prepare_hf(
                 f"teacher.task is {spec.teacher.task!r} but the model directory is a "
                 f"{teacher.task} model."
             )
-        train, val = encode_splits(
+        splits = encode_splits(
             examples, teacher.tokenizer, spec.dataset.max_length,
-            spec.training.val_fraction, spec.training.seed,
+            spec.training.val_fraction, spec.training.seed, held_out,
         )  # fmt: skip
-        _check_labels(teacher, train, val)
+        check_targets(splits, teacher.task)
+        train, val = splits.train, splits.selection
+        _check_labels(teacher, train, val, splits.evaluation)
         seed_everything(spec.training.seed)
         student = build_student(spec.student, teacher.model)
         kept = (
@@ -102,14 +113,15 @@ def prepare_hf(
     return HFPrepared(
         spec, teacher, student.to(device), objective.to(device), train, val, device,
         Path(teacher_path), None if dataset_path is None else Path(dataset_path), plan,
+        splits, None if eval_dataset_path is None else Path(eval_dataset_path),
     )  # fmt: skip
 
 
-def _check_labels(teacher: LoadedTeacher, train: Encoded, val: Encoded) -> None:
+def _check_labels(teacher: LoadedTeacher, *parts: Encoded) -> None:
     if teacher.task != "sequence_classification":
         return
     classes = int(config_of(teacher.model).num_labels)
-    present = [y for y in (train.labels, val.labels) if y is not None and len(y)]
+    present = [y for y in (p.labels for p in parts) if y is not None and len(y)]
     top = max((int(y.max()) for y in present), default=-1)
     if top >= classes:
         raise IncompatibleModels(
@@ -296,9 +308,13 @@ def _write_outputs(
     save_student(prepared.student, prepared.teacher, student_dir)
     artifacts = {"student.zip": zip_directory(student_dir, out_dir / "student.zip")}
     artifacts.update(export_onnx(prepared, out_dir, recorder))
+    # The report is measured on the evaluation texts; `teacher_val` (on the selection
+    # texts) serves it only when there is no separate evaluation split.
     model = transformer_report(
-        prepared, outcome, recorder.onnx_max_abs_diff, teacher_val=teacher_val,
+        prepared, outcome, recorder.onnx_max_abs_diff,
+        teacher_val=teacher_val if prepared.splits is None else None,
         baseline=baseline, baseline_skipped=baseline_skipped,
+        teacher_cache=recorder.teacher_cache if prepared.task == "causal_lm" else None,
     )  # fmt: skip
     report = report_json(model)
     artifacts["report.json"] = out_dir / "report.json"
