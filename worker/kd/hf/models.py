@@ -19,6 +19,7 @@ from worker.kd.datasets.archives import ArchiveLimits, safe_extract
 from worker.kd.errors import InvalidDataset, InvalidSpec, InvalidTeacher, shorten
 from worker.kd.hf.data import LOSS_MASK
 from worker.kd.hf.layout import ModelLayout, config_value, read_layout
+from worker.kd.hf.topk import TopK
 from worker.kd.spec import FromTeacherStudent, HFStudent
 
 MODEL_LIMITS = ArchiveLimits(max_members=10_000, max_total_bytes=16 * 1024**3, max_ratio=1000.0)
@@ -52,6 +53,8 @@ class Outputs:
     output: torch.Tensor  # (B, K) logits | (B, D) embedding | (B, T, V) next-token logits
     hidden_states: tuple[torch.Tensor, ...] = ()  # L+1 of (B, T, H); [0] is the embeddings
     attentions: tuple[torch.Tensor, ...] = ()  # L of (B, heads, T, T)
+    # method top_k: `output` holds the teacher's k largest logits (B, T, k), these the rest.
+    top_k: TopK | None = None
 
 
 def load_teacher(path: Path, task: str | None) -> LoadedTeacher:

@@ -145,7 +145,7 @@ def _language_model(
     report["next_token_agreement"] = report["agreement"]
     report["method"] = prepared.spec.distillation.method
     if teacher_cache is not None:
-        report["teacher_cache"] = teacher_cache
+        report["teacher_cache"] = _cache_figures(teacher_cache)
     tokenizer, device = prepared.teacher.tokenizer, prepared.device
     prompts = measure.sample_prompts(texts, tokenizer)
     teacher_says = measure.greedy_completions(prepared.teacher.model, tokenizer, prompts, device)
@@ -154,6 +154,21 @@ def _language_model(
         {"prompt": p, "teacher": t, "student": s}
         for p, t, s in zip(prompts, teacher_says, student_says, strict=True)
     ]
+
+
+def _cache_figures(event: dict[str, Any]) -> dict[str, Any]:
+    """The teacher-output cache a causal LM trained from (its teacher_cache event): where
+    the outputs came from and, when they were stored, bytes per token against the dense
+    logits' (V float32 values per token)."""
+    figures: dict[str, Any] = {"source": event.get("source"), "top_k": event.get("top_k")}
+    if event.get("source") == "online":
+        return {**figures, "reason": event.get("reason")}
+    tokens = int(event.get("tokens") or 0)
+    figures.update(bytes=event.get("bytes"), tokens=tokens,
+                   dense_bytes_per_token=event.get("dense_bytes_per_token"))  # fmt: skip
+    if tokens and event.get("bytes") is not None:
+        figures["bytes_per_token"] = float(event["bytes"]) / tokens
+    return figures
 
 
 def _verdict(

@@ -1,0 +1,45 @@
+"""The headroom task does what it is for: a distilled student beats the same student
+trained on the transfer set alone by a clear margin in held-out perplexity, seed after
+seed; and a causal LM's report says so on the evaluation file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.worker.kd.llm.conftest import EVAL_TEXTS, TRAINING, LMTask, lm_spec
+from worker.kd.engine import distill, prepare
+from worker.kd.jobs import HFPrepared
+from worker.kd.training.reporting import MemoryReporter
+
+# Measured on this task (3 seeds): kd_gain 0.10-0.11 with the default recipe; the margin
+# asserted leaves room for a slower machine's different float sums, not for a tie.
+MARGIN = 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_distillation_beats_the_baseline_by_a_margin(
+    lm_task: LMTask, tmp_path: Path, seed: int
+) -> None:
+    spec = lm_spec(baseline=True, training={**TRAINING, "seed": seed})
+    prepared = prepare(spec, lm_task.teacher_zip, lm_task.transfer,
+                       eval_dataset_path=lm_task.evaluation)  # fmt: skip
+    assert isinstance(prepared, HFPrepared)
+    report = distill(prepared, tmp_path / "out", MemoryReporter()).report
+
+    ppl = report["perplexity"]
+    assert ppl["teacher"] < ppl["student"] < ppl["baseline"]
+    assert report["kd_gain"] == pytest.approx((ppl["baseline"] - ppl["student"]) / ppl["baseline"])
+    assert report["kd_gain"] > MARGIN
+    assert report["student"]["perplexity"] == ppl["student"]
+    assert report["baseline"]["perplexity"] == ppl["baseline"]
+    # Measured on the evaluation file, which chose nothing; selection was carved.
+    assert report["evaluation"]["split"] == "eval_file"
+    assert report["evaluation"]["samples"] == EVAL_TEXTS
+    assert report["evaluation"]["selection"]["split"] == "carved"
+    assert 0.0 < report["next_token_agreement"] == report["agreement"] <= 1.0
+    assert report["method"] == "logits"
+    samples = report["samples"]
+    assert len(samples) == 5 and all(s["teacher"] and s["student"] for s in samples)
+    assert all(s["prompt"] for s in samples)
