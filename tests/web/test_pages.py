@@ -190,3 +190,15 @@ def test_static_files_are_served_and_versioned(web: TestClient) -> None:
 def test_pages_stay_out_of_the_api_schema(web: TestClient) -> None:
     paths = web.get("/openapi.json").json()["paths"]
     assert not {"/", "/login", "/logout", "/new", "/jobs/{job_id}"} & set(paths)
+
+
+def test_job_page_shows_a_language_models_figures_and_samples(web: TestClient, key: str) -> None:
+    """A causal LM's report fills perplexity rows and a samples table (app.js)."""
+    job = submit_job(web, key)
+    sign_in(web, key)
+    page = web.get(f"/jobs/{job['id']}").text
+    assert 'id="report-samples"' in page
+    script = web.get("/static/app.js").text
+    for needle in ("renderSamples(report)", '"Perplexity"', "Baseline perplexity",
+                   "Teacher cache per token", 'eval_file: "the evaluation file"'):  # fmt: skip
+        assert needle in script

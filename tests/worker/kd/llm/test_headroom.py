@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.cli_client import render_report
 from tests.worker.kd.llm.conftest import EVAL_TEXTS, TRAINING, LMTask, lm_spec
 from worker.kd.engine import distill, prepare
 from worker.kd.jobs import HFPrepared
@@ -26,7 +27,9 @@ def test_distillation_beats_the_baseline_by_a_margin(
     prepared = prepare(spec, lm_task.teacher_zip, lm_task.transfer,
                        eval_dataset_path=lm_task.evaluation)  # fmt: skip
     assert isinstance(prepared, HFPrepared)
-    report = distill(prepared, tmp_path / "out", MemoryReporter()).report
+    reporter = MemoryReporter()
+    result = distill(prepared, tmp_path / "out", reporter)
+    report = result.report
 
     ppl = report["perplexity"]
     assert ppl["teacher"] < ppl["student"] < ppl["baseline"]
@@ -43,3 +46,16 @@ def test_distillation_beats_the_baseline_by_a_margin(
     samples = report["samples"]
     assert len(samples) == 5 and all(s["teacher"] and s["student"] for s in samples)
     assert all(s["prompt"] for s in samples)
+
+    # Said in words: the event log's headline, the model card, `distillery report`.
+    kind, sentence, figures = reporter.events[-1]
+    assert kind == "training_finished" and "perplexity" in sentence
+    assert f"{report['kd_gain']:.1%}" in sentence
+    assert figures["perplexity"] == ppl and figures["method"] == "logits"
+    card = result.artifacts["README.md"].read_text()
+    assert "## Language model" in card and "### Samples (greedy)" in card
+    assert f"| student | {ppl['student']:.3f} |" in card and "evaluation file" in card
+    _, lines = render_report("job_x", report)
+    text = "\n".join(lines)
+    assert "KD gain (perplexity cut)" in text and f"{report['kd_gain']:.2%}" in text
+    assert repr(samples[0]["teacher"]) in text
