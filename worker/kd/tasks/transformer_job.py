@@ -282,6 +282,7 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
             "teacher_parameters": count_parameters(prepared.teacher.model),
             "train_samples": len(prepared.train),
             "val_samples": len(prepared.val),
+            "eval_samples": len(prepared.evaluation),
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
             "epochs": spec.training.epochs,

@@ -17,7 +17,7 @@ from worker.kd.spec import JobSpec
 TRANSFER_TEXTS = 48  # what the student sees: a few dozen sentences
 EVAL_TEXTS = 200  # the evaluation file: enough tokens for a steady perplexity
 STUDENT = {"arch": "hf", "config": {"n_layer": 1, "n_embd": 32, "n_head": 2}}
-TRAINING = {"epochs": 12, "batch_size": 16, "learning_rate": 3e-3, "seed": 0, "device": "cpu",
+TRAINING = {"epochs": 40, "batch_size": 16, "learning_rate": 3e-3, "seed": 0, "device": "cpu",
             "weight_decay": 0.01, "schedule": "warmup_cosine", "warmup_fraction": 0.05}  # fmt: skip
 
 
