@@ -149,10 +149,11 @@ class PackedOutputs:
             return False
         tokens, squares = self.token_offsets[-1], self.square_offsets[-1]
         rows = tokens if self.needed.per_token else len(lengths)
-        width = self.needed.top_k or self.output.shape[-1]
+        top_widths = [self.output.shape[-1], 2 * len(self.needed.temperatures)]
         return (
             len(self.output) == rows
-            and self.output.shape[-1] == width
+            and [v.shape[-1] for v in self.top.values()]
+            == (top_widths if self.needed.top_k else [])
             and all(len(v) == tokens for v in (*self.hidden.values(), *self.top.values()))
             and all(len(v) == squares for v in self.attentions.values())
         )
