@@ -293,9 +293,11 @@ LANGUAGE_MODEL_HEADLINE: Rows = (
     ("next-token agreement", "agreement", "{:.4f}"),
     ("size reduction", "size_reduction", "{:.2%}"),
     ("speed-up (batch 1)", "speedup", "{:.2f}x"),
+    ("speed-up (batch 32)", "speedup_batch32", "{:.2f}x"),
     ("KD gain (perplexity cut)", "kd_gain", "{:.2%}"),
     ("cache bytes per token", "teacher_cache.bytes_per_token", "{:,.0f}"),
     ("dense bytes per token", "teacher_cache.dense_bytes_per_token", "{:,}"),
+    ("ONNX max abs diff", "onnx_max_abs_diff", "{:.1e}"),
 )
 TRANSFORMER_HEADLINE: Rows = (
     ("quality is", "quality_metric", "{}"),
