@@ -261,7 +261,8 @@ def jobs(
 
 
 # (label, field, format) per model, then for the whole report; a field "a.b" is nested.
-REPORT_ROWS = (
+Rows = tuple[tuple[str, str, str], ...]
+REPORT_ROWS: Rows = (
     ("accuracy", "accuracy", "{:.4f}"),
     ("top-5 accuracy", "top5_accuracy", "{:.4f}"),
     ("parameters", "parameters", "{:,}"),
@@ -270,21 +271,35 @@ REPORT_ROWS = (
     ("latency ms (batch 64)", "latency_ms_batch64", "{:.3f}"),
     ("throughput (samples/s)", "throughput_per_s", "{:,.0f}"),
 )
-REPORT_HEADLINE = (
+REPORT_HEADLINE: Rows = (
     ("agreement with teacher", "agreement", "{:.4f}"),
     ("quality retained", "quality_retained", "{:.2%}"),
     ("size reduction", "size_reduction", "{:.2%}"),
     ("speed-up", "speedup", "{:.2f}x"),
     ("KD gain over baseline", "kd_gain", "{:+.4f}"),
 )
-TRANSFORMER_ROWS = (
+TRANSFORMER_ROWS: Rows = (
     ("quality", "accuracy", "{:.4f}"),
     ("parameters", "parameters", "{:,}"),
     ("layers", "layers", "{}"),
     ("latency ms (batch 1)", "latency_ms_batch1", "{:.3f}"),
     ("latency ms (batch 32)", "latency_ms_batch32", "{:.3f}"),
 )
-TRANSFORMER_HEADLINE = (
+# A causal LM's (kd_gain: the baseline's relative perplexity reduction).
+LANGUAGE_MODEL_ROWS: Rows = (("perplexity", "perplexity", "{:.3f}"), *TRANSFORMER_ROWS)
+LANGUAGE_MODEL_HEADLINE: Rows = (
+    ("method", "method", "{}"),
+    ("sequence length", "sequence_length", "{}"),
+    ("next-token agreement", "agreement", "{:.4f}"),
+    ("size reduction", "size_reduction", "{:.2%}"),
+    ("speed-up (batch 1)", "speedup", "{:.2f}x"),
+    ("speed-up (batch 32)", "speedup_batch32", "{:.2f}x"),
+    ("KD gain (perplexity cut)", "kd_gain", "{:.2%}"),
+    ("cache bytes per token", "teacher_cache.bytes_per_token", "{:,.0f}"),
+    ("dense bytes per token", "teacher_cache.dense_bytes_per_token", "{:,}"),
+    ("ONNX max abs diff", "onnx_max_abs_diff", "{:.1e}"),
+)
+TRANSFORMER_HEADLINE: Rows = (
     ("quality is", "quality_metric", "{}"),
     ("sequence length", "sequence_length", "{}"),
     ("agreement with teacher", "agreement", "{:.4f}"),
@@ -319,6 +334,8 @@ def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
     rows, headline = (
         (TRANSFORMER_ROWS, TRANSFORMER_HEADLINE) if transformer else (REPORT_ROWS, REPORT_HEADLINE)
     )
+    if data.get("perplexity"):
+        rows, headline = LANGUAGE_MODEL_ROWS, LANGUAGE_MODEL_HEADLINE
     models = [name for name in ("teacher", "student", "baseline") if data.get(name)]
     table = Table("", *models, title=f"report for {job_id}")
     for label, field, fmt in rows:
@@ -326,7 +343,7 @@ def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
     lines = []
     for label, field, fmt in headline:
         value = _field(data, field)
-        if value is None and field.startswith("embedding."):
+        if value is None and field.startswith(("embedding.", "teacher_cache.")):
             continue
         shown = _fmt(fmt, value) if value is not None else "not measured"
         if field == "kd_gain" and value is None and data.get("baseline_skipped"):
@@ -338,6 +355,10 @@ def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
         chose = f"; chosen on {selection['split']} ({selection['samples']})" if selection else ""
         shown = f"{evaluation['split']} ({evaluation['samples']} samples, held out{chose})"
         lines.append(f"{'measured on':>24}: {shown}")
+    for sample in data.get("samples") or []:
+        lines.append(f"{'prompt':>24}: {sample['prompt']!r}")
+        lines.append(f"{'teacher':>24}: {sample['teacher']!r}")
+        lines.append(f"{'student':>24}: {sample['student']!r}")
     words = verdict_words(data)
     if words:
         lines.append(words)

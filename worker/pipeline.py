@@ -311,6 +311,7 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
         paths.get("dataset"),
         paths.get("student"),
         max_student_params=settings.max_student_params,
+        eval_dataset_path=paths.get("eval_dataset"),
     )
     planned: dict[str, Any] = {}
     if prepared.plan is not None:  # first claim: the chosen budget is stored with the job

@@ -152,3 +152,22 @@ def test_npz_checks_are_unchanged(client: TestClient, headers: dict) -> None:
 def test_teacher_uploads_are_not_held_to_dataset_rules(client: TestClient, headers: dict) -> None:
     assert upload(client, headers, "teacher", b"model bytes")["format"] == "unknown"
     assert upload(client, headers, "teacher", b"a,b\n1,2\n")["details"] == {}
+
+
+def test_prompt_and_chat_rows_are_accepted_and_bad_rows_named(
+    client: TestClient, headers: dict
+) -> None:
+    """Causal-LM rows: prompt (+ completion) and chat messages pass the upload check; a
+    malformed row is refused naming its line and what to fix."""
+    rows = (
+        b'{"prompt": "Q: 2+2?", "completion": " 4"}\n'
+        b'{"messages": [{"role": "user", "content": "hi"}, '
+        b'{"role": "assistant", "content": "hello"}]}\n'
+        b'{"text": "plain text"}\n'
+    )
+    details = upload(client, headers, "dataset", rows, "d.jsonl")["details"]
+    assert details["rows"] == {"text": 1, "prompt": 1, "messages": 1}
+    assert details["completions"] == 2
+    bad = b'{"prompt": "a"}\n{"messages": [{"role": "bot", "content": "x"}]}\n'
+    message = refused(client, headers, bad, "d.jsonl")
+    assert message.startswith("Line 2, messages[0]: 'role' must be one of"), message

@@ -81,3 +81,41 @@ def test_sequence_method_with_an_uploaded_student_through_the_api(
     assert {"generations.jsonl", "student.zip", "student_with_past.onnx"} <= names
     report = embedded.get(f"/v1/jobs/{job['id']}/report").json()
     assert report["method"] == "sequence" and report["speculative"]["identical"] is True
+
+
+def test_a_causal_lm_job_with_prompts_an_eval_file_and_top_k(embedded: Api, tmp_path: Path) -> None:
+    """Prompt/completion rows, a separate evaluation upload (dataset.eval_file_id) and
+    method top_k, through the API: the report is measured on the evaluation file, with
+    perplexities, samples and the cache's bytes per token."""
+    import json
+
+    from tests.worker.kd.hf.factories import sentences
+
+    def prompts(path: Path, n: int, seed: int) -> Path:
+        rows = []
+        for text, _ in sentences(n, seed):
+            first, _, rest = text.partition(" ")
+            rows.append({"prompt": first, "completion": " " + rest} if rest else {"text": text})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    teacher = embedded.upload(zip_dir(gpt2_dir(tmp_path / "m"), tmp_path / "t.zip"), "teacher")
+    dataset = embedded.upload(prompts(tmp_path / "d.jsonl", 40, 0), "dataset")
+    evaluation = embedded.upload(prompts(tmp_path / "e.jsonl", 12, 1), "dataset")
+    assert dataset["details"]["rows"]["prompt"] > 0
+    job = embedded.submit({
+        "teacher": {"file_id": teacher["id"]},
+        "student": {"arch": "hf", "config": {"n_layer": 1}},
+        "dataset": {"file_id": dataset["id"], "eval_file_id": evaluation["id"], "max_length": 24},
+        "distillation": {"method": "top_k", "top_k": 4},
+        "training": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+        "baseline": True,
+    })  # fmt: skip
+    job = embedded.wait(job["id"], timeout=240)
+    assert job["status"] == "succeeded", job
+    report = embedded.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["evaluation"]["split"] == "eval_file" and report["evaluation"]["samples"] == 12
+    assert report["method"] == "top_k" and len(report["samples"]) == 5
+    assert set(report["perplexity"]) == {"teacher", "student", "baseline"}
+    cache = report["teacher_cache"]
+    assert cache["top_k"] == 4 and cache["bytes_per_token"] < cache["dense_bytes_per_token"]

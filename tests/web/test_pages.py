@@ -201,3 +201,15 @@ def test_new_job_page_says_the_training_fields_are_planned(web: TestClient, key:
     seed = page[page.index('<input id="seed"') :].split(">", 1)[0]
     assert 'placeholder="0"' in seed  # the seed is not planned: its default is 0
     assert 'placeholder="default"' in page[page.index('<input id="temperature"') :].split(">")[0]
+
+
+def test_job_page_shows_a_language_models_figures_and_samples(web: TestClient, key: str) -> None:
+    """A causal LM's report fills perplexity rows and a samples table (app.js)."""
+    job = submit_job(web, key)
+    sign_in(web, key)
+    page = web.get(f"/jobs/{job['id']}").text
+    assert 'id="report-samples"' in page
+    script = web.get("/static/app.js").text
+    for needle in ("renderSamples(report)", '"Perplexity"', "Baseline perplexity",
+                   "Teacher cache per token", 'eval_file: "the evaluation file"'):  # fmt: skip
+        assert needle in script

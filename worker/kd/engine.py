@@ -34,7 +34,8 @@ class JobKindEntry:
     """How a kind of job is prepared and distilled."""
 
     prepare: Callable[
-        [JobSpec, Path, Path | None, Path | None, torch.device, int | None], AnyPrepared
+        [JobSpec, Path, Path | None, Path | None, torch.device, int | None, Path | None],
+        AnyPrepared,
     ]
     distill: Callable[
         [AnyPrepared, Path, Reporter, Checkpointing | None, TeacherCache | None], DistillResult
@@ -49,8 +50,9 @@ def _prepare_transformer(
     student_path: Path | None,
     device: torch.device,
     max_student_params: int | None,
+    eval_dataset_path: Path | None = None,
 ) -> HFPrepared:
-    return prepare_hf(spec, teacher_path, dataset_path, device, student_path)
+    return prepare_hf(spec, teacher_path, dataset_path, device, eval_dataset_path, student_path)
 
 
 JOBS: dict[JobKind, JobKindEntry] = {
@@ -70,9 +72,12 @@ def prepare(
     dataset_path: Path | None,
     student_path: Path | None = None,
     max_student_params: int | None = None,
+    eval_dataset_path: Path | None = None,
 ) -> AnyPrepared:
     """Load and check teacher and dataset against each other and the spec. `dataset_path`
-    is None for a builtin dataset; `student_path` is the file of an `arch: file` student.
+    is None for a builtin dataset; `student_path` is the file of an `arch: file` student;
+    `eval_dataset_path` the file of `dataset.eval_file_id` (a causal-LM job's
+    evaluation texts).
 
     The returned job's `spec.training` is always planned (worker.kd.budget): training
     fields the spec leaves None are chosen here, from the loaded data and the built
@@ -87,6 +92,7 @@ def prepare(
         None if student_path is None else Path(student_path),
         device,
         max_student_params,
+        None if eval_dataset_path is None else Path(eval_dataset_path),
     )
 
 

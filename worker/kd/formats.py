@@ -24,6 +24,8 @@ HF_PICKLED_WEIGHTS = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
 NPY_MAGIC = b"\x93NUMPY"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HEAD_BYTES = 512
+# The keys that make a JSONL row a text example (worker.kd.hf.textdata reads them).
+JSONL_ROW_KEYS = ("text", "prompt", "messages")
 ACCEPTED = (
     "an NPZ of arrays (np.savez), a CSV file with a header row, or a ZIP of image folders "
     "(one folder per class, PNG/JPEG)"
@@ -181,7 +183,8 @@ def decode_head(head: bytes) -> str | None:
 
 
 def sniff_text(head: bytes) -> TextFormat | None:
-    """`jsonl` when the first line is a JSON object with a `text`; `text` for UTF-8 lines
+    """`jsonl` when the first line is a JSON object with a `text`, `prompt` or `messages`
+    (the row kinds of worker.kd.hf.textdata); `text` for UTF-8 lines
     with no delimiters (so a CSV is never taken for text); else None."""
     decoded = decode_head(head)
     if decoded is None or "\n" not in decoded:
@@ -203,8 +206,9 @@ def _first_object_has_text(first: str, decoded: str) -> bool:
     try:
         value = json.loads(first)
     except ValueError:
-        return "\n" not in decoded and '"text"' in first  # a first line longer than the head
-    return isinstance(value, dict) and "text" in value
+        # a first line longer than the head
+        return "\n" not in decoded and any(f'"{key}"' in first for key in JSONL_ROW_KEYS)
+    return isinstance(value, dict) and any(key in value for key in JSONL_ROW_KEYS)
 
 
 def _is_number(value: str) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 
 from worker.kd.budget import Plan
 from worker.kd.datasets.splits import Splits
-from worker.kd.hf.data import Encoded
+from worker.kd.hf.data import Encoded, TextSplits
 from worker.kd.hf.models import LoadedTeacher
 from worker.kd.hf.objective import TransformerObjective
 from worker.kd.spec import JobSpec
@@ -44,7 +44,9 @@ class Prepared:
 
 @dataclass
 class HFPrepared:
-    """A transformer job (Hugging Face teacher) checked and loaded, ready to train."""
+    """A transformer job (Hugging Face teacher) checked and loaded, ready to train: `val`
+    selects (best epoch, early stopping), `evaluation` is what the report is measured on,
+    used for no choice (`worker.kd.hf.data`'s three splits)."""
 
     spec: JobSpec
     teacher: LoadedTeacher
@@ -59,6 +61,13 @@ class HFPrepared:
     student_path: Path | None = None  # an `hf_file` student's uploaded model ZIP
     # method sequence: the teacher's completions (worker.kd.tasks.sequence_kd.Generated)
     generated: list[Any] | None = None
+    splits: TextSplits | None = None  # None: `val` is all there is (a caller's own split)
+    eval_dataset_path: Path | None = None  # dataset.eval_file_id's upload
+
+    @property
+    def evaluation(self) -> Encoded:
+        """The texts the report is measured on."""
+        return self.val if self.splits is None else self.splits.evaluation
 
     @property
     def task(self) -> str:

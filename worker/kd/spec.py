@@ -494,8 +494,15 @@ class JobSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_recipe(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("distillation") is None:
+        if not isinstance(data, dict):
+            return data
+        stated = data.get("distillation")
+        if stated is None:
             return {**data, "distillation": DEFAULT_RECIPES[job_kind_of(data)]}
+        if isinstance(stated, dict) and job_kind_of(data) == "transformer":
+            # A transformer section that states other fields (a causal LM's `method`,
+            # `cache_teacher`, ...) keeps the measured temperature and alpha it leaves out.
+            return {**data, "distillation": {**DEFAULT_RECIPES["transformer"], **stated}}
         return data
 
     teacher: TeacherSpec

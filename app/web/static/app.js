@@ -273,23 +273,47 @@
       ["Serialized size", formatBytes(t.serialized_bytes), formatBytes(s.serialized_bytes), "bytes"],
       ["Latency, batch 1 (ms)", formatFixed(t.latency_ms_batch1, 3), formatFixed(s.latency_ms_batch1, 3), "latency"],
     ];
-    const gain = report.kd_gain === null || report.kd_gain === undefined
-      ? "not measured (no baseline)"
-      : (report.kd_gain >= 0 ? "+" : "") + (report.kd_gain * 100).toFixed(2) + " points";
+    const ppl = report.perplexity;
+    const measured = report.kd_gain !== null && report.kd_gain !== undefined;
+    let gain = "not measured (no baseline)";
+    if (measured && ppl) gain = formatPercent(report.kd_gain) + " lower perplexity than the baseline";
+    else if (measured) gain = (report.kd_gain >= 0 ? "+" : "") + (report.kd_gain * 100).toFixed(2) + " points";
     const summary = [
-      ["Agreement with teacher", formatPercent(report.agreement), "agreement"],
+      [ppl ? "Next-token agreement" : "Agreement with teacher", formatPercent(report.agreement), "agreement"],
       ["Quality retained", formatPercent(report.quality_retained), "quality-retained"],
       ["Size reduction", formatPercent(report.size_reduction), "size-reduction"],
       ["Speed-up", report.speedup === null || report.speedup === undefined ? "—" : formatFixed(report.speedup, 2) + "×", "speedup"],
       ["KD gain", gain, "kd-gain"],
     ];
+    if (ppl) {
+      models.unshift(["Perplexity", formatFixed(ppl.teacher, 3), formatFixed(ppl.student, 3), "perplexity"]);
+      if (ppl.baseline !== undefined) summary.push(["Baseline perplexity (no teacher)", formatFixed(ppl.baseline, 3), "baseline-perplexity"]);
+      summary.push(["Method", report.method || "logits", "method"]);
+      const cache = report.teacher_cache || {};
+      if (typeof cache.bytes_per_token === "number") {
+        summary.push(["Teacher cache per token", `${formatBytes(cache.bytes_per_token)} (dense ${formatBytes(cache.dense_bytes_per_token)})`, "cache-bytes"]);
+      }
+    }
     return { models, summary };
+  }
+
+  /** A causal LM's prompts with the teacher's and the student's completions. */
+  function renderSamples(report) {
+    const box = document.getElementById("report-samples");
+    if (!box) return;
+    const samples = Array.isArray(report.samples) ? report.samples : [];
+    box.querySelector("tbody").replaceChildren(
+      ...samples.map((s) => el("tr", {}, el("td", {}, s.prompt), el("td", {}, s.teacher), el("td", {}, s.student))),
+    );
+    box.hidden = samples.length === 0;
   }
 
   const VALIDATION_SOURCES = {
     x_test: "the dataset's x_test",
     x_val: "the dataset's x_val",
     split: "carved from the data",
+    carved: "carved from the data",
+    eval_file: "the evaluation file",
   };
 
   const VERDICT_BADGES = {
@@ -366,6 +390,7 @@
     );
     setText("report-note", reportNote(report));
     renderVerdict(report);
+    renderSamples(report);
     if (Array.isArray(report.loss) && report.loss.length) setText("job-loss", report.loss.join(" + "));
     document.getElementById("artifacts").replaceChildren(
       ...artifacts.map((artifact) =>

@@ -18,7 +18,7 @@ from torch import nn
 from worker.kd.errors import shorten
 from worker.kd.exports.onnx import TOLERANCE, Signature, export_checked
 from worker.kd.hf import measure
-from worker.kd.hf.generate import split_prompt
+from worker.kd.hf.generate import prompt_split
 from worker.kd.hf.models import config_of
 from worker.kd.jobs import HFPrepared
 from worker.kd.training.reporting import RecordingReporter
@@ -226,7 +226,7 @@ def _export_with_past(prepared: HFPrepared, model: nn.Module, path: Path) -> dic
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, example, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=TRACE_OPSET, dynamo=False)  # fmt: skip
-    prompts = [split_prompt(f["input_ids"])[0] for f in val.features[:CHECK_PROMPTS]]
+    prompts = [prompt_split(val, i)[0] for i in range(min(len(val), CHECK_PROMPTS))]
     worst = max(_decode_check(model, path, prompt, layers, heads, head_dim) for prompt in prompts)
     if worst > TOLERANCE * 100:
         raise ValueError(f"onnxruntime differs from PyTorch by {worst:.3g} while decoding")

@@ -3,9 +3,10 @@
 text, seeded sampling, and batches of (prompt, completion) with a mask of the completion
 tokens the loss reads.
 
-Until datasets carry prompt rows, a text's prompt is its first half of tokens (at least one
-token; `split_prompt`) and the rest is the data's completion. Everything below takes
-(prompt ids, optional completion ids) pairs, so prompt rows plug in unchanged.
+A text's prompt is its row's own (prompt/completion rows and chats: `prompt_split`); a
+plain text's is its first half of tokens (at least one token; `split_prompt`) and the rest
+is the data's completion. Everything below takes (prompt ids, optional completion ids)
+pairs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from worker.kd.hf.data import Encoded
 from worker.kd.spec import GenerationSpec
 
-PROMPT_SHARE = 0.5  # of a text's tokens, until datasets have prompt rows
+PROMPT_SHARE = 0.5  # of a plain text's tokens
 
 
 def split_prompt(ids: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -27,6 +29,14 @@ def split_prompt(ids: Sequence[int]) -> tuple[list[int], list[int]]:
     the rest."""
     cut = max(1, int(len(ids) * PROMPT_SHARE))
     return list(ids[:cut]), list(ids[cut:])
+
+
+def prompt_split(data: Encoded, index: int) -> tuple[list[int], list[int]]:
+    """(prompt, completion) token ids of one text: the row's own prompt where it has one
+    (prompt/completion rows, chats), else `split_prompt`."""
+    ids = data.features[index]["input_ids"]
+    cut = data.prompt_lengths[index] if data.prompt_lengths else 0
+    return (list(ids[:cut]), list(ids[cut:])) if cut else split_prompt(ids)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.kd.hf.data import Encoded
+from worker.kd.hf.data import Encoded, target_mask
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import forward
 from worker.kd.training.evaluate import paired_times_ms
@@ -50,7 +50,7 @@ def predict(
             batch = val.batch(idx, tokenizer, device)
             out = forward(model, task, batch, layout).output.float()
             if task == "causal_lm":
-                mask = batch["attention_mask"].bool()
+                mask = target_mask(batch)  # (B, T): completions only, where rows have prompts
                 result.outputs.append(out[:, :-1][mask[:, 1:]].cpu())
                 result.targets.append(batch["input_ids"][:, 1:][mask[:, 1:]].cpu())
             else:
@@ -68,6 +68,52 @@ def quality(task: str, mine: ValOutputs, teacher: ValOutputs) -> float:
         return retrieval_agreement(out, torch.cat(teacher.outputs))
     targets = torch.cat(mine.targets) if mine.targets else torch.cat(teacher.outputs).argmax(-1)
     return float((out.argmax(dim=-1) == targets).float().mean())
+
+
+def perplexity(mine: ValOutputs) -> float:
+    """exp of the mean next-token cross-entropy over the scored tokens (a causal LM's
+    `predict` outputs: completions only where texts have prompts)."""
+    logits, targets = torch.cat(mine.outputs), torch.cat(mine.targets)  # (N, V), (N,)
+    return float(torch.exp(F.cross_entropy(logits.float(), targets)))
+
+
+SAMPLE_PROMPTS = 5
+SAMPLE_NEW_TOKENS = 16
+SAMPLE_PROMPT_TOKENS = 8  # a text without a prompt: its first tokens (at most half) prompt
+
+
+def sample_prompts(data: Encoded, tokenizer: Any, count: int = SAMPLE_PROMPTS) -> list[str]:
+    """Up to `count` prompts from the texts: a row's own prompt, else a text's first
+    tokens (at most half of them, at most SAMPLE_PROMPT_TOKENS)."""
+    prompts = []
+    for example, features in zip(data.examples[:count], data.features[:count], strict=False):
+        if example.prompt is not None and example.completion is not None:
+            prompts.append(example.prompt)
+            continue
+        ids = features["input_ids"]
+        keep = max(1, min(SAMPLE_PROMPT_TOKENS, len(ids) // 2))
+        prompts.append(tokenizer.decode(ids[:keep]))
+    return prompts
+
+
+def greedy_completions(
+    model: Any, tokenizer: Any, prompts: list[str], device: torch.device,
+    max_new_tokens: int = SAMPLE_NEW_TOKENS,
+) -> list[str]:  # fmt: skip
+    """Each prompt's greedy continuation (the new text only), one prompt at a time (no
+    padding to get wrong)."""
+    model.eval()
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    completions = []
+    with torch.no_grad():
+        for prompt in prompts:
+            encoded = tokenizer(prompt, return_tensors="pt").to(device)
+            out = model.generate(
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=end
+            )  # (1, T + new)
+            new = out[0, encoded["input_ids"].shape[1] :]
+            completions.append(tokenizer.decode(new, skip_special_tokens=True))
+    return completions
 
 
 def retrieval_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:

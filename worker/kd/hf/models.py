@@ -23,7 +23,9 @@ from worker.kd.errors import (
     InvalidTeacher,
     shorten,
 )
+from worker.kd.hf.data import LOSS_MASK
 from worker.kd.hf.layout import ModelLayout, config_value, read_layout
+from worker.kd.hf.topk import TopK
 from worker.kd.spec import FromTeacherStudent, HFFileStudent, HFStudent
 
 MODEL_LIMITS = ArchiveLimits(max_members=10_000, max_total_bytes=16 * 1024**3, max_ratio=1000.0)
@@ -57,6 +59,8 @@ class Outputs:
     output: torch.Tensor  # (B, K) logits | (B, D) embedding | (B, T, V) next-token logits
     hidden_states: tuple[torch.Tensor, ...] = ()  # L+1 of (B, T, H); [0] is the embeddings
     attentions: tuple[torch.Tensor, ...] = ()  # L of (B, heads, T, T)
+    # method top_k: `output` holds the teacher's k largest logits (B, T, k), these the rest.
+    top_k: TopK | None = None
 
 
 def load_teacher(path: Path, task: str | None) -> LoadedTeacher:
@@ -127,9 +131,11 @@ def forward(
     hidden: bool = False,
     attentions: bool = False,
 ) -> Outputs:
-    """The task's output for a padded batch (`input_ids`, `attention_mask`, ...)."""
+    """The task's output for a padded batch (`input_ids`, `attention_mask`, ...; its
+    `loss_mask` is the objective's, not the model's)."""
     extra = {"use_cache": False} if task == "causal_lm" else {}
-    out = model(**batch, output_hidden_states=hidden or task == "sentence_embedding",
+    inputs = {name: value for name, value in batch.items() if name != LOSS_MASK}
+    out = model(**inputs, output_hidden_states=hidden or task == "sentence_embedding",
                 output_attentions=attentions, **extra)  # fmt: skip
     states = tuple(out.hidden_states) if out.hidden_states is not None else ()
     if task == "sentence_embedding":

@@ -16,7 +16,9 @@ from torch import nn
 
 from worker.kd.catalogue import LOGIT_TASKS, LOSS_CATALOGUE, TRANSFORMER_TASKS
 from worker.kd.errors import InvalidSpec
+from worker.kd.hf.data import target_mask
 from worker.kd.hf.models import Outputs
+from worker.kd.hf.topk import TopK, as_logits, bucket_log_probs
 from worker.kd.losses import DistillationLoss, LossInputs, get_loss, loss_info
 from worker.kd.losses.transformer import attention_log_probs
 from worker.kd.spec import JobSpec
@@ -98,22 +100,45 @@ class TransformerObjective(nn.Module):
         labels: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch["attention_mask"].bool()  # (B, T)
-        s_out, t_out = self.rows(student.output, mask), self.rows(teacher.output, mask)
-        targets = next_tokens(batch["input_ids"], mask) if self.task == "causal_lm" else labels
+        learned = target_mask(batch)  # (B, T): completions only, where rows have prompts
+        s_out, t_out = self.rows(student.output, learned), self.rows(teacher.output, learned)
+        targets = next_tokens(batch["input_ids"], learned) if self.task == "causal_lm" else labels
+        top = teacher.top_k.rows(learned) if teacher.top_k is not None else None
         total = torch.zeros((), device=mask.device)
         parts: dict[str, torch.Tensor] = {}
         for term in self.terms:
             if term.pairs:
                 value = self._layers(term, student, teacher, mask)
+            elif top is not None and term.loss.family == "response":
+                value = self._top_k(term, s_out, t_out, top, targets)
             else:
                 value = term.loss.compute(LossInputs(s_out, t_out, targets))
             total = total + term.weight * value
             parts[term.name] = value.detach()
         return total, parts
 
+    @property
+    def temperatures(self) -> tuple[float, ...]:
+        """The temperatures of the terms that compare next-token distributions (what
+        top-k targets store normalisers for), in order, once each."""
+        found = [kd_temperature(t.loss) for t in self.terms]
+        return tuple(dict.fromkeys(t for t in found if t is not None))
+
+    @staticmethod
+    def _top_k(
+        term: Term, s_out: torch.Tensor, values: torch.Tensor, top: TopK,
+        targets: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """A KD term on the k + 1 buckets of top-k targets (worker.kd.hf.topk): both
+        sides' bucket log-probabilities, as logits the term's own temperature undoes."""
+        t = kd_temperature(term.loss)
+        assert t is not None  # build_objective refuses other response terms with top_k
+        s_log, t_log = bucket_log_probs(s_out, values, top, t)  # (N, k + 1) each
+        return term.loss.compute(LossInputs(as_logits(s_log, t), as_logits(t_log, t), targets))
+
     def rows(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-sample rows (B, K) or, for next-token logits, one row per predicted real token
-        (N, V)."""
+        """Per-sample rows (B, K) or, for next-token logits, one row per predicted token that
+        `mask` (B, T) marks (N, V)."""
         if self.task != "causal_lm":
             return output
         return output[:, :-1][mask[:, 1:]]  # (N, V)
@@ -128,6 +153,13 @@ class TransformerObjective(nn.Module):
                 t = teacher.attentions[t_layer - 1].transpose(1, 2)[mask]
             values.append(term.loss.compute(LossInputs(s, t, None, s, t)))
         return torch.stack(values).mean()
+
+
+def kd_temperature(loss: DistillationLoss) -> float | None:
+    """The temperature of a term comparing softened distributions (soft_ce, kd,
+    reverse_kl, jsd), None for any other."""
+    value = getattr(loss, "temperature", None)
+    return float(value) if loss.family == "response" and isinstance(value, int | float) else None
 
 
 def next_tokens(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -152,6 +184,14 @@ def build_objective(
         _term(i, r, task, labeled, mapping, (s_width, t_width), (student_config, teacher_config))
         for i, r in enumerate(raw)
     ]
+    if task == "causal_lm" and spec.distillation.method == "top_k":
+        for i, term in enumerate(terms):
+            if term.loss.family == "response" and kd_temperature(term.loss) is None:
+                raise InvalidSpec(
+                    f"distillation.losses[{i}]: {term.name!r} compares whole logit vectors; "
+                    "method top_k keeps the teacher's top-k logits per token: use soft_ce, kd, "
+                    "reverse_kl or jsd."
+                )
     names = [t.name for t in terms]
     for i, term in enumerate(terms):
         if names.count(term.name) > 1:

@@ -5,6 +5,7 @@ Each loss is registered under a name and belongs to one family:
     family     names                                     inputs
     response   hinton, kd, dkd (labels), logit_mse       student and teacher logits
     feature    hint*, attention, cosine*                 one student and one teacher layer
+    divergence  reverse_kl, jsd (causal LMs)                 next-token logits
     transformer soft_ce, embedding_mse (response);        logits / embeddings; token states
                hidden_cosine, self_attention_kl (feature)     and attention maps (worker.kd.hf)
     relation   rkd_distance, rkd_angle, sp, pkt          one student and one teacher layer
@@ -34,7 +35,7 @@ student's. The training loop's default, `get_loss("hinton", temperature=, alpha=
 returns `LossParts` from its forward.
 """
 
-from worker.kd.losses import feature, label, relation, response, transformer
+from worker.kd.losses import divergence, feature, label, relation, response, transformer
 from worker.kd.losses.base import DistillationLoss, Family, LayerLoss, LogitLoss, LossInputs
 from worker.kd.losses.composite import (
     CompositeLoss,
@@ -43,6 +44,7 @@ from worker.kd.losses.composite import (
     build_loss_terms,
     shape_key,
 )
+from worker.kd.losses.divergence import GeneralizedJSD, ReverseKL, generalized_jsd, reverse_kl
 from worker.kd.losses.feature import Attention, Cosine, Hint
 from worker.kd.losses.label import CrossEntropy
 from worker.kd.losses.registry import (
@@ -71,6 +73,7 @@ __all__ = [
     "DistillationLoss",
     "EmbeddingMSE",
     "Family",
+    "GeneralizedJSD",
     "HiddenCosine",
     "Hint",
     "HintonKDLoss",
@@ -83,10 +86,13 @@ __all__ = [
     "LossTerm",
     "RKDAngle",
     "RKDDistance",
+    "ReverseKL",
     "SimilarityPreserving",
     "SoftTargetCE",
     "build_loss_terms",
+    "divergence",
     "feature",
+    "generalized_jsd",
     "get_loss",
     "label",
     "loss_class",
@@ -94,6 +100,7 @@ __all__ = [
     "register_loss",
     "relation",
     "response",
+    "reverse_kl",
     "shape_key",
     "transformer",
 ]

@@ -22,7 +22,9 @@ from worker.kd.catalogue import TRANSFORMER_TASKS
 
 # 3: `kind` names the task kind; one model for every task.
 # 4: figures on a held-out evaluation split (`evaluation`); `verdict` an object.
-REPORT_SCHEMA_VERSION = 4
+# 5: transformer jobs too report on a held-out evaluation split (or a causal LM's own
+#    evaluation file); a causal LM's kd_gain is the relative perplexity reduction.
+REPORT_SCHEMA_VERSION = 5
 
 
 class _Open(BaseModel):
@@ -48,6 +50,9 @@ class ModelFigures(_Open):
     epochs: int | None = None
     steps: int | None = None
     train_seconds: float | None = None
+    perplexity: float | None = Field(
+        None, description="Causal LMs: exp(mean next-token cross-entropy), evaluation texts."
+    )
 
 
 class Validation(_Open):
@@ -62,7 +67,9 @@ class Evaluation(_Open):
     """The split the headline figures were measured on, used for no choice, and the
     selection split that chose (best epoch, early stopping, a search's trials)."""
 
-    split: Literal["x_test", "x_val", "carved"]
+    split: Literal["x_test", "x_val", "carved", "eval_file"] = Field(
+        description="eval_file: a causal-LM job's dataset.eval_file_id upload."
+    )
     samples: int
     selection: dict[str, Any] | None = Field(
         None, description='The selection split: {"split": "x_val" | "carved", "samples": n}.'
@@ -110,7 +117,9 @@ class ReportBase(_Open):
     size_reduction: float | None = None
     speedup: float | None = Field(None, description="Teacher latency / student's, batch 1.")
     kd_gain: float | None = Field(
-        None, description="Student quality minus the teacher-free baseline's, same measure."
+        None,
+        description="Student quality minus the teacher-free baseline's, same measure; for "
+        "causal LMs (baseline perplexity - student perplexity) / baseline perplexity.",
     )
     device: str
     epochs: int
@@ -158,7 +167,8 @@ class TransformerReport(ReportBase):
     loss: list[str] = Field(default_factory=list)
     resumable: bool = True
     embedding: dict[str, float] | None = None
-    method: str | None = Field(None, description="Causal LMs: distillation.method.")
+    # Causal LMs.
+    method: str | None = Field(None, description="distillation.method")
     onnx_with_past: dict[str, Any] | None = Field(
         None,
         description="Causal LMs: student_with_past.onnx (a decoding step with past key "
@@ -167,6 +177,21 @@ class TransformerReport(ReportBase):
     generation_speed: dict[str, Any] | None = Field(
         None,
         description="Causal LMs: greedy generation tokens/s of teacher and student, batch 1 and 8.",
+    )
+    next_token_agreement: float | None = Field(
+        None,
+        description="Share of evaluation tokens whose top-1 next token the student and "
+        "teacher agree on.",
+    )
+    samples: list[dict[str, str]] | None = Field(
+        None,
+        description="Prompts from the evaluation texts with teacher and student greedy "
+        "completions: {prompt, teacher, student}.",
+    )
+    teacher_cache: dict[str, Any] | None = Field(
+        None,
+        description="The teacher outputs the job trained from: method, bytes, tokens, "
+        "bytes_per_token and the dense equivalent (dense_bytes_per_token).",
     )
 
 

@@ -79,6 +79,8 @@ def _summarize(report: dict[str, Any]) -> str:
 
 
 def _summarize_transformer(report: dict[str, Any]) -> str:
+    if report.get("perplexity"):
+        return _summarize_language_model(report)
     retained = report["quality_retained"]
     kept = "n/a" if retained is None else f"{retained:.1%}"
     return (
@@ -88,6 +90,32 @@ def _summarize_transformer(report: dict[str, Any]) -> str:
         f"teacher's speed at batch 1 and {report['speedup_batch32']:.2f}x at batch 32 "
         f"(sequence length {report['sequence_length']})" + _gain_clause(report) + "."
     )
+
+
+def _summarize_language_model(report: dict[str, Any]) -> str:
+    """A causal LM: perplexities on the evaluation texts, agreement, size and speed, and
+    the gain as the baseline's relative perplexity reduction."""
+    ppl = report["perplexity"]
+    baseline = f", baseline without the teacher {ppl['baseline']:.3f}" if "baseline" in ppl else ""
+    gain = ""
+    if report["kd_gain"] is not None:
+        gain = f"; distillation cut the baseline's perplexity by {report['kd_gain']:.1%}"
+    elif report.get("baseline_skipped"):
+        gain = f"; no baseline ({report['baseline_skipped']})"
+    return (
+        f"Student causal_lm perplexity {ppl['student']:.3f} vs teacher {ppl['teacher']:.3f}"
+        f"{baseline} ({_method(report)}); next-token agreement with the teacher "
+        f"{report['agreement']:.1%}; {report['size_reduction']:.1%} fewer parameters; "
+        f"{report['speedup']:.2f}x the teacher's speed at batch 1{gain}."
+    )
+
+
+def _method(report: dict[str, Any]) -> str:
+    method = report.get("method") or "logits"
+    cache = report.get("teacher_cache") or {}
+    if method == "top_k" and cache.get("top_k"):
+        return f"method top_k, k = {cache['top_k']}"
+    return f"method {method}"
 
 
 def _gain_clause(report: dict[str, Any]) -> str:
@@ -103,7 +131,15 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     verdict = {"verdict": report["verdict"]} if report.get("verdict") else {}
     if is_transformer(report):
         keys = ("quality_retained", "size_reduction", "speedup", "speedup_batch32", "kd_gain")
-        return {**{key: report[key] for key in keys}, **verdict}
+        figures = {key: report[key] for key in keys}
+        if report.get("perplexity"):  # a causal LM
+            figures["perplexity"] = report["perplexity"]
+            figures["next_token_agreement"] = report.get("next_token_agreement")
+            figures["method"] = report.get("method")
+            cache = report.get("teacher_cache") or {}
+            if cache.get("bytes_per_token") is not None:
+                figures["cache_bytes_per_token"] = cache["bytes_per_token"]
+        return {**figures, **verdict}
     return {
         "student_accuracy": report["student"]["accuracy"],
         "teacher_accuracy": report["teacher"]["accuracy"],
@@ -223,13 +259,15 @@ def _transformer_card(report: dict[str, Any]) -> str:
         "```",
         "",
     ]
+    if report.get("perplexity"):
+        lines += language_model_lines(report)
     return "\n".join(lines + _generation_lines(report))
 
 
 def _generation_lines(report: dict[str, Any]) -> list[str]:
     """A causal LM's method, its figures as the teacher's draft model and its speed."""
     lines = []
-    if report.get("method"):
+    if report.get("method") and not report.get("perplexity"):  # else said with perplexity
         lines.append(f"Distilled with method `{report['method']}`.")
     draft = report.get("speculative")
     if draft:
@@ -248,3 +286,44 @@ def _generation_lines(report: dict[str, Any]) -> list[str]:
         ]
         lines.append(f"Greedy generation, new tokens/s: {'; '.join(per)}.")
     return [*lines, ""] if lines else []
+
+
+def language_model_lines(report: dict[str, Any]) -> list[str]:
+    """A causal LM's card section: perplexities, the cache, and sample completions."""
+    evaluation = report.get("evaluation") or {}
+    where = {"eval_file": "the evaluation file (dataset.eval_file_id)",
+             "carved": "texts held out of the dataset"}.get(evaluation.get("split", ""),
+                                                           "the validation texts")  # fmt: skip
+    ppl = report["perplexity"]
+    lines = [
+        "## Language model",
+        "",
+        f"Measured on {report['validation']['samples']} texts of {where}, used for no choice "
+        "during training (completion tokens only where texts have prompts):",
+        "",
+        "| | perplexity |",
+        "| --- | --- |",
+        *(f"| {name} | {ppl[name]:.3f} |" for name in MODELS if name in ppl),
+        "",
+        f"- Next-token top-1 agreement with the teacher: {_num(report.get('agreement'))}",
+        f"- Relative perplexity reduction over the baseline (kd_gain): {_pct(report['kd_gain'])}",
+        f"- {_method(report).capitalize()}",
+    ]
+    cache = report.get("teacher_cache") or {}
+    if cache.get("bytes_per_token") is not None:
+        lines.append(
+            f"- Teacher outputs cached: {cache['bytes_per_token']:,.0f} bytes per token "
+            f"(dense logits: {cache['dense_bytes_per_token']:,} bytes per token)"
+        )
+    samples = report.get("samples") or []
+    if samples:
+        lines += ["", "### Samples (greedy)", "", "| prompt | teacher | student |",
+                  "| --- | --- | --- |"]  # fmt: skip
+        lines += [f"| {_cell(x['prompt'])} | {_cell(x['teacher'])} | {_cell(x['student'])} |"
+                  for x in samples]  # fmt: skip
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    """Text in a Markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|") or " "

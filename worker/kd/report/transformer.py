@@ -1,6 +1,7 @@
 """A transformer's report (report.json): the DistilBERT triple, quality retained,
 parameter reduction and speed-up at batch 1 and 32 for a stated sequence length, measured
-here on the validation texts; with a baseline, what distillation added."""
+here on the evaluation texts (which chose nothing); with a baseline, what distillation
+added. A causal LM's adds perplexities, next-token agreement and sample completions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from worker.kd.hf import measure
-from worker.kd.hf.generate import split_prompt
+from worker.kd.hf.data import Encoded
+from worker.kd.hf.generate import prompt_split
 from worker.kd.hf.models import num_layers
 from worker.kd.hf.speculative import generation_speed, speculative
 from worker.kd.jobs import HFPrepared, Trained
@@ -21,10 +23,13 @@ from worker.kd.training.evaluate import count_parameters
 from worker.kd.training.trainer import TrainOutcome
 
 
-def predict(prepared: HFPrepared, model: nn.Module) -> measure.ValOutputs:
-    """`model`'s outputs on the job's validation texts."""
+def predict(
+    prepared: HFPrepared, model: nn.Module, texts: Encoded | None = None
+) -> measure.ValOutputs:
+    """`model`'s outputs on `texts` (default: the job's selection texts)."""
     t = prepared.teacher
-    return measure.predict(model, prepared.task, prepared.val, t.tokenizer, t.layout,
+    texts = prepared.val if texts is None else texts
+    return measure.predict(model, prepared.task, texts, t.tokenizer, t.layout,
                            prepared.device)  # fmt: skip
 
 
@@ -37,13 +42,18 @@ def transformer_report(
     baseline: Trained | None = None,
     baseline_skipped: str | None = None,
     onnx_with_past: dict[str, Any] | None = None,
+    teacher_cache: dict[str, Any] | None = None,
 ) -> TransformerReport:
     """report.json: the DistilBERT triple (quality retained, parameter reduction, speed-up
-    at batch 1 and 32 for a stated sequence length), measured here; with a baseline, what
-    distillation added (kd_gain: student quality minus the baseline's, same measure)."""
+    at batch 1 and 32 for a stated sequence length), measured here on the evaluation
+    texts; with a baseline, what distillation added (kd_gain: student quality minus the
+    baseline's, same measure; for a causal LM the relative perplexity reduction).
+    `teacher_val` is the teacher's outputs on the evaluation texts when the caller has
+    them."""
     task, teacher = prepared.task, prepared.teacher
-    t_out = teacher_val if teacher_val is not None else predict(prepared, teacher.model)
-    s_out = predict(prepared, prepared.student)
+    texts = prepared.evaluation
+    t_out = teacher_val if teacher_val is not None else predict(prepared, teacher.model, texts)
+    s_out = predict(prepared, prepared.student, texts)
     t_quality, s_quality = measure.quality(task, t_out, t_out), measure.quality(task, s_out, t_out)
     t_params, s_params = count_parameters(teacher.model), count_parameters(prepared.student)
     length = prepared.spec.dataset.max_length
@@ -58,7 +68,7 @@ def transformer_report(
         "kind": task,
         "task": task,
         "quality_metric": measure.QUALITY_METRICS[task],
-        "validation": {"samples": len(prepared.val), "labels": labels},
+        "validation": {"samples": len(texts), "labels": labels},
         "sequence_length": length,
         "teacher": _summary(teacher.model, t_quality, t_params, timings["teacher"]),
         "student": {
@@ -84,8 +94,12 @@ def transformer_report(
         "onnx_max_abs_diff": onnx_max_abs_diff,
         "resumable": True,
     }
+    if prepared.splits is not None:
+        report["evaluation"] = prepared.splits.describe()
+        report["validation"]["source"] = prepared.splits.evaluation_split
+    b_out = None
     if baseline is not None:
-        b_out = predict(prepared, baseline.student)
+        b_out = predict(prepared, baseline.student, texts)
         b_quality = measure.quality(task, b_out, t_out)
         report["baseline"] = {
             "accuracy": b_quality,
@@ -101,7 +115,8 @@ def transformer_report(
     elif baseline_skipped is not None:
         report["verdict"] = no_verdict(baseline_skipped)
     if task == "causal_lm":
-        report.update(generation_figures(prepared))
+        _language_model(report, prepared, texts, (t_out, s_out, b_out), baseline, teacher_cache)
+        report.update(generation_figures(prepared, texts))
         report["onnx_with_past"] = onnx_with_past
     if task == "sentence_embedding":
         s_emb, t_emb = torch.cat(s_out.outputs), torch.cat(t_out.outputs)
@@ -112,11 +127,11 @@ def transformer_report(
     return TransformerReport.model_validate(report)
 
 
-def generation_figures(prepared: HFPrepared) -> dict[str, Any]:
+def generation_figures(prepared: HFPrepared, texts: Encoded) -> dict[str, Any]:
     """A causal LM's method, the student as the teacher's draft model (`speculative`) and
-    both models' generation tokens/s at batch 1 and 8, on the validation texts' prompts."""
+    both models' generation tokens/s at batch 1 and 8, on the evaluation texts' prompts."""
     teacher, spec = prepared.teacher, prepared.spec
-    prompts = [split_prompt(f["input_ids"])[0] for f in prepared.val.features]
+    prompts = [prompt_split(texts, i)[0] for i in range(len(texts))]
     pad, eos = int(teacher.tokenizer.pad_token_id), teacher.tokenizer.eos_token_id
     wanted = spec.distillation.generation.max_new_tokens
     args = (teacher.model, prepared.student, prompts, wanted, pad, eos)
@@ -125,6 +140,55 @@ def generation_figures(prepared: HFPrepared) -> dict[str, Any]:
         "speculative": speculative(*args),
         "generation_speed": generation_speed(*args),
     }
+
+
+def _language_model(
+    report: dict[str, Any],
+    prepared: HFPrepared,
+    texts: Encoded,
+    outputs: tuple[measure.ValOutputs, measure.ValOutputs, measure.ValOutputs | None],
+    baseline: Trained | None,
+    teacher_cache: dict[str, Any] | None,
+) -> None:
+    """A causal LM's figures on the evaluation texts: perplexities (kd_gain the baseline's
+    relative perplexity reduction), the method and its teacher-output cache, and greedy
+    completions of a few prompts by teacher and student side by side."""
+    t_out, s_out, b_out = outputs
+    figures = {"teacher": measure.perplexity(t_out), "student": measure.perplexity(s_out)}
+    report["teacher"]["perplexity"] = figures["teacher"]
+    report["student"]["perplexity"] = figures["student"]
+    if b_out is not None:
+        figures["baseline"] = measure.perplexity(b_out)
+        report["baseline"]["perplexity"] = figures["baseline"]
+        report["kd_gain"] = (figures["baseline"] - figures["student"]) / figures["baseline"]
+    report["perplexity"] = figures
+    report["next_token_agreement"] = report["agreement"]
+    report["method"] = prepared.spec.distillation.method
+    if teacher_cache is not None:
+        report["teacher_cache"] = _cache_figures(teacher_cache)
+    tokenizer, device = prepared.teacher.tokenizer, prepared.device
+    prompts = measure.sample_prompts(texts, tokenizer)
+    teacher_says = measure.greedy_completions(prepared.teacher.model, tokenizer, prompts, device)
+    student_says = measure.greedy_completions(prepared.student, tokenizer, prompts, device)
+    report["samples"] = [
+        {"prompt": p, "teacher": t, "student": s}
+        for p, t, s in zip(prompts, teacher_says, student_says, strict=True)
+    ]
+
+
+def _cache_figures(event: dict[str, Any]) -> dict[str, Any]:
+    """The teacher-output cache a causal LM trained from (its teacher_cache event): where
+    the outputs came from and, when they were stored, bytes per token against the dense
+    logits' (V float32 values per token)."""
+    figures: dict[str, Any] = {"source": event.get("source"), "top_k": event.get("top_k")}
+    if event.get("source") == "online":
+        return {**figures, "reason": event.get("reason")}
+    tokens = int(event.get("tokens") or 0)
+    figures.update(bytes=event.get("bytes"), tokens=tokens,
+                   dense_bytes_per_token=event.get("dense_bytes_per_token"))  # fmt: skip
+    if tokens and event.get("bytes") is not None:
+        figures["bytes_per_token"] = float(event["bytes"]) / tokens
+    return figures
 
 
 def _verdict(

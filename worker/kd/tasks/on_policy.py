@@ -18,18 +18,17 @@ by the drawn seed alone (`hf.generate.sample`), so it leaves the training RNG un
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from worker.kd.errors import InvalidSpec
-from worker.kd.hf.generate import pack, sample, split_prompt
+from worker.kd.hf.generate import pack, prompt_split, sample
 from worker.kd.hf.models import forward
 from worker.kd.hf.objective import Term, TransformerObjective
 from worker.kd.losses import LogitLoss
+from worker.kd.losses.divergence import generalized_jsd
 from worker.kd.spec import GenerationSpec, JobSpec
 from worker.kd.tasks.sequence_kd import completion_loss
 from worker.kd.tasks.transformer import CausalLMAdapter
@@ -37,30 +36,6 @@ from worker.kd.training.distributed import WHOLE
 from worker.kd.training.trainer import Cast
 
 SEED_OFFSET = 7919  # the adapter's generator starts from training.seed + this
-
-
-def _generalized_jsd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float, temperature: float
-) -> torch.Tensor:
-    """Generalized JSD per row (N, V) -> (N,), as GKD (and TRL's GKDTrainer) define it:
-
-        M = beta * P_teacher + (1 - beta) * P_student
-        JSD_beta = beta * KL(P_teacher || M) + (1 - beta) * KL(P_student || M)
-
-    at beta 0 and 1 the limits that keep a gradient: KL(P_teacher || P_student) and
-    KL(P_student || P_teacher). P = softmax(logits / temperature)."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (N, V)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (N, V)
-    if beta == 0.0:
-        return (t.exp() * (t - s)).sum(-1)
-    if beta == 1.0:
-        return (s.exp() * (s - t)).sum(-1)
-    mixture = torch.logsumexp(
-        torch.stack([s + math.log(1.0 - beta), t + math.log(beta)]), dim=0
-    )  # (N, V)
-    kl_teacher = (t.exp() * (t - mixture)).sum(-1)
-    kl_student = (s.exp() * (s - mixture)).sum(-1)
-    return beta * kl_teacher + (1.0 - beta) * kl_student
 
 
 class _GeneralizedJSDLoss(LogitLoss):
@@ -73,7 +48,7 @@ class _GeneralizedJSDLoss(LogitLoss):
         self.beta, self.temperature = beta, temperature
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        return _generalized_jsd(student, teacher, self.beta, self.temperature).mean()
+        return generalized_jsd(student, teacher, self.beta, self.temperature)
 
 
 def on_policy_objective(spec: JobSpec) -> TransformerObjective:
@@ -106,7 +81,7 @@ class OnPolicyAdapter(CausalLMAdapter):
         self, idx: torch.Tensor, cast: Cast, part: slice = WHOLE
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rows = idx[part].tolist()  # part: a rank's share (transformer jobs run on one process)
-        split = [split_prompt(self.data.features[i]["input_ids"]) for i in rows]
+        split = [prompt_split(self.data, i) for i in rows]
         prompts = [prompt for prompt, _ in split]
         on_policy = float(torch.rand((), generator=self.generator)) < self.lmbda
         seed = int(torch.randint(0, 2**62, (), generator=self.generator))

@@ -31,7 +31,7 @@ import torch
 
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.hf.data import Encoded
-from worker.kd.hf.generate import LMBatch, pack, sample, split_prompt
+from worker.kd.hf.generate import LMBatch, pack, prompt_split, sample
 from worker.kd.hf.models import Outputs, forward
 from worker.kd.hf.objective import Term, TransformerObjective
 from worker.kd.hf.textdata import TextExample
@@ -187,7 +187,7 @@ def teacher_generations(
     progress file when it holds this job's finished chunks (None: nothing persisted)."""
     spec, teacher = prepared.spec, prepared.teacher
     generation = spec.distillation.generation
-    prompts = [split_prompt(f["input_ids"])[0] for f in prepared.train.features]
+    prompts = [prompt_split(prepared.train, i)[0] for i in range(len(prepared.train))]
     chunks = [list(range(i, min(i + GENERATION_BATCH, len(prompts))))
               for i in range(0, len(prompts), GENERATION_BATCH)]  # fmt: skip
     progress = GenerationProgress(

@@ -94,8 +94,11 @@ def prepare_tensor(
     student_path: Path | None,
     device: torch.device,
     max_student_params: int | None = None,
+    eval_dataset_path: Path | None = None,
 ) -> Prepared:
-    """Load and check a tensor job's teacher, dataset and student against each other."""
+    """Load and check a tensor job's teacher, dataset and student against each other
+    (held-out data comes inside the dataset: the spec refuses `dataset.eval_file_id`)."""
+    del eval_dataset_path
     if spec.student.arch in TRANSFORMER_ARCHS:
         raise InvalidSpec(
             f"student.arch {spec.student.arch!r} needs a Hugging Face teacher (a ZIP of a "

@@ -20,7 +20,7 @@ from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
-from worker.kd.hf.data import Encoded, encode_splits, read_examples
+from worker.kd.hf.data import Encoded, check_targets, encode_splits, read_examples
 from worker.kd.hf.models import (
     LoadedTeacher,
     build_student,
@@ -77,9 +77,15 @@ def prepare_hf(
     teacher_path: Path,
     dataset_path: Path | None,
     device: torch.device,
+    eval_dataset_path: Path | None = None,
     student_path: Path | None = None,
 ) -> HFPrepared:
     examples = read_examples(spec.dataset, dataset_path)
+    held_out = None
+    if spec.dataset.eval_file_id is not None or eval_dataset_path is not None:
+        if eval_dataset_path is None:
+            raise InvalidSpec("dataset.eval_file_id names an evaluation file, but none was given.")
+        held_out = read_examples(spec.dataset, eval_dataset_path, "evaluation file")
     teacher = load_teacher(Path(teacher_path), spec.teacher.task)
     try:
         if spec.teacher.task not in (None, teacher.task):
@@ -87,11 +93,13 @@ def prepare_hf(
                 f"teacher.task is {spec.teacher.task!r} but the model directory is a "
                 f"{teacher.task} model."
             )
-        train, val = encode_splits(
+        splits = encode_splits(
             examples, teacher.tokenizer, spec.dataset.max_length,
-            spec.training.val_fraction, spec.training.seed,
+            spec.training.val_fraction, spec.training.seed, held_out,
         )  # fmt: skip
-        _check_labels(teacher, train, val)
+        check_targets(splits, teacher.task)
+        train, val = splits.train, splits.selection
+        _check_labels(teacher, train, val, splits.evaluation)
         seed_everything(spec.training.seed)
         student = build_student(spec.student, teacher.model, student_path, teacher.tokenizer,
                                 teacher.task)  # fmt: skip
@@ -117,7 +125,9 @@ def prepare_hf(
     return HFPrepared(
         spec, teacher, student.to(device), objective.to(device), train, val, device,
         Path(teacher_path), None if dataset_path is None else Path(dataset_path), plan,
-        None if student_path is None else Path(student_path),
+        student_path=None if student_path is None else Path(student_path),
+        splits=splits,
+        eval_dataset_path=None if eval_dataset_path is None else Path(eval_dataset_path),
     )  # fmt: skip
 
 
@@ -131,11 +141,11 @@ def _method_objective(spec: JobSpec, task: str) -> TransformerObjective | None:
     return None
 
 
-def _check_labels(teacher: LoadedTeacher, train: Encoded, val: Encoded) -> None:
+def _check_labels(teacher: LoadedTeacher, *parts: Encoded) -> None:
     if teacher.task != "sequence_classification":
         return
     classes = int(config_of(teacher.model).num_labels)
-    present = [y for y in (train.labels, val.labels) if y is not None and len(y)]
+    present = [y for y in (p.labels for p in parts) if y is not None and len(y)]
     top = max((int(y.max()) for y in present), default=-1)
     if top >= classes:
         raise IncompatibleModels(
@@ -347,6 +357,7 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
             "teacher_parameters": count_parameters(prepared.teacher.model),
             "train_samples": len(prepared.train),
             "val_samples": len(prepared.val),
+            "eval_samples": len(prepared.evaluation),
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
             "method": lm_method(prepared),
@@ -381,10 +392,14 @@ def _write_outputs(
         artifacts[GENERATIONS_ARTIFACT] = write_artifact(
             prepared.generated, prepared.teacher.tokenizer, path
         )
+    # The report is measured on the evaluation texts; `teacher_val` (on the selection
+    # texts) serves it only when there is no separate evaluation split.
     model = transformer_report(
-        prepared, outcome, recorder.onnx_max_abs_diff, teacher_val=teacher_val,
+        prepared, outcome, recorder.onnx_max_abs_diff,
+        teacher_val=teacher_val if prepared.splits is None else None,
         baseline=baseline, baseline_skipped=baseline_skipped,
         onnx_with_past=onnx_with_past or None,
+        teacher_cache=recorder.teacher_cache if prepared.task == "causal_lm" else None,
     )  # fmt: skip
     report = report_json(model)
     artifacts["report.json"] = out_dir / "report.json"

@@ -11,6 +11,12 @@ that key starts from them. Their size is known before they are computed; when it
 the cap (causal LM logits are tokens x vocabulary), the teacher runs online instead. That
 policy is `worker.kd.training.teacher_sources`'s, shared with tensor jobs; this module is
 its `PackedPlan`: how text outputs are sized, computed, packed, stored and keyed.
+
+For a causal LM with `distillation.method: top_k` the plan keeps, per token, the teacher's
+top-k logits and what the rest-of-mass bucket needs at each KD temperature
+(`worker.kd.hf.topk`) instead of the V logits: the key then names k and the
+temperatures. When the teacher runs online, each batch's logits are cut to the same
+top-k targets, so the method means the same whichever source the outputs come from.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import Outputs, forward
 from worker.kd.hf.objective import TransformerObjective, teacher_layers
+from worker.kd.hf.topk import TopK, top_k_targets
 from worker.kd.jobs import HFPrepared
 from worker.kd.training.reporting import Reporter
 from worker.kd.training.teacher_cache import TeacherCache, TeacherOutputs, cache_key, file_sha256
@@ -31,6 +38,7 @@ from worker.kd.training.teacher_sources import CachedTeacher, OnlineTeacher, cac
 
 COMPUTE_BATCH = 32
 LENGTHS = "lengths"
+TOP_INDICES, TOP_NORMS = "topk.indices", "topk.norms"
 
 
 @dataclass(frozen=True)
@@ -41,11 +49,14 @@ class Needed:
     per_token: bool
     hidden: tuple[int, ...] = ()  # hidden_states indices (0: embeddings)
     attentions: tuple[int, ...] = ()  # attentions indices (0: the first layer)
+    top_k: int = 0  # > 0: the teacher's top-k logits per token instead of all of them
+    temperatures: tuple[float, ...] = ()  # top_k: the KD temperatures normalisers are for
 
     def names(self) -> list[str]:
         """The cache entry's tensors besides the output."""
+        top = [TOP_INDICES, TOP_NORMS] if self.top_k else []
         return [LENGTHS, *(f"hidden.{i}" for i in self.hidden),
-                *(f"attention.{i}" for i in self.attentions)]  # fmt: skip
+                *(f"attention.{i}" for i in self.attentions), *top]  # fmt: skip
 
 
 @dataclass
@@ -57,6 +68,9 @@ class PackedOutputs:
     output: torch.Tensor  # (N, K) | (N, D) per example; (sum T, V) per token
     hidden: dict[int, torch.Tensor]  # layer -> (sum T, H)
     attentions: dict[int, torch.Tensor]  # layer -> (sum T^2, heads): (T, T, heads) per example
+    # top_k: "topk.indices" (sum T, k) int32 and "topk.norms" (sum T, 2 * temperatures);
+    # `output` then holds the k values (sum T, k).
+    top: dict[str, torch.Tensor] = field(default_factory=dict)
     token_offsets: list[int] = field(init=False, repr=False)  # N + 1, into sum T
     square_offsets: list[int] = field(init=False, repr=False)  # N + 1, into sum T^2
 
@@ -66,7 +80,8 @@ class PackedOutputs:
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.lengths, self.output, *self.hidden.values(), *self.attentions.values()]
+        tensors = [self.lengths, self.output, *self.hidden.values(), *self.attentions.values(),
+                   *self.top.values()]  # fmt: skip
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def batch(self, idx: list[int], mask: torch.Tensor) -> Outputs:
@@ -90,7 +105,12 @@ class PackedOutputs:
                 at = mask[row].nonzero().squeeze(1)  # (n,)
                 maps[row][:, at[:, None], at[None, :]] = block.permute(2, 0, 1).to(device)
             attentions[layer] = maps
-        return Outputs(output, hidden, self._layers(attentions))
+        top = None
+        if self.needed.top_k:
+            top = TopK(self._scatter(self.top[TOP_INDICES][tokens], mask).long(),
+                       self._scatter(self.top[TOP_NORMS][tokens], mask),
+                       self.needed.temperatures)  # fmt: skip
+        return Outputs(output, hidden, self._layers(attentions), top)
 
     @staticmethod
     def _scatter(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,6 +130,7 @@ class PackedOutputs:
         features = {LENGTHS: self.lengths}
         features.update({f"hidden.{k}": v for k, v in self.hidden.items()})
         features.update({f"attention.{k}": v for k, v in self.attentions.items()})
+        features.update(self.top)
         return TeacherOutputs(self.output, features)
 
     @classmethod
@@ -119,6 +140,7 @@ class PackedOutputs:
             needed, features[LENGTHS], stored.logits,
             {i: features[f"hidden.{i}"] for i in needed.hidden},
             {i: features[f"attention.{i}"] for i in needed.attentions},
+            {name: features[name] for name in (TOP_INDICES, TOP_NORMS) if needed.top_k},
         )  # fmt: skip
 
     def matches(self, lengths: torch.Tensor) -> bool:
@@ -127,9 +149,12 @@ class PackedOutputs:
             return False
         tokens, squares = self.token_offsets[-1], self.square_offsets[-1]
         rows = tokens if self.needed.per_token else len(lengths)
+        top_widths = [self.output.shape[-1], 2 * len(self.needed.temperatures)]
         return (
             len(self.output) == rows
-            and all(len(v) == tokens for v in self.hidden.values())
+            and [v.shape[-1] for v in self.top.values()]
+            == (top_widths if self.needed.top_k else [])
+            and all(len(v) == tokens for v in (*self.hidden.values(), *self.top.values()))
             and all(len(v) == squares for v in self.attentions.values())
         )
 
@@ -164,8 +189,12 @@ def probe_shapes(
 def _allocate(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> PackedOutputs:
     """Empty outputs of the right sizes: `.nbytes` is what computing them will take."""
     tokens, squares = int(lengths.sum()), int((lengths**2).sum())
-    width, dtype = shapes.output
+    width, dtype = _output_width(needed, shapes)
     output = torch.empty(tokens if needed.per_token else len(lengths), width, dtype=dtype)
+    top = {}
+    if needed.top_k:
+        top = {TOP_INDICES: torch.empty(tokens, width, dtype=torch.int32),
+               TOP_NORMS: torch.empty(tokens, 2 * len(needed.temperatures))}  # fmt: skip
     hidden, attentions = {}, {}
     if shapes.hidden is not None:
         hidden = {i: torch.empty(tokens, shapes.hidden[0], dtype=shapes.hidden[1])
@@ -173,15 +202,24 @@ def _allocate(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> Pa
     if shapes.attentions is not None:
         attentions = {i: torch.empty(squares, shapes.attentions[0], dtype=shapes.attentions[1])
                       for i in needed.attentions}  # fmt: skip
-    return PackedOutputs(needed, lengths, output, hidden, attentions)
+    return PackedOutputs(needed, lengths, output, hidden, attentions, top)
+
+
+def _output_width(needed: Needed, shapes: OutputShapes) -> tuple[int, torch.dtype]:
+    """The stored output per row: all V logits, or top-k values in float32."""
+    if needed.top_k:
+        return min(needed.top_k, shapes.output[0]), torch.float32
+    return shapes.output
 
 
 def estimate_bytes(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> int:
     """What `_allocate` will take, counted before anything is allocated."""
     tokens, squares = int(lengths.sum()), int((lengths**2).sum())
-    width, dtype = shapes.output
+    width, dtype = _output_width(needed, shapes)
     rows = tokens if needed.per_token else len(lengths)
     total = len(lengths) * lengths.element_size() + rows * width * dtype.itemsize
+    if needed.top_k:  # int32 indices, float32 normalisers
+        total += tokens * (width * 4 + 2 * len(needed.temperatures) * 4)
     if shapes.hidden is not None:
         total += len(needed.hidden) * tokens * shapes.hidden[0] * shapes.hidden[1].itemsize
     if shapes.attentions is not None:
@@ -206,7 +244,12 @@ def compute_outputs(
             out = forward(model, task, batch, layout, hidden=bool(needed.hidden),
                           attentions=bool(needed.attentions))  # fmt: skip
         first, last = tokens[idx[0]], tokens[idx[-1] + 1]
-        if needed.per_token:
+        if needed.top_k:
+            values, top = top_k_targets(out.output[mask], needed.top_k, needed.temperatures)
+            packed.output[first:last] = values.cpu()  # (sum T, k)
+            packed.top[TOP_INDICES][first:last] = top.indices.to(torch.int32).cpu()
+            packed.top[TOP_NORMS][first:last] = top.norms.cpu()  # (sum T, 2 * temperatures)
+        elif needed.per_token:
             packed.output[first:last] = out.output[mask].cpu()  # (sum T, V)
         else:
             packed.output[idx[0] : idx[-1] + 1] = out.output.cpu()  # (B, K)
@@ -226,11 +269,20 @@ def compute_outputs(
 
 
 def online_teacher(
-    model: Any, task: str, layout: ModelLayout | None, hidden: bool, attentions: bool
-) -> OnlineTeacher[Outputs]:
-    """Runs the teacher on each training batch."""
-    return OnlineTeacher(lambda batch: forward(model, task, batch, layout, hidden=hidden,
-                                               attentions=attentions))  # fmt: skip
+    model: Any, task: str, layout: ModelLayout | None, hidden: bool, attentions: bool,
+    needed: Needed | None = None,
+) -> OnlineTeacher[Outputs]:  # fmt: skip
+    """Runs the teacher on each training batch (its logits cut to top-k targets when
+    `needed` asks for them)."""
+
+    def run(batch: dict[str, torch.Tensor]) -> Outputs:
+        out = forward(model, task, batch, layout, hidden=hidden, attentions=attentions)
+        if needed is None or not needed.top_k:
+            return out
+        values, top = top_k_targets(out.output, needed.top_k, needed.temperatures)
+        return Outputs(values, out.hidden_states, out.attentions, top)
+
+    return OnlineTeacher(run)
 
 
 def cached_teacher(packed: PackedOutputs, online: OnlineTeacher[Outputs]) -> CachedTeacher[Outputs]:
@@ -291,8 +343,13 @@ class PackedPlan:
         return outputs.nbytes
 
     def details(self) -> dict[str, Any]:
-        return {"hidden_states": list(self.needed.hidden),
-                "attentions": list(self.needed.attentions)}  # fmt: skip
+        details: dict[str, Any] = {"hidden_states": list(self.needed.hidden),
+                                   "attentions": list(self.needed.attentions)}  # fmt: skip
+        if self.needed.per_token:
+            vocab, dtype = self.shapes().output
+            details.update(tokens=int(self.lengths.sum()), top_k=self.needed.top_k or None,
+                           dense_bytes_per_token=vocab * dtype.itemsize)  # fmt: skip
+        return details
 
 
 def teacher_source(
@@ -304,16 +361,32 @@ def teacher_source(
     """Cached outputs when `distillation.cache_teacher` allows and they fit; else online
     (the policy: `training.teacher_sources.cached_outputs`)."""
     teacher, task = prepared.teacher, prepared.task
+    hidden, attentions = teacher_layers(objective)
+    needed = needed_outputs(prepared, objective, hidden, attentions)
     online = online_teacher(teacher.model, task, teacher.layout, objective.needs_hidden,
-                            objective.needs_attentions)  # fmt: skip
+                            objective.needs_attentions, needed)  # fmt: skip
     reason = None
     if getattr(teacher.tokenizer, "padding_side", "right") != "right":
         reason = "the tokenizer pads on the left, so a text's positions depend on its batch"
-    hidden, attentions = teacher_layers(objective)
-    plan = PackedPlan(prepared, Needed(task == "causal_lm", tuple(hidden), tuple(attentions)))
+    plan = PackedPlan(prepared, needed)
     packed = cached_outputs(plan, reporter, cache, enabled=prepared.spec.distillation.cache_teacher,
                             online_reason=reason)  # fmt: skip
     return online if packed is None else cached_teacher(packed, online)
+
+
+def needed_outputs(
+    prepared: HFPrepared, objective: TransformerObjective, hidden: list[int], attentions: list[int]
+) -> Needed:
+    """What the objective reads of the teacher: per-token logits (all, or top-k with the
+    terms' temperatures) for a causal LM, and the layers its terms pair."""
+    causal = prepared.task == "causal_lm"
+    top_k = (
+        prepared.spec.distillation.top_k
+        if causal and prepared.spec.distillation.method == "top_k"
+        else 0
+    )
+    return Needed(causal, tuple(hidden), tuple(attentions), top_k,
+                  objective.temperatures if top_k else ())  # fmt: skip
 
 
 def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
@@ -329,7 +402,11 @@ def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
             "dataset_format": spec.dataset.format,
             "max_length": spec.dataset.max_length,
             "split": [spec.training.val_fraction, spec.training.seed],
+            # the training texts are what is left of the dataset after selection and
+            # evaluation (or selection alone, beside an evaluation file)
+            "splits": "three" if prepared.eval_dataset_path is None else "eval_file",
             "outputs": {"per_token": needed.per_token, "hidden_states": list(needed.hidden),
-                        "attentions": list(needed.attentions)},
+                        "attentions": list(needed.attentions), "top_k": needed.top_k,
+                        "temperatures": list(needed.temperatures)},
         }
     )  # fmt: skip

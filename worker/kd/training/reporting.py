@@ -60,6 +60,7 @@ class RecordingReporter:
     metrics: list[tuple[str, int, int, float]] = field(default_factory=list)
     onnx_max_abs_diff: float | None = None
     layer_pairing: list[dict[str, Any]] = field(default_factory=list)
+    teacher_cache: dict[str, Any] | None = None  # the last teacher_cache event's data
 
     def progress(self, fraction: float, *, epoch: int, step: int) -> None:
         self.inner.progress(fraction, epoch=epoch, step=step)
@@ -69,6 +70,8 @@ class RecordingReporter:
         self.inner.metric(name, value, step=step, epoch=epoch)
 
     def event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        if kind == "teacher_cache":
+            self.teacher_cache = dict(data or {})
         self.inner.event(kind, message, data)
 
     def should_stop(self) -> bool:

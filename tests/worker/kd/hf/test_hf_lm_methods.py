@@ -20,9 +20,9 @@ from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.hf.generate import pack, split_prompt
 from worker.kd.hf.models import forward
 from worker.kd.jobs import HFPrepared
+from worker.kd.losses.divergence import generalized_jsd
 from worker.kd.report.transformer import predict
 from worker.kd.spec import JobSpec
-from worker.kd.tasks.on_policy import _generalized_jsd
 from worker.kd.tasks.sequence_kd import (
     PROGRESS_FILE,
     completion_loss,
@@ -95,6 +95,16 @@ def same_weights(a: HFPrepared, b: HFPrepared) -> bool:
 
 
 # Generalized JSD --------------------------------------------------------------------------
+
+
+def _generalized_jsd(
+    student: torch.Tensor, teacher: torch.Tensor, beta: float, temperature: float
+) -> torch.Tensor:
+    """The shared generalized JSD (worker.kd.losses.divergence) row by row: (N, V) -> (N,)."""
+    return torch.stack(
+        [generalized_jsd(student[i : i + 1], teacher[i : i + 1], beta, temperature)
+         for i in range(len(student))]
+    )  # fmt: skip
 
 
 def test_generalized_jsd_matches_its_definition_and_limits() -> None:

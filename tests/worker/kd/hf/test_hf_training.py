@@ -122,6 +122,13 @@ def test_each_kind_of_job_gets_its_default_recipe() -> None:
         "teacher": {"file_id": "t"}, "student": {"arch": "mlp"}, "dataset": {"file_id": "d"},
     })  # fmt: skip
     assert tensor.distillation.augment.active and tensor.distillation.temperature == 4.0
+    # A transformer section stating other fields (a causal LM's method) keeps the measured
+    # temperature and alpha it leaves out; what it states wins.
+    method = JobSpec.model_validate({
+        "teacher": {"file_id": "t"}, "student": {"arch": "hf"}, "dataset": {"file_id": "d"},
+        "distillation": {"method": "top_k", "alpha": 0.5},
+    })  # fmt: skip
+    assert (method.distillation.temperature, method.distillation.alpha) == (1.0, 0.5)
 
 
 def test_a_loss_for_another_task_kind_is_refused_with_the_kinds_it_applies_to() -> None:

@@ -42,6 +42,8 @@ EXAMPLES: dict[str, tuple[Callable[[], DistillationLoss], tuple[int, ...], tuple
     "sp": (lambda: get_loss("sp"), (3, 4, 4), (6, 2, 2)),
     "pkt": (lambda: get_loss("pkt"), (8,), (16,)),
     "soft_ce": (lambda: get_loss("soft_ce", temperature=2.0), (), ()),
+    "reverse_kl": (lambda: get_loss("reverse_kl"), (), ()),
+    "jsd": (lambda: get_loss("jsd", beta=0.5), (), ()),
     "embedding_mse": (lambda: get_loss("embedding_mse"), (), ()),
     "hidden_cosine": (lambda: get_loss("hidden_cosine"), (7, 8), (7, 8)),
     "self_attention_kl": (lambda: get_loss("self_attention_kl"), (2, 5), (2, 5)),
