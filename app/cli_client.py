@@ -297,6 +297,11 @@ LANGUAGE_MODEL_HEADLINE: Rows = (
     ("KD gain (perplexity cut)", "kd_gain", "{:.2%}"),
     ("cache bytes per token", "teacher_cache.bytes_per_token", "{:,.0f}"),
     ("dense bytes per token", "teacher_cache.dense_bytes_per_token", "{:,}"),
+    ("draft acceptance rate", "speculative.acceptance_rate", "{:.2%}"),
+    ("draft speed-up", "speculative.speedup", "{:.2f}x"),
+    ("draft tokens identical", "speculative.identical", "{}"),
+    ("teacher tokens/s (b=1, 8)", "generation_speed.teacher", "{}"),
+    ("student tokens/s (b=1, 8)", "generation_speed.student", "{}"),
     ("ONNX max abs diff", "onnx_max_abs_diff", "{:.1e}"),
 )
 TRANSFORMER_HEADLINE: Rows = (
@@ -343,8 +348,12 @@ def render_report(job_id: str, data: dict[str, Any]) -> tuple[Table, list[str]]:
     lines = []
     for label, field, fmt in headline:
         value = _field(data, field)
-        if value is None and field.startswith(("embedding.", "teacher_cache.")):
+        if value is None and field.startswith(
+            ("embedding.", "teacher_cache.", "speculative.", "generation_speed.")
+        ):
             continue
+        if field.startswith("generation_speed.") and isinstance(value, dict):
+            value = f"{value.get('batch_1', 0):,.0f}, {value.get('batch_8', 0):,.0f}"
         shown = _fmt(fmt, value) if value is not None else "not measured"
         if field == "kd_gain" and value is None and data.get("baseline_skipped"):
             shown = f"not measured: {data['baseline_skipped']}"

@@ -211,5 +211,7 @@ def test_job_page_shows_a_language_models_figures_and_samples(web: TestClient, k
     assert 'id="report-samples"' in page
     script = web.get("/static/app.js").text
     for needle in ("renderSamples(report)", '"Perplexity"', "Baseline perplexity",
-                   "Teacher cache per token", 'eval_file: "the evaluation file"'):  # fmt: skip
+                   "Teacher cache per token", 'eval_file: "the evaluation file"',
+                   "As the teacher's draft (speculative decoding)",
+                   "Generation tokens/s, batch 1 / 8"):  # fmt: skip
         assert needle in script

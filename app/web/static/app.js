@@ -293,6 +293,18 @@
       if (typeof cache.bytes_per_token === "number") {
         summary.push(["Teacher cache per token", `${formatBytes(cache.bytes_per_token)} (dense ${formatBytes(cache.dense_bytes_per_token)})`, "cache-bytes"]);
       }
+      const draft = report.speculative;
+      if (draft && typeof draft.acceptance_rate === "number") {
+        summary.push(["As the teacher's draft (speculative decoding)",
+          `acceptance ${formatPercent(draft.acceptance_rate)}, speed-up ${formatFixed(draft.speedup, 2)}×` +
+          (draft.identical ? ", tokens identical" : ", tokens differ"), "speculative"]);
+      }
+      const speed = report.generation_speed;
+      if (speed && speed.teacher && speed.student) {
+        const rate = (who) => `${formatFixed(who.batch_1, 0)} / ${formatFixed(who.batch_8, 0)}`;
+        summary.push(["Generation tokens/s, batch 1 / 8 (teacher → student)",
+          `${rate(speed.teacher)} → ${rate(speed.student)}`, "generation-speed"]);
+      }
     }
     return { models, summary };
   }

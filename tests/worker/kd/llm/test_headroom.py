@@ -60,3 +60,10 @@ def test_distillation_beats_the_baseline_by_a_margin(
     text = "\n".join(lines)
     assert "KD gain (perplexity cut)" in text and f"{report['kd_gain']:.2%}" in text
     assert repr(samples[0]["teacher"]) in text
+    # The student as the teacher's draft, and both models' generation speed.
+    draft = report["speculative"]
+    assert 0.0 <= draft["acceptance_rate"] <= 1.0 and draft["identical"] is True
+    assert f"draft acceptance rate: {draft['acceptance_rate']:.2%}" in text
+    assert f"draft speed-up: {draft['speedup']:.2f}x" in text
+    speed = report["generation_speed"]["student"]
+    assert f"student tokens/s (b=1, 8): {speed['batch_1']:,.0f}, {speed['batch_8']:,.0f}" in text
