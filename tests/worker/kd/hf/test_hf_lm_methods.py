@@ -33,7 +33,7 @@ from worker.kd.tasks.transformer_job import train_student
 from worker.kd.training.checkpoint import Checkpointing
 from worker.kd.training.reporting import MemoryReporter, RecordingReporter
 
-# 30 texts: 24 to train on (2 generation chunks of 16 and 8 prompts), batches of 8: 3 steps
+# 30 texts: the training split (selection and evaluation carved off) in generation chunks of 16
 # an epoch.
 TRAINING = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "device": "cpu",
             "weight_decay": 0.01, "schedule": "warmup_cosine", "warmup_fraction": 0.05}  # fmt: skip
@@ -155,8 +155,9 @@ def test_sequence_learns_the_teachers_generations(files: tuple[Path, Path], tmp_
     rows = [
         json.loads(line) for line in result.artifacts["generations.jsonl"].read_text().splitlines()
     ]
-    assert len(rows) == 24 * 2  # every training prompt, completions_per_prompt 2
-    assert {r["sample"] for r in rows} == {0, 1} and len({r["example"] for r in rows}) == 24
+    trained = len(prepared.train)  # the training split (selection and evaluation held out)
+    assert len(rows) == trained * 2  # every training prompt, completions_per_prompt 2
+    assert {r["sample"] for r in rows} == {0, 1} and len({r["example"] for r in rows}) == trained
     tokenizer = prepared.teacher.tokenizer
     first = split_prompt(prepared.train.features[0]["input_ids"])[0]
     assert rows[0]["prompt"] == tokenizer.decode(first)
@@ -247,7 +248,7 @@ def test_on_policy_job_reports_its_method(files: tuple[Path, Path], tmp_path: Pa
     assert "generations.jsonl" not in result.artifacts
     assert report["speculative"]["identical"] is True
     card = result.artifacts["README.md"].read_text()
-    assert "method `on_policy`" in card and "As the teacher's draft model" in card
+    assert "- Method on_policy" in card and "As the teacher's draft model" in card
 
 
 # Stopped after 1 step; after 4 (mid-epoch 2): each resumed step redraws its coin and
