@@ -33,8 +33,8 @@ from worker.kd.tasks.transformer_job import train_student
 from worker.kd.training.checkpoint import Checkpointing
 from worker.kd.training.reporting import MemoryReporter, RecordingReporter
 
-# 30 texts: the training split (selection and evaluation carved off) in generation chunks of 16
-# an epoch.
+# 30 texts, of which the training split (selection and evaluation carved off) is generated
+# for in chunks of 16 prompts and trained on in batches of 8.
 TRAINING = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "device": "cpu",
             "weight_decay": 0.01, "schedule": "warmup_cosine", "warmup_fraction": 0.05}  # fmt: skip
 
