@@ -494,6 +494,7 @@ def _store_success(
             add_event(session, job_id, "succeeded", f"Done: student accuracy {student:.4f}.")
     if done:
         fence.ended.set()
+        storage.delete_checkpoints(job_id)  # at once: nothing resumes a succeeded job
         for earlier in range(1, attempt):  # files of attempts that died before their end
             storage.delete_job_artifacts(job_id, earlier)
     else:

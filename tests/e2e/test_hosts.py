@@ -36,8 +36,6 @@ import pytest
 from tests.e2e.conftest import ROOT, Api, Processes, wait_ready
 from tests.s3 import AWS_ENV
 
-pytestmark = [pytest.mark.e2e, pytest.mark.netns]
-
 CLI = [sys.executable, "-m", "app.cli"]
 # Fast recovery: a lapsed lease is noticed within seconds, checkpoints every 10 steps.
 SETTINGS = {
@@ -64,6 +62,16 @@ def _why_not() -> str | None:
     if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
         return "needs the postgres user (initdb refuses root)"
     return None
+
+
+_WHY_NOT = _why_not()
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        _WHY_NOT is not None, reason=f"separate hosts in network namespaces: {_WHY_NOT}"
+    ),
+]
 
 
 def sh(*args: str) -> None:
@@ -211,9 +219,6 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    why = _why_not()
-    if why is not None:
-        pytest.skip(f"separate hosts in network namespaces: {why}")
     hosts = Hosts(uuid.uuid4().hex[:6], _free_subnet())
     processes = Processes(tmp_path)
     pgdata = Path(tempfile.mkdtemp(prefix="distillery-hosts-pg-"))
