@@ -153,7 +153,8 @@ def measure(args: argparse.Namespace) -> Result:
                 "epochs": report.get("epochs") or epochs,
                 "seconds_per_epoch": report["train_seconds"] / (report.get("epochs") or epochs),
                 "generation_seconds": generated[0]["seconds"] if generated else 0.0,
-                "teacher_source": figures.get("source"),
+                "teacher_source": figures.get("source") or (
+                    "online" if distillation.get("cache_teacher") is False else "none"),
                 "cache_bytes_per_token": figures.get("bytes_per_token"),
                 "dense_bytes_per_token": figures.get("dense_bytes_per_token"),
                 "cache_seconds": cached[0].get("seconds") if cached else None,
