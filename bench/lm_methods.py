@@ -201,8 +201,8 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def _bytes(row: dict[str, Any]) -> str:
-    if row["cache_bytes_per_token"] is None:  # "none": trains on generated text, never cached
-        sources = ["generated text" if s == "none" else s for s in row["teacher_source"]]
+    if row["cache_bytes_per_token"] is None:  # "none": sequence / on_policy, never cached
+        sources = ["not cached" if s == "none" else s for s in row["teacher_source"]]
         return "- (" + "/".join(sources) + ")"
     return f"{row['cache_bytes_per_token']:,.0f}"
 
