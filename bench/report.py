@@ -32,6 +32,7 @@ SECTIONS: dict[str, str] = {
     "throughput": "bench.throughput",
     "recipes": "bench.recipes",
     "hf_recipes": "bench.hf_recipes",
+    "lm_methods": "bench.lm_methods",
 }
 SUMMARY_HEADER = ["figure", "target", "measured", ""]
 

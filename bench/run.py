@@ -6,7 +6,7 @@ Run: make bench                          (installs first, then all of it)
      .venv/bin/python -m bench.run [--quick] [--only training,api] [--no-render]
 
 Sections: training (1), api (2), queue (3), artifacts and downloads (4), metrics_path (5),
-scaling (6), throughput (7).
+scaling (6), throughput (7), LLM distillation methods (issue 13).
 `--quick` is a smoke run (small and short; its figures are marked as such); results of a
 quick run go to bench/results/quick/ and are not rendered unless --render-quick is given.
 """
@@ -33,6 +33,7 @@ SECTIONS = [
     "artifacts",
     "downloads",
     "throughput",
+    "lm_methods",
 ]
 
 
