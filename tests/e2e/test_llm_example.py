@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,7 @@ def example_module(name: str) -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -34,7 +36,9 @@ def test_llm_example_end_to_end(embedded: Api, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in example.train.read_text().splitlines()]
     assert len(rows) == 48 and all(set(row) == {"text"} for row in rows)
     prompts = [json.loads(line) for line in example.prompts.read_text().splitlines()]
-    assert all(p["prompt"] + p["completion"] == r["text"] for p, r in zip(prompts, rows))
+    assert all(
+        p["prompt"] + p["completion"] == r["text"] for p, r in zip(prompts, rows, strict=True)
+    )
 
     teacher = embedded.upload(example.teacher, "teacher")
     assert teacher["format"] == "hf_zip" and teacher["details"]["task"] == "causal_lm"
