@@ -89,11 +89,11 @@ def prompt_row(text: str) -> dict[str, str]:
 
 def build_tokenizer(texts: list[str]) -> Any:
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2TokenizerFast
+    from transformers import GPT2Tokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=400, min_frequency=2, special_tokens=[END])
-    tokenizer = GPT2TokenizerFast(
+    tokenizer = GPT2Tokenizer(
         tokenizer_object=bpe._tokenizer, eos_token=END, bos_token=END, unk_token=END
     )
     tokenizer.pad_token = END
