@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from worker.kd.spec import PAIRABLE_TEACHER_FORMATS
+from worker.kd.spec import PAIRABLE_TEACHER_FORMATS, SearchSpec
 
 # The augmentation a trial with `augment` on gets: the default recipe's consistent teaching
 # (mixup needs soft targets, so families that need hard labels get the noise alone).
@@ -149,10 +149,9 @@ def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         training["epochs"] = int(params["epochs"])
     if "learning_rate" in params:
         training["learning_rate"] = float(params["learning_rate"])
-    search_budget = (spec.get("search") or {}).get("budget_seconds")
-    if search_budget is not None:
+    if spec.get("search") is not None:
         own = training.get("budget_seconds")
-        half = float(search_budget) / 2
+        half = SearchSpec.model_validate(spec["search"]).budget_seconds / 2
         training["budget_seconds"] = half if own is None else min(float(own), half)
     distillation = dict(spec.get("distillation") or {})
     family, alpha = params.get("family", "kd"), params["alpha"]
