@@ -53,6 +53,7 @@ from worker.search_space import (
     SearchContext,
     apply,
     is_scratch,
+    own_params,
     scratch_params,
     suggest,
     teacher_pairable,
@@ -236,8 +237,14 @@ def _top_up(
         wanted = 0 if children else min(wanted, 1)
     if wanted <= 0 or not _fits(children, deadline(parent, spec)):
         return []
-    queued = []
+    queued: list[str] = []
     for _ in range(wanted):
+        # The spec's own recipe is the first candidate after scratch (the first of all
+        # without labels), once the schedule it runs at is known.
+        if len(children) + len(queued) == (1 if context.labelled else 0):
+            own = own_params(parent.spec.get("distillation") or {}, context)
+            if own is not None:
+                study.enqueue_trial(own)
         trial = ask(study, spec)
         params = suggest(trial, context)
         child = Job(

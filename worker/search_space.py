@@ -132,6 +132,25 @@ def scratch_params(context: SearchContext) -> dict[str, Any]:
     }
 
 
+def own_params(distillation: dict[str, Any], context: SearchContext) -> dict[str, Any] | None:
+    """The spec's own recipe as a candidate (response KD at its temperature and alpha, its
+    augmentation, the reference schedule): what the job would run without a search, so the
+    search tries it too. None when the spec's distillation is not one the space can
+    express (its own loss terms, another augmentation, a temperature outside the space)."""
+    temperature = float(distillation.get("temperature", 4.0))
+    augment = {k: v for k, v in (distillation.get("augment") or {}).items() if v}
+    if augment not in ({}, AUGMENT_ON) or (augment and not context.arrays):
+        return None
+    if distillation.get("losses") or not 1.0 <= temperature <= 8.0:
+        return None
+    params: dict[str, Any] = {"family": "kd", "temperature": temperature, "augment": bool(augment)}
+    if context.labelled:
+        params["alpha"] = float(distillation.get("alpha", 0.7))
+    if context.planned:
+        params.update(learning_rate=context.learning_rate, epochs=context.epochs)
+    return params
+
+
 def is_scratch(params: dict[str, Any]) -> bool:
     return float(params.get("alpha", 1.0)) == 0.0
 

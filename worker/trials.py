@@ -8,13 +8,14 @@ way it survives any worker, so a search resumes wherever its next trial ends.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import optuna
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from app.config import Settings
 from app.db import make_engine, session_scope
@@ -66,20 +67,31 @@ def study_name(parent_id: str) -> str:
     return f"distillery-{parent_id}"
 
 
-def open_study(parent_id: str, spec: JobSpec, settings: Settings) -> optuna.Study:
+def open_study(
+    parent_id: str, spec: JobSpec, settings: Settings, reference_epochs: int | None = None
+) -> optuna.Study:
     """The search's study, created on first use. TPE proposes; Hyperband (successive
     halving over brackets) prunes on the per-epoch selection metric, the resource being
     epochs, its most the epochs of the first trial that ran to the end (`"auto"`: the
-    reference trial's planned schedule, see worker.search). The sampler and pruner are not
+    reference trial's planned schedule, see worker.search), its least a tenth of those
+    (`reference_epochs`, when known): a planned schedule warms up for its first 5 %, so
+    the first epochs say little of how a trial will end. The sampler and pruner are not
     stored, so every process builds the same ones; ask for trials with `ask`."""
     return optuna.create_study(
         study_name=study_name(parent_id),
         storage=study_storage(settings),
         sampler=trial_sampler(spec, 0),
-        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto"),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=min_resource(reference_epochs), max_resource="auto"
+        ),
         direction="maximize",
         load_if_exists=True,
     )
+
+
+def min_resource(reference_epochs: int | None) -> int:
+    """The epochs a trial runs before Hyperband may prune it."""
+    return max(1, math.ceil((reference_epochs or 0) / 10))
 
 
 def startup_trials(spec: JobSpec) -> int:
@@ -104,7 +116,10 @@ def trial_sampler(spec: JobSpec, number: int) -> optuna.samplers.TPESampler:
 
 def ask(study: optuna.Study, spec: JobSpec) -> optuna.Trial:
     """The study's next trial, drawn by the sampler for its number (`trial_sampler`)."""
-    study.sampler = trial_sampler(spec, len(study.get_trials(deepcopy=False)))
+    trials = study.get_trials(deepcopy=False)
+    # The number the asked trial gets: the first enqueued one's, else the next.
+    waiting = [t.number for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    study.sampler = trial_sampler(spec, min(waiting) if waiting else len(trials))
     return study.ask()
 
 
@@ -179,7 +194,11 @@ def trial_reporter(inner: DatabaseReporter, job: Job, settings: Settings) -> Tri
         parent = session.get_one(Job, job.parent_id)
         spec = JobSpec.model_validate(parent.spec)
         end = deadline(parent, spec)
-    study = open_study(parent.id, spec, settings)
+        reference = session.scalar(
+            select(Job.spec).where(Job.parent_id == parent.id, Job.trial_number == 0)
+        )
+    reference_epochs = (reference or {}).get("training", {}).get("epochs")
+    study = open_study(parent.id, spec, settings, reference_epochs)
     trial_id = (job.trial or {})["trial_id"]
     # A trial whose schedule is still to be planned (the reference trial) is never pruned.
     epochs = int(job.spec.get("training", {}).get("epochs") or 0)

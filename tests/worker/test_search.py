@@ -301,6 +301,15 @@ def test_a_bare_search_is_centred_on_the_plan_of_its_reference_trial() -> None:
     play_trial(reference.id, [0.5, 0.6, 0.7])
     later = children(parent_id)[1:]
     assert len(later) == 2  # now `parallel` run at once
+    assert later[0].trial is not None  # the spec's own recipe at the planned schedule
+    assert later[0].trial["params"] == {
+        "family": "kd",
+        "temperature": 4.0,
+        "alpha": 0.9,
+        "augment": True,
+        "learning_rate": planned["learning_rate"],
+        "epochs": planned["epochs"],
+    }
     for child in later:
         assert child.trial is not None
         params = child.trial["params"]
@@ -323,3 +332,5 @@ def test_every_trial_of_a_search_draws_its_own_params() -> None:
     assert len(trials) == 8 and get(parent_id).status == JobStatus.succeeded
     drawn = [json.dumps((t.trial or {})["params"], sort_keys=True) for t in trials]
     assert len(set(drawn)) == 8, drawn
+    temperatures = [(t.trial or {})["params"]["temperature"] for t in trials]
+    assert len(set(temperatures)) == 8, temperatures  # no two trials share a random stream
