@@ -30,7 +30,7 @@ from worker.kd.budget import plan_job, with_plan
 from worker.kd.spec import JobSpec, SearchSpec
 from worker.maintenance import sweep
 from worker.search import advance, start, trials_of
-from worker.trials import open_study, study_storage
+from worker.trials import ask, open_study, study_storage
 
 SWEEP = Settings(lease_seconds=30, max_attempts=3, requeue_after_seconds=600)
 
@@ -334,3 +334,16 @@ def test_every_trial_of_a_search_draws_its_own_params() -> None:
     assert len(set(drawn)) == 8, drawn
     temperatures = [(t.trial or {})["params"]["temperature"] for t in trials]
     assert len(set(temperatures)) == 8, temperatures  # no two trials share a random stream
+
+
+def test_an_enqueued_trial_and_the_one_after_it_draw_from_distinct_streams() -> None:
+    """Every ask opens the study anew (as each worker does); the enqueued first trial's free
+    params and the next trial's are distinct draws, not one seed twice."""
+    spec = JobSpec.model_validate(search_spec(trials=4))
+    parent_id = f"job_streams_{uuid.uuid4().hex[:8]}"
+    open_study(parent_id, spec, get_settings()).enqueue_trial({"alpha": 0.0})
+    temperatures = []
+    for _ in range(4):
+        trial = ask(open_study(parent_id, spec, get_settings()), spec)
+        temperatures.append(trial.suggest_float("temperature", 1.0, 8.0, log=True))
+    assert len(set(temperatures)) == 4, temperatures
