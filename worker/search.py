@@ -53,11 +53,12 @@ from worker.search_space import (
     SearchContext,
     apply,
     is_scratch,
+    own_params,
     scratch_params,
     suggest,
     teacher_pairable,
 )
-from worker.trials import TRIAL_STOPS, deadline, now_utc, open_study, unix
+from worker.trials import TRIAL_STOPS, ask, deadline, now_utc, open_study, unix
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,9 @@ def _begin(job: Job, fence: Fence, settings: Settings) -> list[str]:
     return queued
 
 
-def search_context(job: Job, spec: JobSpec) -> SearchContext:
-    """What the search space depends on, read from the dataset's upload check."""
+def search_context(job: Job, spec: JobSpec, children: list[Job] | None = None) -> SearchContext:
+    """What the search space depends on, read from the dataset's upload check, and the
+    reference schedule the trials are drawn around (`reference_schedule`)."""
     labelled, arrays = True, spec.teacher.format != "hf_zip"
     teacher_format: str | None = spec.teacher.format
     if teacher_format == "auto":  # the format the upload check sniffed
@@ -178,13 +180,43 @@ def search_context(job: Job, spec: JobSpec) -> SearchContext:
             labelled = "y" in details["arrays"]
         fmt = file.format if file is not None else spec.dataset.format
         arrays = arrays and fmt not in TEXT_FORMATS and spec.dataset.format not in TEXT_FORMATS
+    epochs, learning_rate = reference_schedule(spec, children or [])
     return SearchContext(
         labelled=labelled,
         arrays=arrays,
-        epochs=with_training_defaults(spec.training).epochs,
-        learning_rate=with_training_defaults(spec.training).learning_rate,
+        epochs=epochs,
+        learning_rate=learning_rate,
         pairable=teacher_pairable(teacher_format),
     )
+
+
+def reference_schedule(spec: JobSpec, children: list[Job]) -> tuple[int | None, float | None]:
+    """The epochs and learning rate the search is centred on: what the budget planner
+    chooses for this job, not TRAINING_DEFAULTS.
+
+    The spec's own values where it states both. Otherwise the plan is made where the data,
+    the student and a measured step are at hand: the search (the parent) holds no worker
+    and loads no data, so its first trial, the reference (scratch for labelled data), is
+    queued with the schedule left open and alone; its worker plans it at first claim, as
+    any job (worker.kd.budget, fitted into the trial's budget_seconds, see
+    `worker.search_space.apply`), and stores the plan on the trial. Every later trial
+    draws its learning rate a decade either side of the planned one and its epochs
+    between a quarter of the planned ones and all of them, so each fits the budget too.
+    Before the reference is planned: (None, None), and no other trial is queued. A
+    reference that ended without a plan (it failed first) leaves TRAINING_DEFAULTS."""
+    stated = spec.training.epochs, spec.training.learning_rate
+    if stated[0] is not None and stated[1] is not None:
+        return stated
+    reference = next((c for c in children if c.trial_number == 0), None)
+    if reference is None:
+        return None, None
+    training = reference.spec.get("training", {})
+    if training.get("epochs") is not None and training.get("learning_rate") is not None:
+        return int(training["epochs"]), float(training["learning_rate"])
+    if reference.status in TERMINAL_STATUSES:
+        defaults = with_training_defaults(spec.training)
+        return defaults.epochs, defaults.learning_rate
+    return None, None
 
 
 def _top_up(
@@ -201,11 +233,19 @@ def _top_up(
     assert search is not None
     active = sum(child.status not in TERMINAL_STATUSES for child in children)
     wanted = min(search.parallel - active, search.trials - len(children))
+    if not context.planned:  # the reference trial alone, until its worker has planned it
+        wanted = 0 if children else min(wanted, 1)
     if wanted <= 0 or not _fits(children, deadline(parent, spec)):
         return []
-    queued = []
+    queued: list[str] = []
     for _ in range(wanted):
-        trial = study.ask()
+        # The spec's own recipe is the first candidate after scratch (the first of all
+        # without labels), once the schedule it runs at is known.
+        if len(children) + len(queued) == (1 if context.labelled else 0):
+            own = own_params(parent.spec.get("distillation") or {}, context)
+            if own is not None:
+                study.enqueue_trial(own)
+        trial = ask(study, spec)
         params = suggest(trial, context)
         child = Job(
             id=new_id("job"),
@@ -227,9 +267,14 @@ def _top_up(
 
 
 def _describe(params: dict[str, Any]) -> str:
+    schedule = (
+        f"lr {params['learning_rate']:.2g}, {params['epochs']} epochs"
+        if "epochs" in params
+        else "the planned schedule"
+    )
     return (
         f"{params['family']}, T {params['temperature']:.2g}, alpha {params['alpha']:.2f}, "
-        f"lr {params['learning_rate']:.2g}, {params['epochs']} epochs"
+        + schedule
         + (", augmented" if params["augment"] else "")
     )
 
@@ -278,7 +323,8 @@ def advance(parent_id: str, settings: Settings) -> None:
             if child.status in TERMINAL_STATUSES and "outcome" not in (child.trial or {}):
                 _record(session, study, parent, child)
         if not spent:
-            queued = _top_up(session, parent, spec, search_context(parent, spec), study, children)
+            context = search_context(parent, spec, children)
+            queued = _top_up(session, parent, spec, context, study, children)
         ended = sum(child.status in TERMINAL_STATUSES for child in children)
         parent.progress = ended / (spec.search.trials if spec.search else 1)
         if not queued and ended == len(children):
@@ -318,8 +364,12 @@ def _record(session: Session, study: optuna.Study, parent: Job, child: Job) -> N
         value = values[-1] if pruned and values else None
         state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
         study.tell(child.trial_number or 0, state=state, skip_if_finished=True)
+    trial = dict(child.trial or {})
+    training = child.spec.get("training", {})
+    planned = {k: training[k] for k in ("epochs", "learning_rate") if training.get(k) is not None}
+    trial["params"] = {**planned, **trial.get("params", {})}  # the reference's, as planned
     child.trial = {
-        **(child.trial or {}),
+        **trial,
         "outcome": outcome,
         "value": value,
         "epochs_run": len(values),

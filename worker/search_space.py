@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from worker.kd.spec import PAIRABLE_TEACHER_FORMATS
+from worker.kd.spec import PAIRABLE_TEACHER_FORMATS, SearchSpec
 
 # The augmentation a trial with `augment` on gets: the default recipe's consistent teaching
 # (mixup needs soft targets, so families that need hard labels get the noise alone).
@@ -53,13 +53,20 @@ def teacher_pairable(teacher_format: str | None) -> bool:
 @dataclass(frozen=True)
 class SearchContext:
     """What the space depends on: whether the data has labels, whether the inputs are
-    numeric arrays (so that mixup and noise apply), and the spec's own schedule."""
+    numeric arrays (so that mixup and noise apply), and the reference schedule: the epochs
+    and learning rate the planner chose for the search's job (worker.search), None while
+    that plan is not made yet (the reference trial then draws neither: the worker plans
+    them at its first claim, as for any job)."""
 
     labelled: bool
     arrays: bool
-    epochs: int
-    learning_rate: float
+    epochs: int | None
+    learning_rate: float | None
     pairable: bool = False  # the teacher's head can be found (`teacher_pairable`)
+
+    @property
+    def planned(self) -> bool:
+        return self.epochs is not None and self.learning_rate is not None
 
     @property
     def response_families(self) -> list[str]:
@@ -74,24 +81,36 @@ class SearchContext:
 
     @property
     def learning_rates(self) -> tuple[float, float]:
+        """A decade either side of the reference learning rate."""
+        assert self.learning_rate is not None
         return max(self.learning_rate / 10, 1e-6), min(self.learning_rate * 10, 1.0)
 
     @property
     def shortest(self) -> int:
+        """The shortest schedule a trial draws: a quarter of the reference's (the longest
+        is the reference's own, which the plan fitted to the trial's budget)."""
+        assert self.epochs is not None
         return max(1, math.ceil(self.epochs / 4))
 
 
 def suggest(trial: optuna.Trial, context: SearchContext) -> dict[str, Any]:
-    """Draw one trial's params (define-by-run, so enqueued trials can fix some of them)."""
+    """Draw one trial's params (define-by-run, so enqueued trials can fix some of them).
+    Without a reference schedule yet (`context.planned`), epochs and learning rate are not
+    drawn: the trial's worker plans them."""
     family = trial.suggest_categorical("family", context.families)
     params: dict[str, Any] = {
         "family": family,
         "temperature": trial.suggest_float("temperature", 1.0, 8.0, log=True),
         "alpha": trial.suggest_float("alpha", 0.0, 1.0) if context.labelled else 1.0,
-        "learning_rate": trial.suggest_float("learning_rate", *context.learning_rates, log=True),
-        "epochs": trial.suggest_int("epochs", context.shortest, context.epochs),
-        "augment": trial.suggest_categorical("augment", [False, True]) if context.arrays else False,
     }
+    if context.planned:
+        assert context.epochs is not None
+        low, high = context.learning_rates
+        params["learning_rate"] = trial.suggest_float("learning_rate", low, high, log=True)
+        params["epochs"] = trial.suggest_int("epochs", context.shortest, context.epochs)
+    params["augment"] = (
+        trial.suggest_categorical("augment", [False, True]) if context.arrays else False
+    )
     if family in MIXED_FAMILIES:
         low, high = MIXED_FAMILIES[family].weights
         params["extra_weight"] = trial.suggest_float("extra_weight", low, high, log=True)
@@ -99,7 +118,11 @@ def suggest(trial: optuna.Trial, context: SearchContext) -> dict[str, Any]:
 
 
 def scratch_params(context: SearchContext) -> dict[str, Any]:
-    """The candidate every labelled search tries first: no teacher, the spec's own schedule."""
+    """The candidate every labelled search tries first: no teacher, the reference schedule
+    (left to the trial's worker to plan when there is no reference yet)."""
+    if not context.planned:
+        return {"alpha": 0.0, "augment": False}
+    assert context.learning_rate is not None
     low, high = context.learning_rates
     return {
         "alpha": 0.0,
@@ -109,20 +132,49 @@ def scratch_params(context: SearchContext) -> dict[str, Any]:
     }
 
 
+def own_params(distillation: dict[str, Any], context: SearchContext) -> dict[str, Any] | None:
+    """The spec's own recipe as a candidate (response KD at its temperature and alpha, its
+    augmentation, the reference schedule): what the job would run without a search, so the
+    search tries it too. None when the spec's distillation is not one the space can
+    express (its own loss terms, another augmentation, a temperature outside the space)."""
+    temperature = float(distillation.get("temperature", 4.0))
+    augment = {k: v for k, v in (distillation.get("augment") or {}).items() if v}
+    if augment not in ({}, AUGMENT_ON) or (augment and not context.arrays):
+        return None
+    if distillation.get("losses") or not 1.0 <= temperature <= 8.0:
+        return None
+    params: dict[str, Any] = {"family": "kd", "temperature": temperature, "augment": bool(augment)}
+    if context.labelled:
+        params["alpha"] = float(distillation.get("alpha", 0.7))
+    if context.planned:
+        params.update(learning_rate=context.learning_rate, epochs=context.epochs)
+    return params
+
+
 def is_scratch(params: dict[str, Any]) -> bool:
     return float(params.get("alpha", 1.0)) == 0.0
 
 
 def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's job spec: the search's spec with the params in it, no search, no baseline."""
+    """The trial's job spec: the search's spec with the params in it, no search, no baseline.
+
+    Epochs and learning rate absent from the params stay as the spec has them (None:
+    planned by the trial's worker). A trial's `training.budget_seconds`, what the planner
+    fits a schedule into, is at most half the search's: a planned reference trial leaves
+    time for at least one more, and every drawn trial is no longer than the reference."""
     child = {key: value for key, value in spec.items() if key not in ("search", "baseline")}
-    training = {
-        **spec.get("training", {}),
-        "epochs": int(params["epochs"]),
-        "learning_rate": float(params["learning_rate"]),
-    }
+    training = dict(spec.get("training", {}))
+    if "epochs" in params:
+        training["epochs"] = int(params["epochs"])
+    if "learning_rate" in params:
+        training["learning_rate"] = float(params["learning_rate"])
+    if spec.get("search") is not None:
+        own = training.get("budget_seconds")
+        half = SearchSpec.model_validate(spec["search"]).budget_seconds / 2
+        training["budget_seconds"] = half if own is None else min(float(own), half)
     distillation = dict(spec.get("distillation") or {})
-    family, alpha, temperature = params.get("family", "kd"), params["alpha"], params["temperature"]
+    family, alpha = params.get("family", "kd"), params["alpha"]
+    temperature = params.get("temperature", distillation.get("temperature"))
     augment: dict[str, Any] = {}
     if params["augment"]:
         augment = AUGMENT_HARD_LABELS if family in HARD_LABEL_FAMILIES else AUGMENT_ON

@@ -8,18 +8,19 @@ way it survives any worker, so a search resumes wherever its next trial ends.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import optuna
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from app.config import Settings
 from app.db import make_engine, session_scope
 from app.models import Job
-from worker.kd.spec import SEARCH_METRICS, JobSpec, with_training_defaults
+from worker.kd.spec import SEARCH_METRICS, JobSpec
 from worker.reporter import DatabaseReporter
 
 OPTUNA_SCHEMA = "optuna"
@@ -66,20 +67,60 @@ def study_name(parent_id: str) -> str:
     return f"distillery-{parent_id}"
 
 
-def open_study(parent_id: str, spec: JobSpec, settings: Settings) -> optuna.Study:
+def open_study(
+    parent_id: str, spec: JobSpec, settings: Settings, reference_epochs: int | None = None
+) -> optuna.Study:
     """The search's study, created on first use. TPE proposes; Hyperband (successive
     halving over brackets) prunes on the per-epoch selection metric, the resource being
-    epochs. The sampler and pruner are not stored, so every process builds the same ones."""
+    epochs, its most the epochs of the first trial that ran to the end (`"auto"`: the
+    reference trial's planned schedule, see worker.search), its least a tenth of those
+    (`reference_epochs`, when known): a planned schedule warms up for its first 5 %, so
+    the first epochs say little of how a trial will end. The sampler and pruner are not
+    stored, so every process builds the same ones; ask for trials with `ask`."""
     return optuna.create_study(
         study_name=study_name(parent_id),
         storage=study_storage(settings),
-        sampler=optuna.samplers.TPESampler(seed=spec.training.seed),
+        sampler=trial_sampler(spec, 0),
         pruner=optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=with_training_defaults(spec.training).epochs
+            min_resource=min_resource(reference_epochs), max_resource="auto"
         ),
         direction="maximize",
         load_if_exists=True,
     )
+
+
+def min_resource(reference_epochs: int | None) -> int:
+    """The epochs a trial runs before Hyperband may prune it."""
+    return max(1, math.ceil((reference_epochs or 0) / 10))
+
+
+def startup_trials(spec: JobSpec) -> int:
+    """Trials TPE draws at random before it models the others: half the search's, 2 to 10."""
+    trials = spec.search.trials if spec.search is not None else 8
+    return min(10, max(2, trials // 2))
+
+
+def trial_sampler(spec: JobSpec, number: int) -> optuna.samplers.TPESampler:
+    """The sampler for the study's trial `number`: TPE seeded from the spec's seed and the
+    trial's number.
+
+    A search's trials are asked for by different processes (whichever worker ends a
+    trial), each building the study anew. A sampler seeded with the spec's seed alone
+    restarts its random stream in every process, so every random (startup) draw was the
+    same draw: 8 trials tried 2 settings. Seeding once per study cannot survive a process,
+    so each ask gets the study's seed stream advanced by the trial's number instead: as
+    reproducible as one seeded sampler, and distinct trials draw distinct params."""
+    seed = (spec.training.seed * 1_000_003 + number) % 2**32
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec))
+
+
+def ask(study: optuna.Study, spec: JobSpec) -> optuna.Trial:
+    """The study's next trial, drawn by the sampler for its number (`trial_sampler`)."""
+    trials = study.get_trials(deepcopy=False)
+    # The number the asked trial gets: the first enqueued one's, else the next.
+    waiting = [t.number for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    study.sampler = trial_sampler(spec, min(waiting) if waiting else len(trials))
+    return study.ask()
 
 
 def unix(stamp: datetime) -> float:
@@ -153,9 +194,12 @@ def trial_reporter(inner: DatabaseReporter, job: Job, settings: Settings) -> Tri
         parent = session.get_one(Job, job.parent_id)
         spec = JobSpec.model_validate(parent.spec)
         end = deadline(parent, spec)
-    study = open_study(parent.id, spec, settings)
+        reference = session.scalar(
+            select(Job.spec).where(Job.parent_id == parent.id, Job.trial_number == 0)
+        )
+    reference_epochs = (reference or {}).get("training", {}).get("epochs")
+    study = open_study(parent.id, spec, settings, reference_epochs)
     trial_id = (job.trial or {})["trial_id"]
-    epochs = int(
-        job.spec.get("training", {}).get("epochs") or with_training_defaults(spec.training).epochs
-    )
+    # A trial whose schedule is still to be planned (the reference trial) is never pruned.
+    epochs = int(job.spec.get("training", {}).get("epochs") or 0)
     return TrialReporter(inner, optuna.Trial(study, trial_id), epochs, end)

@@ -217,3 +217,33 @@ def test_a_worker_killed_during_a_trial_does_not_stop_the_search(
     parent_events = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()["data"]]
     assert "requeued" not in parent_events  # the search itself holds no lease
     assert {t["status"] for t in trials_of(api, job_id)} <= {"complete", "pruned"}
+
+
+def test_a_bare_search_is_drawn_around_its_first_trial_s_plan(
+    embedded: Api, digits: dict[str, Path]
+) -> None:
+    """A spec that leaves the schedule open: the scratch trial is planned by its worker
+    (as any job), the spec's own recipe runs next at that plan, and a third trial, when the
+    budget left fits one, draws epochs and learning rate around it, not around
+    TRAINING_DEFAULTS."""
+    teacher, dataset = upload_digits(embedded, digits)
+    spec = search_spec(teacher, dataset, epochs=1, trials=3, parallel=1, budget=600)
+    del spec["training"]
+    job = embedded.wait(embedded.submit(spec)["id"], timeout=900)
+    assert job["status"] == "succeeded", (job, embedded.processes.logs())
+    children = sorted(child_jobs(embedded, job["id"]), key=lambda c: c["trial_number"])
+    planned = children[0]["spec"]["training"]
+    assert planned["learning_rate"] == 0.01 and planned["epochs"] > 20  # the rule's plan
+    assert planned["budget_seconds"] == 300  # half the search's
+    kinds = [e["kind"] for e in embedded.get(f"/v1/jobs/{children[0]['id']}/events").json()["data"]]
+    assert "training_planned" in kinds
+    trials = trials_of(embedded, job["id"])
+    assert trials[0]["params"]["alpha"] == 0.0
+    assert trials[0]["params"]["epochs"] == planned["epochs"]
+    assert trials[1]["params"]["family"] == "kd"
+    assert trials[1]["params"]["epochs"] == planned["epochs"]
+    assert trials[1]["params"]["learning_rate"] == 0.01
+    for drawn in [t["params"] for t in trials[2:]]:  # a third runs if the budget left fits it
+        assert planned["epochs"] / 4 <= drawn["epochs"] <= planned["epochs"]
+        assert 1e-3 <= drawn["learning_rate"] <= 1e-1
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == len(trials)

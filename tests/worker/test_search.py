@@ -26,10 +26,11 @@ from app.services import jobs as service
 from app.services.keys import get_or_create_tenant
 from app.storage import open_storage
 from tests.e2e.conftest import fresh_database
+from worker.kd.budget import plan_job, with_plan
 from worker.kd.spec import JobSpec, SearchSpec
 from worker.maintenance import sweep
 from worker.search import advance, start, trials_of
-from worker.trials import open_study, study_storage
+from worker.trials import ask, open_study, study_storage
 
 SWEEP = Settings(lease_seconds=30, max_attempts=3, requeue_after_seconds=600)
 
@@ -258,3 +259,91 @@ def test_cancel_reaches_the_trials() -> None:
     assert get(second.id).status == JobStatus.cancelling
     advance(parent_id, get_settings())  # a trial ending later moves nothing
     assert len(children(parent_id)) == 2
+
+
+def bare_search_spec(trials: int = 4, parallel: int = 2, budget: int = 900) -> dict[str, Any]:
+    """A search whose spec leaves the schedule to the planner (no epochs, no learning rate)."""
+    return JobSpec.model_validate(
+        {
+            "teacher": {"file_id": "file_teacher"},
+            "student": {"arch": "mlp", "hidden": [16]},
+            "dataset": {"builtin": "digits"},
+            "search": {"trials": trials, "parallel": parallel, "budget_seconds": budget},
+        }
+    ).model_dump(mode="json")
+
+
+def store_plan(child_id: str, n_train: int = 1000, n_params: int = 2000) -> dict[str, Any]:
+    """What the worker stores at a trial's first claim: the planner's training section."""
+    with session_scope() as session:
+        child = session.get_one(Job, child_id)
+        spec = JobSpec.model_validate(child.spec)
+        planned = with_plan(spec, plan_job(spec, n_train, n_params, None))
+        child.spec = {**child.spec, "training": planned.training.model_dump(mode="json")}
+        return dict(child.spec["training"])
+
+
+def test_a_bare_search_is_centred_on_the_plan_of_its_reference_trial() -> None:
+    """The scratch trial is queued alone with its schedule open (its worker plans it, within
+    half the search's budget); the trials after it are drawn around that plan, not around
+    TRAINING_DEFAULTS (20 epochs, lr 1e-3)."""
+    parent_id = make_search(bare_search_spec(trials=4, parallel=2, budget=900))
+    (reference,) = children(parent_id)  # alone, although 2 may run at once
+    assert reference.trial is not None and reference.trial["params"]["alpha"] == 0.0
+    assert reference.spec["training"]["epochs"] is None
+    assert reference.spec["training"]["learning_rate"] is None
+    assert reference.spec["training"]["budget_seconds"] == 450.0
+    advance(parent_id, get_settings())  # nothing planned yet: nothing more is queued
+    assert len(children(parent_id)) == 1
+
+    planned = store_plan(reference.id)
+    assert planned["epochs"] > 20 and planned["learning_rate"] == 1e-2  # the rule's, not 1e-3
+    play_trial(reference.id, [0.5, 0.6, 0.7])
+    later = children(parent_id)[1:]
+    assert len(later) == 2  # now `parallel` run at once
+    assert later[0].trial is not None  # the spec's own recipe at the planned schedule
+    assert later[0].trial["params"] == {
+        "family": "kd",
+        "temperature": 4.0,
+        "alpha": 0.9,
+        "augment": True,
+        "learning_rate": planned["learning_rate"],
+        "epochs": planned["epochs"],
+    }
+    for child in later:
+        assert child.trial is not None
+        params = child.trial["params"]
+        assert 1e-3 <= params["learning_rate"] <= 1e-1
+        assert planned["epochs"] / 4 <= params["epochs"] <= planned["epochs"]
+        assert child.spec["training"]["epochs"] == params["epochs"]
+    first = children(parent_id)[0]
+    assert first.trial is not None  # the report shows the reference's planned schedule
+    assert first.trial["params"]["epochs"] == planned["epochs"]
+
+
+def test_every_trial_of_a_search_draws_its_own_params() -> None:
+    """Each trial is asked for by a fresh study (as by whichever worker ended the last
+    one); 8 trials are 8 distinct settings, not the scratch and one repeated draw."""
+    parent_id = make_search(search_spec(trials=8, parallel=1))
+    for number in range(8):
+        child = children(parent_id)[number]
+        play_trial(child.id, [0.5, 0.6, 0.5 + number / 100])
+    trials = children(parent_id)
+    assert len(trials) == 8 and get(parent_id).status == JobStatus.succeeded
+    drawn = [json.dumps((t.trial or {})["params"], sort_keys=True) for t in trials]
+    assert len(set(drawn)) == 8, drawn
+    temperatures = [(t.trial or {})["params"]["temperature"] for t in trials]
+    assert len(set(temperatures)) == 8, temperatures  # no two trials share a random stream
+
+
+def test_an_enqueued_trial_and_the_one_after_it_draw_from_distinct_streams() -> None:
+    """Every ask opens the study anew (as each worker does); the enqueued first trial's free
+    params and the next trial's are distinct draws, not one seed twice."""
+    spec = JobSpec.model_validate(search_spec(trials=4))
+    parent_id = f"job_streams_{uuid.uuid4().hex[:8]}"
+    open_study(parent_id, spec, get_settings()).enqueue_trial({"alpha": 0.0})
+    temperatures = []
+    for _ in range(4):
+        trial = ask(open_study(parent_id, spec, get_settings()), spec)
+        temperatures.append(trial.suggest_float("temperature", 1.0, 8.0, log=True))
+    assert len(set(temperatures)) == 4, temperatures

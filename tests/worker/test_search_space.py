@@ -106,3 +106,24 @@ def test_a_search_without_pairable_layers_never_draws_a_mixed_family() -> None:
         params = suggest(study.ask(), context(pairable=False))
         assert params["family"] in ("kd", "dkd") and "extra_weight" not in params
         JobSpec.model_validate(apply(parent_spec("onnx"), params))
+
+
+def test_before_the_plan_a_trial_leaves_its_schedule_to_its_worker() -> None:
+    """No reference schedule yet: the trial draws neither epochs nor learning rate, its spec
+    leaves them to the planner, within half the search's budget."""
+    unplanned = SearchContext(True, True, epochs=None, learning_rate=None, pairable=False)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    params = suggest(study.ask(), unplanned)
+    assert "epochs" not in params and "learning_rate" not in params
+    bare = {**parent_spec(), "training": {"budget_seconds": 600}}
+    child = JobSpec.model_validate(apply(bare, params))
+    assert child.training.epochs is None and child.training.learning_rate is None
+    assert child.training.budget_seconds == 450  # the search's 900 s, halved
+
+
+def test_trials_are_drawn_around_the_reference_schedule() -> None:
+    planned = SearchContext(True, True, epochs=108, learning_rate=1e-2, pairable=False)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=4))
+    for _ in range(20):
+        params = suggest(study.ask(), planned)
+        assert 27 <= params["epochs"] <= 108 and 1e-3 <= params["learning_rate"] <= 1e-1
