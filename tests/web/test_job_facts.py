@@ -33,7 +33,9 @@ def test_job_page_states_the_loss_and_no_teacher_legend_before_a_line(
 def test_new_job_form_leaves_recipe_and_budget_to_the_server(web: TestClient, key: str) -> None:
     sign_in(web, key)
     page = web.get("/new").text
-    for name in ("temperature", "alpha", "epochs", "batch_size", "learning_rate", "seed"):
+    shown = {"temperature": "default", "alpha": "default", "epochs": "planned",
+             "batch_size": "planned", "learning_rate": "planned", "seed": "0"}  # fmt: skip
+    for name, placeholder in shown.items():
         field = page.split(f'name="{name}"', 1)[1].split(">", 1)[0]
         assert "value=" not in field, (name, field)
-        assert 'placeholder="default"' in field
+        assert f'placeholder="{placeholder}"' in field, (name, field)
