@@ -120,12 +120,13 @@ def job_page(request: Request, job_id: str, session: SessionDep, tenant: WebTena
 
 @router.get("/new", response_class=HTMLResponse)
 def new_job_page(request: Request, session: SessionDep, tenant: WebTenantDep) -> Response:
-    """Upload a teacher and a dataset, or pick uploaded ones, and submit a job."""
+    """Upload a teacher and a dataset (and a student model for hf_file), or pick uploaded
+    ones, and submit a job."""
     if tenant is None:
         return _to_sign_in(request)
     files: dict[str, Any] = {
         purpose: file_service.list_files(session, tenant.id, purpose)
-        for purpose in (Purpose.teacher.value, Purpose.dataset.value)
+        for purpose in (Purpose.teacher.value, Purpose.dataset.value, Purpose.student.value)
     }
     return render(request, "new.html", {"tenant": tenant, "files": files})
 

@@ -269,6 +269,7 @@ def test_failed_job_blank_form_fields_and_the_jobs_table_at_1400px(
     with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
         page.click("#submit")
     body = sent.value.post_data_json
+    assert isinstance(body, dict), body
     assert "distillation" not in body and body["training"] == {"epochs": 2}, body
     page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
 
@@ -295,3 +296,204 @@ def test_failed_job_blank_form_fields_and_the_jobs_table_at_1400px(
     page.screenshot(path=SHOTS / "jobs-1400.png", full_page=True)
     assert overflow <= 0, f"the jobs table overflows its card by {overflow} px"
     assert last and card and last["x"] + last["width"] <= card["x"] + card["width"] + 0.5
+
+
+@pytest.fixture
+def llm_files(server: Api, tmp_path: Path) -> dict[str, str]:
+    """Uploaded files for LLM jobs, by role. The form and the API are under test here, not
+    the models: the teacher and the student are any bytes (a worker fails such jobs)."""
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"not a Hugging Face model directory" * 20)
+    train = tmp_path / "train.jsonl"
+    rows = (f'{{"prompt": "{n} + 1 =", "completion": " {n + 1}"}}\n' for n in range(40))
+    train.write_text("".join(rows))
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text("".join(f'{{"text": "{n} + 2 = {n + 2}"}}\n' for n in range(10)))
+    npz = tmp_path / "data.npz"
+    npz.write_bytes(small_dataset())
+    return {
+        "teacher": server.upload(model, "teacher")["id"],
+        "student": server.upload(model, "student")["id"],
+        "dataset": server.upload(train, "dataset")["id"],
+        "eval": server.upload(held_out, "dataset")["id"],
+        "npz": server.upload(npz, "dataset")["id"],
+    }
+
+
+def submit_form(page: Page) -> tuple[dict[str, object], int]:
+    """Click submit; the JSON the form POSTed to /v1/jobs and the API's status."""
+    with page.expect_response(
+        lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST"
+    ) as answered:
+        page.click("#submit")
+    response = answered.value
+    body = response.request.post_data_json
+    assert isinstance(body, dict), body
+    return body, response.status
+
+
+def test_llm_job_from_teacher_on_policy_sends_the_chosen_methods_fields(
+    page: Page, server: Api, llm_files: dict[str, str], tmp_path: Path
+) -> None:
+    """from_teacher + on_policy: the form shows the language-model fields and each method's
+    own ones only, and POSTs exactly the fields filled for the chosen method."""
+    sign_in(page, server.key)
+    page.goto("/new")
+    lm = page.locator("#transformer-fields")
+    expect(lm).to_be_hidden()
+    expect(page.locator("#num-layers")).to_be_hidden()
+    expect(page.locator("#teacher-hint")).to_have_text(
+        "A TorchScript module mapping a batch of inputs to logits."
+    )
+
+    page.select_option("#arch", "from_teacher")
+    expect(lm).to_be_visible()
+    expect(page.locator("#num-layers")).to_be_visible()
+    expect(page.locator("#cnn-channels")).to_be_hidden()
+    expect(page.locator("#student-existing")).to_be_hidden()  # hf_file's picker
+    expect(page.locator("#teacher-hint")).to_contain_text("Hugging Face model directory as a ZIP")
+    expect(page.locator("#dataset-hint")).to_contain_text("JSONL texts")
+    expect(page.locator("#method")).to_have_value("logits")
+    method_fields = ["#top-k", "#lmbda", "#beta", "#max-new-tokens", "#generation-temperature"]
+    shown = {
+        "logits": set(),
+        "top_k": {"#top-k"},
+        "sequence": {"#max-new-tokens", "#generation-temperature"},
+        "on_policy": {"#lmbda", "#beta", "#max-new-tokens", "#generation-temperature"},
+    }
+    for method in ("logits", "top_k", "sequence", "on_policy"):
+        page.select_option("#method", method)
+        for field in method_fields:
+            visible = expect(page.locator(field))
+            visible.to_be_visible() if field in shown[method] else visible.to_be_hidden()
+        if method == "top_k":
+            page.fill("#top-k", "8")  # then hidden by on_policy: never sent
+    expect(page.locator("#max-length")).to_be_visible()
+
+    page.select_option("#teacher-existing", llm_files["teacher"])
+    page.select_option("#dataset-existing", llm_files["dataset"])
+    page.select_option("#eval-existing", llm_files["eval"])
+    page.fill("#num-layers", "2")
+    page.fill("#lmbda", "0.25")
+    page.fill("#beta", "0.75")
+    page.fill("#max-new-tokens", "16")
+    page.fill("#generation-temperature", "0.7")
+    page.fill("#max-length", "64")
+    page.fill("#epochs", "1")
+    page.check("#baseline")
+    page.screenshot(path=SHOTS / "new-llm.png", full_page=True)
+    body, status = submit_form(page)
+    assert body == {
+        "teacher": {"file_id": llm_files["teacher"]},
+        "student": {"arch": "from_teacher", "num_layers": 2},
+        "dataset": {
+            "file_id": llm_files["dataset"],
+            "max_length": 64,
+            "eval_file_id": llm_files["eval"],
+        },
+        "distillation": {
+            "method": "on_policy",
+            "lmbda": 0.25,
+            "beta": 0.75,
+            "generation": {"max_new_tokens": 16, "temperature": 0.7},
+        },
+        "training": {"epochs": 1},
+        "baseline": True,
+    }, body
+    assert status == 201
+    page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
+    stored = server.get(f"/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()["spec"]
+    assert stored["distillation"]["method"] == "on_policy" and stored["baseline"] is True
+    assert stored["dataset"]["eval_file_id"] == llm_files["eval"]
+
+
+def test_each_llm_method_and_a_tensor_baseline_are_accepted_from_the_form(
+    page: Page, server: Api, llm_files: dict[str, str]
+) -> None:
+    """hf_file + top_k, from_teacher + sequence and + logits (the default: no method sent),
+    and a cnn job with a baseline whose hidden language-model fields are not sent."""
+    sign_in(page, server.key)
+    student = {"arch": "hf_file", "file_id": llm_files["student"]}
+    cases: list[tuple[str, str, dict[str, str], dict[str, object]]] = [
+        ("hf_file", "top_k", {"#top-k": "8"}, {
+            "student": student, "distillation": {"method": "top_k", "top_k": 8}}),
+        ("from_teacher", "sequence", {"#num-layers": "1", "#max-new-tokens": "8",
+                                      "#generation-temperature": "0"}, {
+            "student": {"arch": "from_teacher", "num_layers": 1},
+            "distillation": {"method": "sequence",
+                             "generation": {"max_new_tokens": 8, "temperature": 0}}}),
+        ("from_teacher", "logits", {"#num-layers": "3", "#alpha": "0.5"}, {
+            "student": {"arch": "from_teacher", "num_layers": 3},
+            "distillation": {"alpha": 0.5}}),
+    ]  # fmt: skip
+    for arch, method, fields, expected in cases:
+        page.goto("/new")
+        page.select_option("#arch", arch)
+        page.select_option("#method", method)
+        page.select_option("#teacher-existing", llm_files["teacher"])
+        page.select_option("#dataset-existing", llm_files["dataset"])
+        for field, value in fields.items():
+            page.fill(field, value)
+        body, status = submit_form(page)
+        files = {"teacher": {"file_id": llm_files["teacher"]}}
+        assert body == {**files, "dataset": {"file_id": llm_files["dataset"]}, **expected}, body
+        assert status == 201, (arch, method)
+        page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
+
+    page.goto("/new")
+    page.select_option("#arch", "from_teacher")
+    page.select_option("#method", "on_policy")
+    page.fill("#lmbda", "0.5")
+    page.fill("#max-length", "32")
+    page.select_option("#eval-existing", llm_files["eval"])
+    page.select_option("#arch", "cnn")
+    expect(page.locator("#transformer-fields")).to_be_hidden()
+    page.select_option("#teacher-existing", llm_files["teacher"])
+    page.select_option("#dataset-existing", llm_files["npz"])
+    page.check("#baseline")
+    body, status = submit_form(page)
+    assert body == {
+        "teacher": {"file_id": llm_files["teacher"]},
+        "student": {"arch": "cnn", "channels": [8, 16], "hidden": 32},
+        "dataset": {"file_id": llm_files["npz"]},
+        "baseline": True,
+    }, body
+    assert status == 201
+    page.wait_for_url(re.compile(r"/jobs/job_\w+$"))
+
+
+def test_hf_file_form_checks_its_fields_and_shows_the_apis_message(
+    page: Page, server: Api, llm_files: dict[str, str]
+) -> None:
+    """The student model is required for hf_file and the method's fields are checked in the
+    page; what the API refuses (here an evaluation file deleted after the page was loaded)
+    is shown in its words."""
+    sign_in(page, server.key)
+    page.goto("/new")
+    page.select_option("#arch", "hf_file")
+    expect(page.locator("#student-existing")).to_be_visible()
+    page.select_option("#student-existing", "")
+    page.select_option("#method", "top_k")
+    page.fill("#top-k", "0")
+    page.click("#submit")
+    errors = page.locator("#form-errors")
+    expect(errors).to_contain_text("Choose a student model file")
+    expect(errors).to_contain_text("Top k must be at least 1.")
+    expect(page.locator("#student-existing")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#top-k")).to_have_attribute("aria-invalid", "true")
+
+    page.select_option("#student-existing", llm_files["student"])
+    page.fill("#top-k", "16")
+    page.select_option("#teacher-existing", llm_files["teacher"])
+    page.select_option("#dataset-existing", llm_files["dataset"])
+    page.select_option("#eval-existing", llm_files["eval"])
+    with server.client as client:
+        assert client.delete(f"/v1/files/{llm_files['eval']}").status_code == 200
+    body, status = submit_form(page)
+    assert body["dataset"] == {"file_id": llm_files["dataset"], "eval_file_id": llm_files["eval"]}
+    assert status == 404
+    expect(errors).to_contain_text(
+        f"dataset.eval_file_id: there is no file {llm_files['eval']!r} in your account"
+    )
+    expect(page.locator("#submit")).to_be_enabled()
+    assert page.url.endswith("/new")

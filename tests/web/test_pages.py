@@ -215,3 +215,82 @@ def test_job_page_shows_a_language_models_figures_and_samples(web: TestClient, k
                    "As the teacher's draft (speculative decoding)",
                    "Generation tokens/s, batch 1 / 8"):  # fmt: skip
         assert needle in script
+
+
+def _tag(page: str, marker: str) -> str:
+    """The opening tag that contains `marker`."""
+    at = page.index(marker)
+    return page[page.rindex("<", 0, at) : page.index(">", at) + 1]
+
+
+def _label_of(page: str, input_id: str) -> str:
+    """The <label> wrapping the input with this id, whole."""
+    at = page.index(f'id="{input_id}"')
+    return page[page.rindex("<label", 0, at) : page.index("</label>", at)]
+
+
+def test_new_job_form_offers_transformer_students_and_llm_methods(
+    web: TestClient, key: str
+) -> None:
+    """from_teacher and hf_file students; the language-model fieldset (hidden until a
+    transformer student is chosen) with one field group per method, shown by app.js."""
+    sign_in(web, key)
+    page = web.get("/new").text
+    assert '<option value="from_teacher">from_teacher — layers of a Hugging Face teacher' in page
+    assert '<option value="hf_file">hf_file — an uploaded smaller model</option>' in page
+    layers = _label_of(page, "num-layers")
+    assert 'data-arch="from_teacher" hidden' in layers and "Number of layers" in layers
+    fieldset = _tag(page, 'id="transformer-fields"')
+    assert 'data-kind="transformer"' in fieldset and "hidden" in fieldset
+    methods = page[page.index('<select id="method"') :].split("</select>")[0]
+    assert '<option value="logits" selected>' in methods
+    for method in ("top_k", "sequence", "on_policy"):
+        assert f'<option value="{method}">' in methods
+    shown_for = {
+        "top-k": 'data-method="top_k"',
+        "lmbda": 'data-method="on_policy"',
+        "beta": 'data-method="on_policy"',
+        "max-new-tokens": 'data-method="sequence on_policy"',
+        "generation-temperature": 'data-method="sequence on_policy"',
+    }
+    for field, attribute in shown_for.items():
+        label = _label_of(page, field)
+        assert f"<label {attribute} hidden>" in label, label
+    assert "data-method" not in _label_of(page, "max-length")  # every transformer job
+    script = web.get("/static/app.js").text
+    assert 'new Set(["from_teacher", "hf_file"])' in script
+
+
+def test_new_job_form_picks_a_student_model_and_an_optional_evaluation_file(
+    web: TestClient, key: str
+) -> None:
+    """hf_file's picker lists the uploaded student models (the first chosen); the evaluation
+    picker lists datasets with none chosen; hints for transformer jobs are in the page."""
+    headers = auth(key)
+    student = upload(web, headers, "student", b"a smaller model, checked by the worker", "s.zip")
+    dataset = upload(web, headers, "dataset", small_dataset(), "d.npz")
+    sign_in(web, key)
+    page = web.get("/new").text
+    picker = _tag(page, 'data-purpose="student"')
+    assert 'data-target="student.file_id"' in picker and 'data-arch="hf_file" hidden' in picker
+    student_select = page[page.index('<select id="student-existing"') :].split("</select>")[0]
+    assert f'<option value="{student["id"]}" selected>' in student_select
+    evaluation = _tag(page, 'data-target="dataset.eval_file_id"')
+    assert 'data-purpose="dataset"' in evaluation and "data-optional" in evaluation
+    eval_select = page[page.index('<select id="eval-existing"') :].split("</select>")[0]
+    assert f'<option value="{dataset["id"]}">' in eval_select and "selected" not in eval_select
+    assert '<label for="eval-existing">' in page and '<label for="eval-upload">' in page
+    assert 'aria-describedby="eval-hint"' in eval_select
+    teacher_hint = _tag(page, 'id="teacher-hint"')
+    assert 'data-hint-transformer="A Hugging Face model directory as a ZIP' in teacher_hint
+    assert 'data-hint-transformer="JSONL texts' in _tag(page, 'id="dataset-hint"')
+
+
+def test_new_job_form_has_a_baseline_checkbox(web: TestClient, key: str) -> None:
+    sign_in(web, key)
+    page = web.get("/new").text
+    box = _tag(page, 'id="baseline"')
+    assert 'type="checkbox"' in box and "checked" not in box
+    assert 'aria-describedby="baseline-hint"' in box
+    assert "Train a baseline without the teacher too" in _label_of(page, "baseline")
+    assert "spec.baseline = true" in web.get("/static/app.js").text

@@ -568,7 +568,18 @@
     "learning-rate": { label: "Learning rate", min: 0, minExclusive: true, max: 10 },
     seed: { label: "Seed", min: 0, max: 2 ** 31 - 1, integer: true },
     "cnn-hidden": { label: "Dense hidden", min: 1, max: 65536, integer: true },
+    "num-layers": { label: "Number of layers", min: 1, max: 1024, integer: true },
+    "top-k": { label: "Top k", min: 1, max: 4096, integer: true },
+    lmbda: { label: "Lambda", min: 0, max: 1 },
+    beta: { label: "Beta", min: 0, max: 1 },
+    "max-new-tokens": { label: "Max new tokens", min: 1, max: 4096, integer: true },
+    "generation-temperature": { label: "Generation temperature", min: 0, max: 100 },
+    "max-length": { label: "Max length", min: 4, max: 8192, integer: true },
   };
+  // Students built from a Hugging Face teacher (worker/kd/spec.py TRANSFORMER_ARCHS).
+  const TRANSFORMER_ARCHS = new Set(["from_teacher", "hf_file"]);
+  // The method a transformer job gets when the form sends none; it has no fields of its own.
+  const DEFAULT_METHOD = "logits";
 
   /** The field's number; with `optional`, undefined when left blank (the server decides). */
   function readNumber(id, problems, optional = false) {
@@ -606,25 +617,50 @@
 
   /** The filled fields of a section, or null when none was filled. */
   function given(fields) {
-    const filled = Object.entries(fields).filter(([, value]) => value !== undefined);
+    const filled = Object.entries(fields).filter(([, value]) => value !== undefined && value !== null);
     return filled.length ? Object.fromEntries(filled) : null;
+  }
+
+  function readStudent(arch, problems) {
+    if (arch === "mlp") return { arch, hidden: readIntList("mlp-hidden", "Hidden sizes", 65536, problems) };
+    if (arch === "from_teacher") return { arch, num_layers: readNumber("num-layers", problems) };
+    if (arch === "hf_file") return { arch }; // its file_id comes from the student picker
+    return {
+      arch,
+      channels: readIntList("cnn-channels", "Channels", 4096, problems),
+      hidden: readNumber("cnn-hidden", problems),
+    };
+  }
+
+  /** A transformer job's method and the chosen method's own fields (none for logits). */
+  function readMethod(problems) {
+    const method = document.getElementById("method").value;
+    if (method === DEFAULT_METHOD) return {};
+    const fields = { method };
+    if (method === "top_k") fields.top_k = readNumber("top-k", problems, true);
+    if (method === "on_policy") {
+      fields.lmbda = readNumber("lmbda", problems, true);
+      fields.beta = readNumber("beta", problems, true);
+    }
+    if (method === "sequence" || method === "on_policy") {
+      fields.generation = given({
+        max_new_tokens: readNumber("max-new-tokens", problems, true),
+        temperature: readNumber("generation-temperature", problems, true),
+      });
+    }
+    return fields;
   }
 
   /** The job spec without file ids, and what is wrong with the form. */
   function readSpec() {
     const problems = [];
     const arch = document.getElementById("arch").value;
-    const student = arch === "mlp"
-      ? { arch, hidden: readIntList("mlp-hidden", "Hidden sizes", 65536, problems) }
-      : {
-          arch,
-          channels: readIntList("cnn-channels", "Channels", 4096, problems),
-          hidden: readNumber("cnn-hidden", problems),
-        };
-    const spec = { student };
+    const transformer = TRANSFORMER_ARCHS.has(arch);
+    const spec = { student: readStudent(arch, problems) };
     const distillation = given({
       temperature: readNumber("temperature", problems, true),
       alpha: readNumber("alpha", problems, true),
+      ...(transformer ? readMethod(problems) : {}),
     });
     const training = given({
       epochs: readNumber("epochs", problems, true),
@@ -635,7 +671,16 @@
     // A section the user left blank is not sent, so the server's defaults apply.
     if (distillation) spec.distillation = distillation;
     if (training) spec.training = training;
+    const dataset = transformer ? given({ max_length: readNumber("max-length", problems, true) }) : null;
+    if (dataset) spec.dataset = dataset;
+    if (document.getElementById("baseline").checked) spec.baseline = true;
     return { spec, problems };
+  }
+
+  /** Put a file id at a spec field such as "dataset.eval_file_id". */
+  function setField(spec, target, value) {
+    const [section, field] = target.split(".");
+    spec[section] = Object.assign({}, spec[section], { [field]: value });
   }
 
   function initNew() {
@@ -644,17 +689,34 @@
     const progress = document.getElementById("form-progress");
     const submit = document.getElementById("submit");
     const archSelect = document.getElementById("arch");
+    const methodSelect = document.getElementById("method");
     const pickers = Array.from(form.querySelectorAll(".picker")).map((fieldset) => ({
+      fieldset,
       purpose: fieldset.dataset.purpose,
+      target: fieldset.dataset.target,
+      noun: fieldset.dataset.noun,
+      optional: fieldset.hasAttribute("data-optional"),
       select: fieldset.querySelector("select"),
       upload: fieldset.querySelector("input[type=file]"),
     }));
+    // A hidden picker (another arch's, a tensor job's evaluation file) is neither checked nor sent.
+    const shown = (node) => !node.closest("[hidden]");
+    const listed = (node, key, value) => node.dataset[key].split(" ").includes(value);
 
-    function showArch() {
-      for (const node of form.querySelectorAll("[data-arch]")) node.hidden = node.dataset.arch !== archSelect.value;
+    /** Show the chosen arch's fields, the chosen method's, and the job kind's hints. */
+    function showFields() {
+      const arch = archSelect.value;
+      const kind = TRANSFORMER_ARCHS.has(arch) ? "transformer" : "tensor";
+      for (const node of form.querySelectorAll("[data-arch]")) node.hidden = !listed(node, "arch", arch);
+      for (const node of form.querySelectorAll("[data-kind]")) node.hidden = node.dataset.kind !== kind;
+      for (const node of form.querySelectorAll("[data-method]")) node.hidden = !listed(node, "method", methodSelect.value);
+      for (const node of form.querySelectorAll("[data-hint-transformer]")) {
+        node.textContent = kind === "transformer" ? node.dataset.hintTransformer : node.dataset.hintTensor;
+      }
     }
-    archSelect.addEventListener("change", showArch);
-    showArch();
+    archSelect.addEventListener("change", showFields);
+    methodSelect.addEventListener("change", showFields);
+    showFields();
 
     // A new upload and an uploaded file are alternatives: choosing one clears the other.
     for (const picker of pickers) {
@@ -676,7 +738,7 @@
 
     async function uploadFile(picker) {
       const file = picker.upload.files[0];
-      progress.textContent = `Uploading the ${picker.purpose} (${formatBytes(file.size)})…`;
+      progress.textContent = `Uploading the ${picker.noun} (${formatBytes(file.size)})…`;
       const body = new FormData();
       body.append("purpose", picker.purpose);
       body.append("file", file);
@@ -692,18 +754,20 @@
     form.addEventListener("submit", async (submitEvent) => {
       submitEvent.preventDefault();
       const { spec, problems } = readSpec();
-      for (const picker of pickers) {
+      const active = pickers.filter((picker) => shown(picker.fieldset));
+      for (const picker of active) {
         const chosen = picker.upload.files.length || picker.select.value;
-        picker.select.setAttribute("aria-invalid", chosen ? "false" : "true");
-        if (!chosen) problems.push(`Choose a ${picker.purpose} file: pick an uploaded one or upload a new one.`);
+        const missing = !chosen && !picker.optional;
+        picker.select.setAttribute("aria-invalid", missing ? "true" : "false");
+        if (missing) problems.push(`Choose a ${picker.noun} file: pick an uploaded one or upload a new one.`);
       }
       showErrors(problems);
       if (problems.length) return;
       submit.disabled = true;
       try {
-        for (const picker of pickers) {
+        for (const picker of active) {
           const fileId = picker.upload.files.length ? await uploadFile(picker) : picker.select.value;
-          spec[picker.purpose] = { file_id: fileId };
+          if (fileId) setField(spec, picker.target, fileId);
         }
         progress.textContent = "Submitting the job…";
         const job = await api("/v1/jobs", {
