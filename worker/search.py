@@ -8,7 +8,9 @@ the database, so that no worker waits on another.
   (`worker.search_space`). Its end, whatever it is, calls `advance`: the result goes to
   Optuna, the next trial is asked for and queued, or, when the trials or the budget are
   used up and none is left running, the search ends: the best trial's student becomes the
-  parent's, and its report gains `search` and `trials`.
+  parent's, and its report gains `search` and `trials`. A spec that names no `trials` is
+  bounded by its budget alone: trials are queued for as long as the budget left fits one
+  (`_fits`, from the measured durations of the trials that ended), MAX_TRIALS at most.
 - `advance` takes the parent's row first (an update that locks it), so two trials that end
   at once move the search one after the other. The sweep calls it too for a search that
   has not moved for a lease's time, so an end lost with its worker is never waited on.
@@ -38,7 +40,7 @@ from app.queue import enqueue_job, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.storage import Storage, open_storage
 from worker.fence import Fence
-from worker.kd.spec import SEARCH_METRICS, JobSpec, with_training_defaults
+from worker.kd.spec import MAX_TRIALS, SEARCH_METRICS, JobSpec, with_training_defaults
 from worker.pipeline import (
     add_event,
     announce_end,
@@ -63,6 +65,8 @@ from worker.trials import TRIAL_STOPS, ask, deadline, now_utc, open_study, unix
 log = logging.getLogger(__name__)
 
 SEARCH, TRIAL = "search", "trial"
+# A search that names no `trials` queues no more once this many failed and none completed.
+FAILURES_TO_GIVE_UP = 3
 TEXT_FORMATS = ("jsonl", "text")
 
 
@@ -142,11 +146,16 @@ def _begin(job: Job, fence: Fence, settings: Settings) -> list[str]:
             search = spec.search
             assert search is not None
             scratch = " (the first without the teacher)" if context.labelled else ""
+            how_many = (
+                f"as many trials as {search.budget_seconds} s fit (at most {MAX_TRIALS})"
+                if search.trials is None
+                else f"up to {search.trials} trials"
+            )
             add_event(
                 session,
                 job.id,
                 "running",
-                f"Searching: up to {search.trials} trials{scratch}, {search.parallel} at "
+                f"Searching: {how_many}{scratch}, {search.parallel} at "
                 f"once, within {search.budget_seconds} s.",
             )
             queued = _top_up(session, session.get_one(Job, job.id), spec, context, study, [])
@@ -227,15 +236,18 @@ def _top_up(
     study: optuna.Study,
     children: list[Job],
 ) -> list[str]:
-    """Queue trials until `parallel` run at once, `trials` were made, or the budget left
-    would not fit one more; returns the new jobs' ids (to enqueue after the commit)."""
+    """Queue trials until `parallel` run at once, `trials` were made (MAX_TRIALS when the
+    spec names none: the budget bounds them), or the budget left would not fit one more;
+    returns the new jobs' ids (to enqueue after the commit)."""
     search = spec.search
     assert search is not None
     active = sum(child.status not in TERMINAL_STATUSES for child in children)
-    wanted = min(search.parallel - active, search.trials - len(children))
+    wanted = min(search.parallel - active, search.most_trials - len(children))
     if not context.planned:  # the reference trial alone, until its worker has planned it
         wanted = 0 if children else min(wanted, 1)
     if wanted <= 0 or not _fits(children, deadline(parent, spec)):
+        return []
+    if search.trials is None and _failing(children):
         return []
     queued: list[str] = []
     for _ in range(wanted):
@@ -295,6 +307,16 @@ def _fits(children: list[Job], end: float | None) -> bool:
     return left >= statistics.median(seconds)
 
 
+def _failing(children: list[Job]) -> bool:
+    """Whether a search bounded by its budget alone should give up: FAILURES_TO_GIVE_UP
+    trials failed (an error, not a pruning) and none ran to the end. A failure is mostly
+    the job's, not the params' (a teacher that does not load, data that does not fit), and
+    would otherwise repeat for as many trials as fast failures fit in the budget."""
+    failed = sum(child.status == JobStatus.failed for child in children)
+    succeeded = any(child.status == JobStatus.succeeded for child in children)
+    return failed >= FAILURES_TO_GIVE_UP and not succeeded
+
+
 def _seconds(job: Job) -> float:
     assert job.started_at is not None and job.finished_at is not None
     return (job.finished_at - job.started_at).total_seconds()
@@ -326,12 +348,25 @@ def advance(parent_id: str, settings: Settings) -> None:
             context = search_context(parent, spec, children)
             queued = _top_up(session, parent, spec, context, study, children)
         ended = sum(child.status in TERMINAL_STATUSES for child in children)
-        parent.progress = ended / (spec.search.trials if spec.search else 1)
+        parent.progress = _progress(parent, spec, ended)
         if not queued and ended == len(children):
             _finish(session, parent, spec, children, open_storage(settings))
     for child_id in queued:
         enqueue_job(child_id, queue)
     announce_end(parent_id)
+
+
+def _progress(parent: Job, spec: JobSpec, ended: int) -> float:
+    """The running search's progress: the trials ended out of those named, or, when the
+    budget bounds the trials, the share of the budget spent."""
+    search = spec.search
+    assert search is not None
+    if search.trials is not None:
+        return ended / search.trials
+    end = deadline(parent, spec)
+    if end is None:
+        return 0.0
+    return min(1.0, max(0.0, 1 - (end - time.time()) / search.budget_seconds))
 
 
 def _lock(session: Session, parent_id: str) -> bool:
@@ -519,6 +554,7 @@ def search_summary(parent: Job, spec: JobSpec, children: list[Job], best: Job) -
     seconds = None if started is None else round(time.time() - unix(started), 1)
     return {
         "trials": len(children),
+        "trials_cap": spec.search.trials,
         "best": trial_row(best),
         "scratch": None if scratch is None else trial_row(scratch),
         "outcomes": {

@@ -95,8 +95,9 @@ def min_resource(reference_epochs: int | None) -> int:
 
 
 def startup_trials(spec: JobSpec) -> int:
-    """Trials TPE draws at random before it models the others: half the search's, 2 to 10."""
-    trials = spec.search.trials if spec.search is not None else 8
+    """Trials TPE draws at random before it models the others: half the search's, 2 to 10
+    (10 when the budget, not `trials`, bounds the search: Optuna's own default)."""
+    trials = spec.search.most_trials if spec.search is not None else 8
     return min(10, max(2, trials // 2))
 
 

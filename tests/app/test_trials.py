@@ -39,6 +39,25 @@ def test_parallel_beyond_trials_is_a_422_that_says_so(
     assert "search.parallel (3) cannot exceed search.trials (2)" in response.text
 
 
+def test_a_search_naming_no_trials_is_bounded_by_its_budget(
+    client: TestClient, headers: dict, job_files: dict
+) -> None:
+    """No `trials`: stored as null (as many as the budget fits), parallel needs no count,
+    and the OpenAPI schema says what a missing `trials` means."""
+    body = spec(job_files, search={"budget_seconds": 900, "parallel": 4})
+    response = client.post("/v1/jobs", headers=headers, json=body)
+    assert response.status_code in (200, 201), response.text
+    assert response.json()["spec"]["search"] == {
+        "trials": None,
+        "budget_seconds": 900,
+        "parallel": 4,
+    }
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    trials = schemas["SearchSpec"]["properties"]["trials"]
+    assert {"type": "null"} in trials["anyOf"] and trials.get("default") is None
+    assert "left out: as many as budget_seconds fits" in trials["description"]
+
+
 def test_trials_are_listed_for_their_search_only_and_only_when_asked(
     client: TestClient, headers: dict, other_headers: dict, job_files: dict
 ) -> None:

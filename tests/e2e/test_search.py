@@ -59,14 +59,24 @@ def upload_digits(api: Api, digits: dict[str, Path]) -> tuple[str, str]:
 
 
 def search_spec(
-    teacher: str, dataset: str, *, epochs: int, trials: int, parallel: int, budget: int = 900
+    teacher: str,
+    dataset: str,
+    *,
+    epochs: int,
+    trials: int | None,
+    parallel: int,
+    budget: int = 900,
 ) -> dict[str, Any]:
+    """trials None: the spec names none (the budget bounds the search)."""
+    search: dict[str, Any] = {"parallel": parallel, "budget_seconds": budget}
+    if trials is not None:
+        search["trials"] = trials
     return {
         "teacher": {"file_id": teacher},
         "student": {"arch": "mlp", "hidden": [16]},
         "dataset": {"file_id": dataset},
         "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.01, "seed": 0},
-        "search": {"trials": trials, "parallel": parallel, "budget_seconds": budget},
+        "search": search,
     }
 
 
@@ -188,6 +198,33 @@ def test_the_search_keeps_to_its_budget(embedded: Api, digits: dict[str, Path]) 
     )
     assert {c["error"]["code"] for c in children} == {"search_budget"}
     assert {t["status"] for t in trials_of(embedded, job["id"])} == {"pruned"}
+
+
+def test_a_search_naming_no_trials_runs_them_until_the_budget_left_cannot_fit_one(
+    embedded: Api, digits: dict[str, Path]
+) -> None:
+    """No `trials`: the budget bounds the search. Trials start within the budget, and the
+    search ends when what is left of it no longer fits the median complete trial."""
+    teacher, dataset = upload_digits(embedded, digits)
+    budget = 30
+    spec = search_spec(teacher, dataset, epochs=2, trials=None, parallel=1, budget=budget)
+    job = embedded.wait(embedded.submit(spec)["id"], timeout=300)
+    assert job["status"] == "succeeded", (job, embedded.processes.logs())
+    assert job["spec"]["search"]["trials"] is None
+    children = child_jobs(embedded, job["id"])
+    trials = trials_of(embedded, job["id"])
+    assert len(children) == len(trials) == job["result"]["search"]["trials"] >= 2
+    end = stamp(job["started_at"]) + budget
+    assert all(c["started_at"] is None or stamp(c["started_at"]) < end for c in children)
+    complete = [c for c in children if c["status"] == "succeeded"]
+    seconds = sorted(stamp(c["finished_at"]) - stamp(c["started_at"]) for c in complete)
+    median = (seconds[(len(seconds) - 1) // 2] + seconds[len(seconds) // 2]) / 2
+    assert end - stamp(job["finished_at"]) < median  # the budget left fitted no more
+    events = [e["message"] for e in embedded.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert any(f"as many trials as {budget} s fit" in message for message in events)
+    report = embedded.get(f"/v1/jobs/{job['id']}/report")
+    assert report.status_code == 200, report.text
+    assert report.json()["search"]["trials_cap"] is None
 
 
 def test_a_worker_killed_during_a_trial_does_not_stop_the_search(

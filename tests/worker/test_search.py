@@ -20,14 +20,14 @@ from app.config import Settings, get_settings
 from app.db import make_engine, session_scope
 from app.ids import new_id
 from app.migrate import upgrade_head
-from app.models import Artifact, Job, Metric, utcnow
+from app.models import Artifact, Job, JobEvent, Metric, utcnow
 from app.schemas import JobStatus
 from app.services import jobs as service
 from app.services.keys import get_or_create_tenant
 from app.storage import open_storage
 from tests.e2e.conftest import fresh_database
 from worker.kd.budget import plan_job, with_plan
-from worker.kd.spec import JobSpec, SearchSpec
+from worker.kd.spec import MAX_TRIALS, JobSpec, SearchSpec
 from worker.maintenance import sweep
 from worker.search import advance, start, trials_of
 from worker.trials import ask, open_study, study_storage
@@ -40,7 +40,11 @@ def _migrated() -> None:
     upgrade_head()
 
 
-def search_spec(trials: int = 3, parallel: int = 2, budget: int = 600) -> dict[str, Any]:
+def search_spec(trials: int | None = 3, parallel: int = 2, budget: int = 600) -> dict[str, Any]:
+    """A search spec as stored at submit; trials None: the spec names none."""
+    search = {"parallel": parallel, "budget_seconds": budget}
+    if trials is not None:
+        search["trials"] = trials
     return JobSpec.model_validate(
         {
             "teacher": {"file_id": "file_teacher"},
@@ -48,7 +52,7 @@ def search_spec(trials: int = 3, parallel: int = 2, budget: int = 600) -> dict[s
             "dataset": {"builtin": "digits"},
             "training": {"epochs": 3, "learning_rate": 0.01},
             "baseline": True,
-            "search": {"trials": trials, "parallel": parallel, "budget_seconds": budget},
+            "search": search,
         }
     ).model_dump(mode="json")
 
@@ -133,6 +137,16 @@ def test_the_spec_keeps_parallel_within_trials() -> None:
         SearchSpec(trials=3, parallel=4)
 
 
+def test_a_spec_naming_no_trials_keeps_that_when_stored() -> None:
+    """No `trials`: the budget bounds the search (MAX_TRIALS at most); the stored spec says
+    so with null, not with a default count, and parallel has no count to stay within."""
+    stored = search_spec(trials=None, parallel=4)
+    assert stored["search"] == {"trials": None, "budget_seconds": 600, "parallel": 4}
+    search = JobSpec.model_validate(stored).search
+    assert search is not None and search.trials is None and search.most_trials == MAX_TRIALS
+    assert SearchSpec(trials=5).most_trials == 5
+
+
 def test_start_queues_the_scratch_candidate_first_and_lets_go_of_the_search() -> None:
     parent_id = make_search(search_spec())
     parent = get(parent_id)
@@ -193,8 +207,8 @@ def test_trials_end_one_by_one_and_the_best_student_is_the_search_s() -> None:
         rows = {
             a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == parent_id))
         }
-        assert storage.artifact_path(rows["student.pt"].path).read_text() == third.id
-        report = json.loads(storage.artifact_path(rows["report.json"].path).read_text())
+        assert storage.read_bytes("artifacts", rows["student.pt"].path).decode() == third.id
+        report = json.loads(storage.read_bytes("artifacts", rows["report.json"].path))
         trials = service.list_trials(session, session.get_one(Job, parent_id))
     assert report["search"]["best"]["number"] == 2
     assert report["search"]["scratch"]["value"] == 0.7
@@ -226,6 +240,83 @@ def test_no_trial_starts_when_the_budget_left_cannot_fit_one() -> None:
     parent = get(parent_id)
     assert parent.status == JobStatus.succeeded
     assert parent.result is not None and parent.result["search"]["trials"] == 1
+
+
+def spend(parent_id: str, seconds: float) -> None:
+    """Let `seconds` of the search's budget pass (its start moves back)."""
+    with session_scope() as session:
+        parent = session.get_one(Job, parent_id)
+        assert parent.started_at is not None
+        parent.started_at -= timedelta(seconds=seconds)
+
+
+def test_a_search_naming_no_trials_runs_them_while_the_budget_left_fits_one() -> None:
+    """The budget, not a count, bounds it: each trial takes 95 s of a 1050 s budget, the next
+    one starts while the budget left fits the trials' measured median (95 s): 10 trials,
+    more than the 8 a default count gave, and none once 50 s are left."""
+    parent_id = make_search(search_spec(trials=None, parallel=1, budget=1050))
+    for number in range(10):
+        current = children(parent_id)
+        assert len(current) == number + 1  # one at a time, the next one only now
+        spend(parent_id, 100)
+        play_trial(current[-1].id, [0.5, 0.6, 0.6 + number / 100], seconds=95)
+        if number < 9:  # 1050 - 100 * (number + 1) s left, at least 150: fits
+            assert get(parent_id).status == JobStatus.running
+            assert get(parent_id).progress == pytest.approx((number + 1) * 100 / 1050, abs=0.01)
+    parent = get(parent_id)  # 50 s left, a trial takes 95: none starts, the search ends
+    assert len(children(parent_id)) == 10
+    assert parent.status == JobStatus.succeeded, parent.error
+    assert parent.result is not None
+    assert parent.result["search"] == {"trials": 10, "best_trial": 9}
+    storage = open_storage(get_settings())
+    with session_scope() as session:
+        query = select(JobEvent.message).where(JobEvent.job_id == parent_id)
+        events = list(session.scalars(query))
+        report_row = session.scalars(
+            select(Artifact).where(Artifact.job_id == parent_id, Artifact.name == "report.json")
+        ).one()
+        report = json.loads(storage.read_bytes("artifacts", report_row.path))
+    assert any(f"as many trials as 1050 s fit (at most {MAX_TRIALS})" in m for m in events)
+    assert report["search"]["trials"] == 10 and report["search"]["trials_cap"] is None
+    assert len(report["trials"]) == 10
+
+
+def test_a_search_naming_no_trials_judges_the_fit_by_the_trials_that_ended() -> None:
+    """The estimate is the measured median of the trials that ran to the end: short trials
+    keep the search going where long ones end it, at the same budget left."""
+    short = make_search(search_spec(trials=None, parallel=1, budget=300))
+    long = make_search(search_spec(trials=None, parallel=1, budget=300))
+    for parent_id, seconds in ((short, 80), (long, 250)):
+        spend(parent_id, 200)  # 100 s left
+        play_trial(children(parent_id)[0].id, [0.5, 0.6, 0.7], seconds=seconds)
+    assert len(children(short)) == 2 and get(short).status == JobStatus.running
+    assert len(children(long)) == 1 and get(long).status == JobStatus.succeeded
+
+
+def test_a_search_naming_no_trials_gives_up_after_three_failures_and_no_success() -> None:
+    """Trials that fail in a second (a teacher that does not load) would fill the budget
+    with failures: three, none complete, and no more are queued; the search fails."""
+    parent_id = make_search(search_spec(trials=None, parallel=1, budget=100_000))
+    for number in range(3):
+        play_trial(children(parent_id)[number].id, [], JobStatus.failed, code="file_missing")
+    assert len(children(parent_id)) == 3
+    parent = get(parent_id)
+    assert parent.status == JobStatus.failed and parent.error is not None
+    assert parent.error["code"] == "search_failed"
+    assert (
+        "None of the 3 trials ran to the end. The first failure: file_missing"
+        in (parent.error["message"])
+    )
+
+
+def test_a_search_naming_trials_stops_at_that_many_with_budget_to_spare() -> None:
+    parent_id = make_search(search_spec(trials=3, parallel=1, budget=100_000))
+    for number in range(3):
+        play_trial(children(parent_id)[number].id, [0.5, 0.6, 0.7], seconds=1)
+    assert len(children(parent_id)) == 3
+    parent = get(parent_id)
+    assert parent.status == JobStatus.succeeded
+    assert parent.result is not None and parent.result["search"]["trials"] == 3
 
 
 def test_a_spent_budget_drops_the_queued_trials_and_ends_the_search() -> None:

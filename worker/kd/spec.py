@@ -426,20 +426,36 @@ _CAUSAL_LM_FIELDS: tuple[str, ...] = (
 SEARCH_METRICS: tuple[str, ...] = ("val_accuracy", "val_cosine")
 
 
-class SearchSpec(_Strict):
-    """Let it choose: run `trials` child jobs over the recipe and the schedule (worker.search
-    says which knobs), `parallel` at once, within `budget_seconds` of wall-clock time; the
-    best trial's student becomes the job's."""
+MAX_TRIALS = 200  # the most trials one search runs, named or not
 
-    trials: int = Field(8, ge=2, le=200, description="Most trials the search runs.")
+
+class SearchSpec(_Strict):
+    """Let it choose: run trials as child jobs over the recipe and the schedule
+    (worker.search says which knobs), `parallel` at once, within `budget_seconds` of
+    wall-clock time; the best trial's student becomes the job's. `trials` caps their
+    number; left out, the budget alone bounds it: trials start while the budget left fits
+    one (at most MAX_TRIALS)."""
+
+    trials: int | None = Field(
+        None,
+        ge=2,
+        le=MAX_TRIALS,
+        description="Most trials the search runs; left out: as many as budget_seconds fits "
+        f"(a new trial starts only while the budget left fits one; at most {MAX_TRIALS}).",
+    )
     budget_seconds: int = Field(
         900, ge=10, le=7 * 24 * 3600, description="Wall-clock time for the whole search."
     )
     parallel: int = Field(1, ge=1, le=64, description="Trials run at once (one per worker).")
 
+    @property
+    def most_trials(self) -> int:
+        """The trials the search may make: `trials`, or MAX_TRIALS when the budget bounds it."""
+        return MAX_TRIALS if self.trials is None else self.trials
+
     @model_validator(mode="after")
     def _parallel(self) -> SearchSpec:
-        if self.parallel > self.trials:
+        if self.trials is not None and self.parallel > self.trials:
             raise ValueError(
                 f"search.parallel ({self.parallel}) cannot exceed search.trials ({self.trials})"
             )
