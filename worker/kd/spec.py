@@ -265,6 +265,13 @@ class LossTerm(_Strict):
         return self
 
 
+# Consistent teaching for texts, chosen with TRANSFORMER_RULE by measurement
+# (`python -m bench.suite_hf`; BENCHMARKS.md, "Transformer tasks"; a test keeps the two in
+# step): the share of a text's tokens replaced when the spec states none.
+DEFAULT_TOKEN_SHARE = 0.3
+TOKEN_NOISE_TASKS = ("sequence_classification", "sentence_embedding")
+
+
 class AugmentSpec(_Strict):
     """Consistent teaching (Beyer et al. 2022): one augmented batch that teacher and
     student both see."""
@@ -273,9 +280,23 @@ class AugmentSpec(_Strict):
     noise: float = Field(0.0, ge=0.0, le=10.0, description="Gaussian noise std; 0: off.")
     crop: int = Field(0, ge=0, le=64, description="Images: random crop after this padding.")
     flip: bool = Field(False, description="Images: random horizontal flip.")
+    tokens: float | None = Field(
+        None, ge=0.0, le=0.5,
+        description="Texts (sequence classification, sentence embedding): share of each "
+        "text's tokens replaced by random vocabulary tokens, the same corrupted text for "
+        "teacher and student; 0: off; null: the task's default (DEFAULT_TOKEN_SHARE for "
+        "those tasks, off for causal LMs and tensor jobs).",
+    )  # fmt: skip
+
+    def token_share(self, task: str) -> float:
+        """The share of tokens a job of `task` corrupts: the stated one, else the default."""
+        if self.tokens is not None:
+            return self.tokens
+        return DEFAULT_TOKEN_SHARE if task in TOKEN_NOISE_TASKS else 0.0
 
     @property
     def active(self) -> bool:
+        """Tensor inputs are augmented (mixup, noise, crop or flip)."""
         return bool(self.mixup or self.noise or self.crop or self.flip)
 
 
@@ -462,6 +483,12 @@ class SearchSpec(_Strict):
         return self
 
 
+NO_TOKEN_NOISE_FOR_LM = (
+    "distillation.augment.tokens applies to sequence_classification and sentence_embedding "
+    "jobs; a causal LM's texts are its targets, so corrupting them changes what it learns: "
+    "remove it"
+)
+
 # The recipe a job gets when its spec names no `distillation` at all, per kind of job.
 # Tensor jobs: the one that measured best on the bench tasks (BENCHMARKS.md, "Default
 # recipe"; `python -m bench.recipes`): consistent teaching, one mixed-up, noised batch seen
@@ -593,12 +620,21 @@ class JobSpec(_Strict):
                     f"{field} applies to causal_lm jobs only (a Hugging Face causal-LM "
                     f"teacher), not to {' or '.join(tasks)}: remove it"
                 )
-        if self.kind == "transformer" and self.distillation.augment.active:
+        augment = self.distillation.augment
+        if self.kind == "transformer" and augment.active:
             raise ValueError(
-                "distillation.augment applies to tensor_classification jobs only (inputs that "
-                "can be mixed, noised, cropped or flipped); a transformer job's texts are not "
-                "augmented: remove distillation.augment"
+                "distillation.augment.mixup, noise, crop and flip apply to "
+                "tensor_classification jobs only (inputs that can be mixed, noised, cropped "
+                "or flipped); a transformer job's texts take distillation.augment.tokens: "
+                "remove the others"
             )
+        if augment.tokens and self.kind == "tensor":
+            raise ValueError(
+                "distillation.augment.tokens applies to transformer jobs only (texts): "
+                "remove it, or use mixup, noise, crop or flip"
+            )
+        if augment.tokens and tasks == ("causal_lm",):
+            raise ValueError(NO_TOKEN_NOISE_FOR_LM)
         if self.kind == "transformer" and self.resources.processes > 1:
             raise ValueError(
                 "resources.processes > 1 applies to tensor_classification jobs only; a "

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from worker.kd.hf import measure
+from worker.kd.hf.augment import TokenNoise
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.layout import ModelLayout
 from worker.kd.hf.models import Outputs, forward
@@ -56,6 +57,9 @@ class TransformerAdapter:
     tokenizer: Any
     layout: ModelLayout | None
     device: torch.device
+    # distillation.augment.tokens: the corruption teacher and student both see (None: off;
+    # the teacher-free baseline, which has no teacher to label a corrupted text, gets none).
+    noise: TokenNoise | None = None
 
     @property
     def num_examples(self) -> int:
@@ -67,6 +71,8 @@ class TransformerAdapter:
         rows = idx[part].tolist()
         objective = self.objective
         batch = self.data.batch(rows, self.tokenizer, self.device)  # each (B, T)
+        if self.noise is not None and self.teacher is not None:
+            batch = self.noise(batch)
         teacher_out = None if self.teacher is None else self.teacher(rows, batch)
         with cast():
             student_out = forward(self.student, self.task, batch, self.layout,
@@ -87,10 +93,13 @@ class TransformerAdapter:
         return {"val_accuracy": measure.quality(self.task, mine, self.teacher_val)}
 
     def rng_state(self) -> torch.Tensor:
+        if self.noise is not None:
+            return self.noise.state()
         return torch.Generator().get_state()  # nothing is drawn besides the global RNG
 
     def set_rng_state(self, state: torch.Tensor) -> None:
-        return None
+        if self.noise is not None:
+            self.noise.set_state(state)
 
 
 class SequenceClassificationAdapter(TransformerAdapter):

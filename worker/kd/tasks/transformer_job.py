@@ -20,6 +20,7 @@ from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
 from worker.kd.hf import measure
+from worker.kd.hf.augment import TokenNoise
 from worker.kd.hf.data import Encoded, check_targets, encode_splits, read_examples
 from worker.kd.hf.models import (
     LoadedTeacher,
@@ -40,7 +41,14 @@ from worker.kd.jobs import DistillResult, HFPrepared, Trained
 from worker.kd.report.schema import report_json
 from worker.kd.report.summary import headline, model_card, summarize
 from worker.kd.report.transformer import predict, transformer_report
-from worker.kd.spec import FromTeacherStudent, JobSpec, is_planned, planned_training
+from worker.kd.spec import (
+    NO_TOKEN_NOISE_FOR_LM,
+    TOKEN_NOISE_TASKS,
+    FromTeacherStudent,
+    JobSpec,
+    is_planned,
+    planned_training,
+)
 from worker.kd.tasks.on_policy import OnPolicyAdapter, on_policy_objective
 from worker.kd.tasks.sequence_kd import (
     GENERATIONS_ARTIFACT,
@@ -98,6 +106,8 @@ def prepare_hf(
             spec.training.val_fraction, spec.training.seed, held_out,
         )  # fmt: skip
         check_targets(splits, teacher.task)
+        if teacher.task not in TOKEN_NOISE_TASKS and spec.distillation.augment.tokens:
+            raise InvalidSpec(NO_TOKEN_NOISE_FOR_LM)
         train, val = splits.train, splits.selection
         _check_labels(teacher, train, val, splits.evaluation)
         seed_everything(spec.training.seed)
@@ -243,8 +253,23 @@ def _student_adapter(
             lmbda=spec.distillation.lmbda, generation=spec.distillation.generation,
             seed=spec.training.seed,
         )  # fmt: skip
-    teacher = teacher_source(prepared, prepared.objective, recorder, cache)
-    return _adapter(prepared, prepared.student, prepared.objective, teacher, teacher_val)
+    share = spec.distillation.augment.token_share(prepared.task)
+    teacher = teacher_source(prepared, prepared.objective, recorder, cache, augmented=share > 0)
+    adapter = _adapter(prepared, prepared.student, prepared.objective, teacher, teacher_val)
+    if share > 0:
+        vocab = _shared_vocabulary(t.tokenizer, prepared.student, t.model)
+        adapter.noise = TokenNoise(share, t.tokenizer, vocab, spec.training.seed)
+    return adapter
+
+
+def _shared_vocabulary(tokenizer: Any, *models: nn.Module) -> int:
+    """How many token ids every model embeds and the tokenizer knows."""
+    sizes = [len(tokenizer)]
+    for model in models:
+        embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+        if isinstance(embeddings, nn.Embedding):
+            sizes.append(embeddings.num_embeddings)
+    return min(sizes)
 
 
 def lm_method(prepared: HFPrepared) -> str:
@@ -345,12 +370,19 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
     spec = prepared.spec
     terms = [f"{t.weight:g}*{t.name}" for t in prepared.objective.terms]
     student_params = count_parameters(prepared.student)
+    share = spec.distillation.augment.token_share(prepared.task)
     reporter.event(
         "training_started",
         f"Distilling a {prepared.task} transformer into a {spec.student.arch} student "
         f"({num_layers(prepared.student)} layers, {student_params:,} parameters) for "
         f"{spec.training.epochs} epochs ({steps} steps) on {prepared.device.type}; loss "
-        f"{' + '.join(terms)}.",
+        f"{' + '.join(terms)}"
+        + (
+            f"; texts augmented: {share:.0%} of their tokens replaced, the same for teacher "
+            "and student."
+            if share
+            else "."
+        ),
         {
             "task": prepared.task,
             "student_parameters": student_params,
@@ -361,6 +393,7 @@ def _announce(prepared: HFPrepared, reporter: Reporter, steps: int) -> None:
             "labels_used": prepared.train.labels is not None,
             "loss": terms,
             "method": lm_method(prepared),
+            "augment_tokens": share,
             "epochs": spec.training.epochs,
             "steps": steps,
         },

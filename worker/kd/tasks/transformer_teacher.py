@@ -357,16 +357,20 @@ def teacher_source(
     objective: TransformerObjective,
     reporter: Reporter,
     cache: TeacherCache | None,
+    augmented: bool = False,
 ) -> OnlineTeacher[Outputs] | CachedTeacher[Outputs]:
     """Cached outputs when `distillation.cache_teacher` allows and they fit; else online
-    (the policy: `training.teacher_sources.cached_outputs`)."""
+    (the policy: `training.teacher_sources.cached_outputs`). `augmented`: the texts are
+    corrupted anew each batch (`distillation.augment.tokens`), so the teacher runs online."""
     teacher, task = prepared.teacher, prepared.task
     hidden, attentions = teacher_layers(objective)
     needed = needed_outputs(prepared, objective, hidden, attentions)
     online = online_teacher(teacher.model, task, teacher.layout, objective.needs_hidden,
                             objective.needs_attentions, needed)  # fmt: skip
     reason = None
-    if getattr(teacher.tokenizer, "padding_side", "right") != "right":
+    if augmented:
+        reason = "the texts are augmented (distillation.augment.tokens), new in every batch"
+    elif getattr(teacher.tokenizer, "padding_side", "right") != "right":
         reason = "the tokenizer pads on the left, so a text's positions depend on its batch"
     plan = PackedPlan(prepared, needed)
     packed = cached_outputs(plan, reporter, cache, enabled=prepared.spec.distillation.cache_teacher,
