@@ -6,7 +6,9 @@ runs, its worker renews a lease (`heartbeat_at`); a job whose lease lapses is ta
 by `worker.maintenance` and resumes from its last checkpoint on another worker. The attempt
 that lost it may still be running (a worker cut off from the network): every write of an
 attempt holds its fence (`worker.fence`), so a stale attempt's writes are refused and it
-stops without touching the job.
+stops without touching the job. Each attempt also has local directories of its own
+(`work_dir`, `inputs_dir`) and checkpoints of its own (`Storage.checkpoint_dir`), so a
+stale attempt and its successor on one host never write into, or remove, each other's.
 """
 
 from __future__ import annotations
@@ -193,9 +195,22 @@ def record_checkpoints(fence: Fence, keys: dict[str, str]) -> bool:
         return fence.hold(session, checkpoints=keys)
 
 
-def inputs_dir(settings: Settings, job_id: str) -> Path:
-    """Where a job's input files are linked from the input cache while it runs."""
-    return settings.work_dir / f"{job_id}-inputs"
+def work_dir(settings: Settings, fence: Fence) -> Path:
+    """The attempt's own working directory (its outputs, the ranks' files). Two attempts of
+    a job on one host (a stale one still running after its lease was lost, and the one
+    that took the job over) never share it, nor remove each other's."""
+    return settings.work_dir / f"{fence.job_id}-{fence.attempt}"
+
+
+def inputs_dir(settings: Settings, fence: Fence) -> Path:
+    """Where an attempt's input files are linked from the input cache while it runs."""
+    return settings.work_dir / f"{fence.job_id}-{fence.attempt}-inputs"
+
+
+def remove_local_dirs(settings: Settings, fence: Fence) -> None:
+    """The attempt's working and inputs directories go (its checkpoints are in the store)."""
+    shutil.rmtree(work_dir(settings, fence), ignore_errors=True)
+    shutil.rmtree(inputs_dir(settings, fence), ignore_errors=True)
 
 
 def run_job(job_id: str, settings: Settings | None = None) -> None:
@@ -205,10 +220,12 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
         log.info("job %s is not queued; nothing to do", job_id)
         return
     fence = Fence(job.id, job.attempt)
-    work_dir = settings.work_dir / job_id
     try:
         with heartbeat(fence, settings.heartbeat_seconds):
-            _run(job, fence, settings, work_dir)
+            try:
+                _run(job, fence, settings)
+            finally:  # now, before a hand-back lets the next run (same attempt) begin
+                remove_local_dirs(settings, fence)
     except Stopped as stop:  # a lost attempt stops quietly, whatever stopped it
         _stopped(fence, "lost" if fence.lost.is_set() else stop.reason)
     except RankLost as lost:
@@ -225,9 +242,6 @@ def run_job(job_id: str, settings: Settings | None = None) -> None:
             f"The worker hit an unexpected error ({type(exc).__name__}: {str(exc)[:300]}). "
             "Retry the job; if it fails again, report this message.",
         )
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        shutil.rmtree(inputs_dir(settings, job_id), ignore_errors=True)
     # A stale attempt leaves the job, its webhook and its checkpoints to the owner.
     ended = not fence.lost.is_set() and announce_end(job_id)
     if ended:  # an ended job's checkpoints go
@@ -289,7 +303,7 @@ def announce_end(job_id: str) -> bool:
     return ended
 
 
-def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
+def _run(job: Job, fence: Fence, settings: Settings) -> None:
     from worker.kd.engine import distill, prepare
     from worker.kd.training.checkpoint import Checkpointing
     from worker.kd.training.teacher_cache import (
@@ -302,7 +316,7 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
     storage = open_storage(settings)
     inputs = InputCache.of(settings)
     paths = {
-        role: _input_path(inputs, job, role, file_id, inputs_dir(settings, job.id))
+        role: _input_path(inputs, job, role, file_id, inputs_dir(settings, fence))
         for role, file_id in file_refs(spec).items()
     }
     prepared = prepare(
@@ -347,8 +361,9 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
     reporter: DatabaseReporter | TrialReporter = database_reporter
     if job.parent_id is not None:  # a search's trial: Optuna may prune it
         reporter = trial_reporter(database_reporter, job, settings)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
+    work = work_dir(settings, fence)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     checkpointing = Checkpointing(checkpoint_path(settings, fence), settings.checkpoint_every_steps)
     mirror = mirrored_checkpoints(
         storage,
@@ -364,15 +379,15 @@ def _run(job: Job, fence: Fence, settings: Settings, work_dir: Path) -> None:
         with mirror:
             if spec.resources.processes > 1:  # data parallel: torchrun runs the ranks
                 described = job_description(
-                    prepared.spec.model_dump(mode="json"), dict(paths), work_dir,
+                    prepared.spec.model_dump(mode="json"), dict(paths), work,
                     (checkpointing.path, checkpointing.every_steps), settings.max_student_params,
                     None if cache is None else (cache.root, cache.max_bytes),
                 )  # fmt: skip
                 report, artifacts = run_on_processes(
-                    spec.resources.processes, described, work_dir / "ranks", reporter
+                    spec.resources.processes, described, work / "ranks", reporter
                 )
             else:
-                result = distill(prepared, work_dir, reporter, checkpointing, cache)
+                result = distill(prepared, work, reporter, checkpointing, cache)
                 report, artifacts = result.report, result.artifacts
     except Cancelled as exc:
         if fence.lost.is_set():

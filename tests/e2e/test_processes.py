@@ -6,6 +6,7 @@ leaves no process of the job behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -26,14 +27,16 @@ def two_process_spec(api: Api, digits: dict[str, Path], epochs: int) -> dict[str
     return {**digits_spec(teacher["id"], dataset["id"], epochs), "resources": {"processes": 2}}
 
 
-def ranks_dir(api: Api, job_id: str) -> Path:
+def ranks_dir(api: Api, job_id: str, attempt: int) -> Path:
+    """The attempt's ranks directory, in the attempt's own working directory."""
     assert api.root is not None
-    return api.root / "data" / "work" / job_id / "ranks"
+    return api.root / "data" / "work" / f"{job_id}-{attempt}" / "ranks"
 
 
 def processes_of(job_id: str) -> list[int]:
-    """Live processes whose command line names the job's ranks directory (torchrun and
-    every rank), from /proc."""
+    """Live processes whose command line names a ranks directory of the job, any attempt's
+    (torchrun and every rank), from /proc."""
+    ranks = re.compile(rf"{re.escape(job_id)}-\d+/ranks")
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -43,7 +46,7 @@ def processes_of(job_id: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(") ", 1)[1][0]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if f"{job_id}/ranks" in command and state != "Z":
+        if ranks.search(command) and state != "Z":
             found.append(int(entry.name))
     return found
 
@@ -90,7 +93,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(
         lambda: any(m["epoch"] >= 2 for m in train_losses(embedded, job["id"])),
         embedded, "no training loss of epoch 2",
     )  # fmt: skip
-    rank_1 = int((ranks_dir(embedded, job["id"]) / "rank-1.pid").read_text())
+    rank_1 = int((ranks_dir(embedded, job["id"], 1) / "rank-1.pid").read_text())
     os.kill(rank_1, signal.SIGKILL)
 
     done = embedded.wait(job["id"])

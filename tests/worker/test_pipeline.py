@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ from app.uploads import ReceivedFile
 from worker.fence import Fence
 from worker.kd.budget import PLANNED_FIELDS
 from worker.kd.spec import JobSpec
-from worker.pipeline import claim, run_job
+from worker.lifecycle import SHUTTING_DOWN
+from worker.pipeline import claim, inputs_dir, remove_local_dirs, run_job, work_dir
 from worker.reporter import DatabaseReporter
 
 
@@ -130,11 +132,8 @@ def _received(path: Path) -> ReceivedFile:
     return ReceivedFile(path.name, path, len(data), hashlib.sha256(data).hexdigest(), data[:512])
 
 
-def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
-    tmp_path: Path,
-) -> None:
-    """A spec with no training schedule is planned once: the first attempt stores the plan
-    with the job and says what it chose; a resumed attempt runs the stored numbers."""
+def tensor_job(tmp_path: Path, training: dict[str, Any]) -> str:
+    """A queued job distilling a small TorchScript teacher into an MLP on stored files."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)).astype(np.float32)
     np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
@@ -154,7 +153,7 @@ def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
                 "teacher": {"file_id": teacher.id},
                 "dataset": {"file_id": dataset.id},
                 "student": {"arch": "mlp", "hidden": [4]},
-                "training": {"budget_seconds": 0.001},  # caps the plan to one epoch
+                "training": training,
             }
         )
         job = Job(
@@ -162,7 +161,15 @@ def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
             spec=bare.model_dump(mode="json"),
         )  # fmt: skip
         session.add(job)
-        job_id = job.id
+        return job.id
+
+
+def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
+    tmp_path: Path,
+) -> None:
+    """A spec with no training schedule is planned once: the first attempt stores the plan
+    with the job and says what it chose; a resumed attempt runs the stored numbers."""
+    job_id = tensor_job(tmp_path, {"budget_seconds": 0.001})  # caps the plan to one epoch
 
     def planned_events() -> list[JobEvent]:
         with session_scope() as session:
@@ -190,3 +197,69 @@ def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
         assert job.status == JobStatus.succeeded and job.attempt == 2
         assert job.spec["training"] == stored
     assert len(planned_events()) == 1
+
+
+# Local directories -------------------------------------------------------------------------
+
+TRAINING = {"epochs": 2, "batch_size": 32, "learning_rate": 1e-2}
+
+
+def events_of(job_id: str) -> list[str]:
+    with session_scope() as session:
+        query = select(JobEvent.kind).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        return list(session.scalars(query))
+
+
+def test_two_attempts_on_one_host_keep_to_their_own_local_directories(tmp_path: Path) -> None:
+    """Attempt 1 lost its lease and is still running here (its directories in use); attempt
+    2 takes the job over on this host, runs it in directories of its own and removes only
+    those when it ends."""
+    settings = get_settings()
+    job_id = tensor_job(tmp_path, TRAINING)
+    with session_scope() as session:  # as the lease sweep leaves it: queued after attempt 1
+        session.get_one(Job, job_id).attempt = 1
+    stale, taking_over = Fence(job_id, 1), Fence(job_id, 2)
+    dirs = [work_dir(settings, stale), inputs_dir(settings, stale),
+            work_dir(settings, taking_over), inputs_dir(settings, taking_over)]  # fmt: skip
+    assert len(set(dirs)) == 4
+    assert not any(a != b and a.is_relative_to(b) for a in dirs for b in dirs)
+    for directory in dirs[:2]:
+        directory.mkdir(parents=True)
+        (directory / "in-use").write_text("attempt 1")
+
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt) == (JobStatus.succeeded, 2), job.error
+    assert [(d / "in-use").read_text() for d in dirs[:2]] == ["attempt 1"] * 2
+    assert not dirs[2].exists() and not dirs[3].exists()
+    remove_local_dirs(settings, stale)  # what attempt 1 does when it stops
+    assert not list(settings.work_dir.glob(f"{job_id}*"))
+
+
+def test_a_handed_back_job_leaves_no_local_directories_and_resumes_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A worker shutting down hands the job back (the next run has the same attempt number):
+    its directories are gone before the job is queued again, and the next run resumes from
+    the checkpoint the store kept."""
+    settings = get_settings()
+    job_id = tensor_job(tmp_path, TRAINING)
+    SHUTTING_DOWN.set()  # what the worker's shutdown signal sets: stop at the next step
+    try:
+        run_job(job_id)
+    finally:
+        SHUTTING_DOWN.clear()
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt) == (JobStatus.queued, 0)
+        assert job.checkpoints
+    assert not list(settings.work_dir.glob(f"{job_id}*"))
+
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempt) == (JobStatus.succeeded, 1), job.error
+    kinds = events_of(job_id)
+    assert "requeued" in kinds and "resumed" in kinds[kinds.index("requeued") :]
+    assert not list(settings.work_dir.glob(f"{job_id}*"))

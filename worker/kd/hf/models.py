@@ -73,16 +73,27 @@ def load_teacher(path: Path, task: str | None) -> LoadedTeacher:
             "entry, and there is no modules.json); give teacher.task: sequence_classification, "
             "sentence_embedding or causal_lm."
         )
-    scratch = Path(tempfile.mkdtemp(prefix="distillery-hf-"))
+    scratch, model, tokenizer = _extract_and_load(path, layout, chosen, "distillery-hf-")
+    return LoadedTeacher(scratch / layout.root, scratch, layout, chosen, model, tokenizer)
+
+
+def _extract_and_load(
+    path: Path, layout: ModelLayout, task: str, prefix: str
+) -> tuple[Path, nn.Module, Any]:
+    """Extract the model ZIP at `path` (through the archive checks) into a fresh scratch
+    directory named `prefix...` and load model and tokenizer offline from its
+    `layout.root`. Returns (scratch, model, tokenizer); the caller owns `scratch`, which
+    is removed here only when extracting or loading fails."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         safe_extract(Path(path), scratch, MODEL_LIMITS)
         directory = scratch / layout.root
-        model = load_model(directory, chosen)
+        model = load_model(directory, task)
         tokenizer = load_tokenizer(directory)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return LoadedTeacher(directory, scratch, layout, chosen, model, tokenizer)
+    return scratch, model, tokenizer
 
 
 def load_model(directory: Path, task: str) -> nn.Module:
@@ -206,14 +217,8 @@ def load_file_student(path: Path, task: str, teacher_tokenizer: Any) -> nn.Modul
             f"The student model is a {layout.task} model and the teacher a {task} model; "
             "upload a student of the teacher's task."
         )
-    scratch = Path(tempfile.mkdtemp(prefix="distillery-hf-student-"))
-    try:
-        safe_extract(Path(path), scratch, MODEL_LIMITS)
-        directory = scratch / layout.root
-        model = load_model(directory, task)
-        tokenizer = load_tokenizer(directory)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    scratch, model, tokenizer = _extract_and_load(path, layout, task, "distillery-hf-student-")
+    shutil.rmtree(scratch, ignore_errors=True)  # the weights are in memory now
     difference = tokenizer_difference(teacher_tokenizer, tokenizer, config_of(model))
     if difference is not None:
         raise IncompatibleModels(

@@ -58,7 +58,8 @@ def default_terms(
     cosine term take over), plus hidden_cosine when the widths match. A spec that states
     its own `distillation` section keeps its temperature and alpha; one that states none
     gets the transformer default recipe (worker.kd.spec.DEFAULT_RECIPES), these measured
-    values.
+    values. A term whose weight alpha makes 0 is left out (alpha 0: no soft targets, so
+    the teacher's logits are neither computed nor cached for them).
     """
     temperature, alpha = spec.distillation.temperature, spec.distillation.alpha
     if not labeled and task != "causal_lm":
@@ -67,7 +68,10 @@ def default_terms(
         embedding = {"kind": "embedding_mse", "weight": 1.0, "params": {"reduction": "sum"}}
         terms: list[dict[str, Any]] = [embedding]
     else:
-        terms = [{"kind": "soft_ce", "weight": alpha, "params": {"temperature": temperature}}]
+        terms = []
+        if alpha > 0.0:
+            terms.append({"kind": "soft_ce", "weight": alpha,
+                          "params": {"temperature": temperature}})  # fmt: skip
         if alpha < 1.0:
             terms.append({"kind": "ce", "weight": 1.0 - alpha})
     if same_width:
@@ -92,6 +96,12 @@ class TransformerObjective(nn.Module):
     def needs_attentions(self) -> bool:
         return any(t.loss.key == "self_attention_kl" for t in self.terms)
 
+    @property
+    def reads_teacher_output(self) -> bool:
+        """Whether a term compares the teacher's task output (logits or embedding): any
+        term on the outputs but those on labels alone (ce)."""
+        return any(not t.pairs and t.loss.family != "label" for t in self.terms)
+
     def forward(
         self,
         student: Outputs,
@@ -101,7 +111,9 @@ class TransformerObjective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch["attention_mask"].bool()  # (B, T)
         learned = target_mask(batch)  # (B, T): completions only, where rows have prompts
-        s_out, t_out = self.rows(student.output, learned), self.rows(teacher.output, learned)
+        s_out = self.rows(student.output, learned)
+        # Without a term on it the teacher's output may be absent (not computed, not cached).
+        t_out = self.rows(teacher.output, learned) if self.reads_teacher_output else s_out.detach()
         targets = next_tokens(batch["input_ids"], learned) if self.task == "causal_lm" else labels
         top = teacher.top_k.rows(learned) if teacher.top_k is not None else None
         total = torch.zeros((), device=mask.device)

@@ -282,12 +282,8 @@ class SequenceKDAdapter(CausalLMAdapter):
             completions.append(ids[cut:])
         batch = pack(prompts, completions, int(self.tokenizer.pad_token_id), self.device)
         teacher_logits = None
-        if self.teacher is not None and _reads_teacher(self.objective):
+        if self.teacher is not None and self.objective.reads_teacher_output:
             teacher_logits = self.teacher(rows, batch.inputs).output
         with cast():
             student: Outputs = forward(self.student, self.task, batch.inputs, self.layout)
         return completion_loss(self.objective, batch, student.output, teacher_logits)
-
-
-def _reads_teacher(objective: TransformerObjective) -> bool:
-    return any(not loss_info(t.loss.key).needs_labels for t in objective.terms)

@@ -51,6 +51,13 @@ class Needed:
     attentions: tuple[int, ...] = ()  # attentions indices (0: the first layer)
     top_k: int = 0  # > 0: the teacher's top-k logits per token instead of all of them
     temperatures: tuple[float, ...] = ()  # top_k: the KD temperatures normalisers are for
+    # False when no term compares the output (only ce, and layer terms): none is kept then.
+    output: bool = True
+
+    @property
+    def anything(self) -> bool:
+        """Whether the objective reads the teacher at all."""
+        return self.output or bool(self.hidden) or bool(self.attentions)
 
     def names(self) -> list[str]:
         """The cache entry's tensors besides the output."""
@@ -90,7 +97,9 @@ class PackedOutputs:
         device, (size, length) = mask.device, mask.shape
         starts, squares = self.token_offsets, self.square_offsets
         tokens = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in idx])  # (sum T,)
-        if self.needed.per_token:
+        if not self.needed.output:  # no term reads it (`TransformerObjective.reads_teacher_output`)
+            output = self.output.new_empty(0, device=device)
+        elif self.needed.per_token:
             output = self._scatter(self.output[tokens], mask)  # (B, T, V)
         else:
             output = self.output[idx].to(device)  # (B, K)
@@ -148,7 +157,7 @@ class PackedOutputs:
         if not torch.equal(self.lengths, lengths):
             return False
         tokens, squares = self.token_offsets[-1], self.square_offsets[-1]
-        rows = tokens if self.needed.per_token else len(lengths)
+        rows = _output_rows(self.needed, tokens, len(lengths))
         top_widths = [self.output.shape[-1], 2 * len(self.needed.temperatures)]
         return (
             len(self.output) == rows
@@ -190,7 +199,7 @@ def _allocate(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> Pa
     """Empty outputs of the right sizes: `.nbytes` is what computing them will take."""
     tokens, squares = int(lengths.sum()), int((lengths**2).sum())
     width, dtype = _output_width(needed, shapes)
-    output = torch.empty(tokens if needed.per_token else len(lengths), width, dtype=dtype)
+    output = torch.empty(_output_rows(needed, tokens, len(lengths)), width, dtype=dtype)
     top = {}
     if needed.top_k:
         top = {TOP_INDICES: torch.empty(tokens, width, dtype=torch.int32),
@@ -205,6 +214,14 @@ def _allocate(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) -> Pa
     return PackedOutputs(needed, lengths, output, hidden, attentions, top)
 
 
+def _output_rows(needed: Needed, tokens: int, examples: int) -> int:
+    """Rows of the stored output: one per token (next-token logits), one per example, or
+    none when no term reads it."""
+    if not needed.output:
+        return 0
+    return tokens if needed.per_token else examples
+
+
 def _output_width(needed: Needed, shapes: OutputShapes) -> tuple[int, torch.dtype]:
     """The stored output per row: all V logits, or top-k values in float32."""
     if needed.top_k:
@@ -216,7 +233,7 @@ def estimate_bytes(needed: Needed, lengths: torch.Tensor, shapes: OutputShapes) 
     """What `_allocate` will take, counted before anything is allocated."""
     tokens, squares = int(lengths.sum()), int((lengths**2).sum())
     width, dtype = _output_width(needed, shapes)
-    rows = tokens if needed.per_token else len(lengths)
+    rows = _output_rows(needed, tokens, len(lengths))
     total = len(lengths) * lengths.element_size() + rows * width * dtype.itemsize
     if needed.top_k:  # int32 indices, float32 normalisers
         total += tokens * (width * 4 + 2 * len(needed.temperatures) * 4)
@@ -244,7 +261,9 @@ def compute_outputs(
             out = forward(model, task, batch, layout, hidden=bool(needed.hidden),
                           attentions=bool(needed.attentions))  # fmt: skip
         first, last = tokens[idx[0]], tokens[idx[-1] + 1]
-        if needed.top_k:
+        if not needed.output:
+            pass  # no term reads it: nothing kept
+        elif needed.top_k:
             values, top = top_k_targets(out.output[mask], needed.top_k, needed.temperatures)
             packed.output[first:last] = values.cpu()  # (sum T, k)
             packed.top[TOP_INDICES][first:last] = top.indices.to(torch.int32).cpu()
@@ -358,13 +377,17 @@ def teacher_source(
     reporter: Reporter,
     cache: TeacherCache | None,
     augmented: bool = False,
-) -> OnlineTeacher[Outputs] | CachedTeacher[Outputs]:
+) -> OnlineTeacher[Outputs] | CachedTeacher[Outputs] | None:
     """Cached outputs when `distillation.cache_teacher` allows and they fit; else online
     (the policy: `training.teacher_sources.cached_outputs`). `augmented`: the texts are
-    corrupted anew each batch (`distillation.augment.tokens`), so the teacher runs online."""
+    corrupted anew each batch (`distillation.augment.tokens`), so the teacher runs online.
+    None when no term reads the teacher (ce alone): the teacher then runs on no training
+    text."""
     teacher, task = prepared.teacher, prepared.task
     hidden, attentions = teacher_layers(objective)
     needed = needed_outputs(prepared, objective, hidden, attentions)
+    if not needed.anything:
+        return None
     online = online_teacher(teacher.model, task, teacher.layout, objective.needs_hidden,
                             objective.needs_attentions, needed)  # fmt: skip
     reason = None
@@ -381,16 +404,18 @@ def teacher_source(
 def needed_outputs(
     prepared: HFPrepared, objective: TransformerObjective, hidden: list[int], attentions: list[int]
 ) -> Needed:
-    """What the objective reads of the teacher: per-token logits (all, or top-k with the
-    terms' temperatures) for a causal LM, and the layers its terms pair."""
+    """What the objective reads of the teacher: its output when a term compares it
+    (per-token logits for a causal LM, all or top-k with the terms' temperatures), and the
+    layers its terms pair."""
     causal = prepared.task == "causal_lm"
+    output = objective.reads_teacher_output
     top_k = (
         prepared.spec.distillation.top_k
-        if causal and prepared.spec.distillation.method == "top_k"
+        if output and causal and prepared.spec.distillation.method == "top_k"
         else 0
     )
     return Needed(causal, tuple(hidden), tuple(attentions), top_k,
-                  objective.temperatures if top_k else ())  # fmt: skip
+                  objective.temperatures if top_k else (), output)  # fmt: skip
 
 
 def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
@@ -409,7 +434,8 @@ def cache_key_of(prepared: HFPrepared, needed: Needed) -> str:
             # the training texts are what is left of the dataset after selection and
             # evaluation (or selection alone, beside an evaluation file)
             "splits": "three" if prepared.eval_dataset_path is None else "eval_file",
-            "outputs": {"per_token": needed.per_token, "hidden_states": list(needed.hidden),
+            "outputs": {"output": needed.output, "per_token": needed.per_token,
+                        "hidden_states": list(needed.hidden),
                         "attentions": list(needed.attentions), "top_k": needed.top_k,
                         "temperatures": list(needed.temperatures)},
         }

@@ -32,7 +32,7 @@ from worker.kd.tasks.transformer_teacher import (
     teacher_source,
 )
 from worker.kd.training.reporting import MemoryReporter
-from worker.kd.training.teacher_cache import TeacherCache
+from worker.kd.training.teacher_cache import LOGITS, TeacherCache
 from worker.kd.training.teacher_sources import OnlineTeacher
 
 # Every output the cache keeps: next-token logits, hidden states, attention maps.
@@ -234,3 +234,97 @@ def test_the_teacher_runs_once_per_text_then_never_again(jobs: dict[str, Job]) -
     assert second.source() == "reused from an earlier job"
     for name, value in first.weights.items():
         assert torch.equal(second.weights[name], value)
+
+
+# What the objective reads -----------------------------------------------------------------
+
+
+def run_lm_job(files: dict[str, Path], out: Path, cache: TeacherCache, **distillation: Any) -> Job:
+    """A causal-LM job with a 2-layer from_teacher student (same width: the default recipe
+    adds hidden_cosine), the teacher's forward passes counted."""
+    job = spec({"arch": "from_teacher", "num_layers": 2},
+               distillation={"cache_teacher": True, **distillation})  # fmt: skip
+    prepared = prepare(job, files["gpt2"], files["texts"])
+    assert isinstance(prepared, HFPrepared)
+    reporter = TeacherCalls()
+
+    def count(*_: Any) -> None:
+        reporter.calls += 1
+
+    prepared.teacher.model.register_forward_pre_hook(count)
+    result = distill(prepared, out, reporter, cache=cache)
+    weights = {k: v.detach().clone() for k, v in prepared.student.state_dict().items()}
+    return Job(result, reporter, weights, math.ceil(len(prepared.val) / measure.EVAL_BATCH))
+
+
+def stored_entry(cache: TeacherCache, before: set[Path]) -> dict[str, torch.Tensor]:
+    """The one entry a job added to `cache`, tensor by tensor."""
+    from safetensors.torch import load_file
+
+    (added,) = set(cache.root.glob("*.safetensors")) - before
+    return load_file(str(added))
+
+
+def test_teacher_logits_are_cached_only_when_a_term_reads_them(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = TeacherCache(tmp_path / "cache", max_bytes=10**8)
+    kd = run_lm_job(files, tmp_path / "kd", cache, alpha=0.9, temperature=1.0)
+    kd_entry = stored_entry(cache, set())
+    vocab = 300
+    tokens = int(kd_entry["lengths"].sum())
+    assert kd_entry[LOGITS].shape == (tokens, vocab)  # soft_ce reads the teacher's logits
+    assert {n for n, *_ in kd.losses()} >= {"loss_soft_ce", "loss_ce", "loss_hidden_cosine"}
+
+    # alpha 0: ce on the next tokens and hidden_cosine. The teacher still runs once per
+    # text (the hidden states), but no logits are kept: 0 of the (tokens, 300) floats.
+    before = set(cache.root.glob("*.safetensors"))
+    ce = run_lm_job(files, tmp_path / "ce", cache, alpha=0.0, temperature=1.0)
+    ce_entry = stored_entry(cache, before)
+    assert ce_entry[LOGITS].numel() == 0
+    assert torch.equal(ce_entry["lengths"], kd_entry["lengths"])
+    hidden = sorted(k for k in ce_entry if k.startswith("hidden."))
+    assert hidden == sorted(k for k in kd_entry if k.startswith("hidden.")) and hidden
+    for name in hidden:
+        torch.testing.assert_close(ce_entry[name], kd_entry[name])
+    assert ce.source() == "computed once for this job"
+    assert "loss_soft_ce" not in {n for n, *_ in ce.losses()}
+    # The teacher: validation texts, one probe, one pass over the training texts; none
+    # while training.
+    assert len(set(ce.reporter.at_steps)) == 1
+    assert ce.reporter.at_steps[0] == ce.val_batches + 2
+
+    # The same job with the zero-weight soft_ce term stated (what alpha 0 used to build):
+    # it reads the logits (the kd job's entry, the same outputs), and trains the very same
+    # student.
+    before = set(cache.root.glob("*.safetensors"))
+    stated = run_lm_job(files, tmp_path / "stated", cache, losses=[
+        {"kind": "soft_ce", "weight": 0.0, "params": {"temperature": 1.0}},
+        {"kind": "ce", "weight": 1.0},
+        {"kind": "hidden_cosine", "weight": 1.0},
+    ])  # fmt: skip
+    assert stated.source() == "reused from an earlier job"
+    assert set(cache.root.glob("*.safetensors")) == before
+    assert stated.weights.keys() == ce.weights.keys()
+    for name, value in stated.weights.items():
+        torch.testing.assert_close(ce.weights[name], value, rtol=0, atol=0)
+
+
+def test_a_ce_only_job_never_runs_the_teacher_on_training_texts(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = TeacherCache(tmp_path / "cache", max_bytes=10**8)
+    ce = run_lm_job(files, tmp_path / "ce", cache, losses=[{"kind": "ce"}])
+    # The validation texts only (the report's reference); no probe, no cache entry.
+    assert len(set(ce.reporter.at_steps)) == 1
+    assert ce.reporter.at_steps[0] == ce.val_batches
+    assert ce.source() is None and not list(cache.root.glob("*.safetensors"))
+    stated = run_lm_job(files, tmp_path / "stated", cache, losses=[
+        {"kind": "soft_ce", "weight": 0.0}, {"kind": "ce", "weight": 1.0},
+    ])  # fmt: skip
+    assert stated.source() == "computed once for this job"
+    for name, value in stated.weights.items():
+        torch.testing.assert_close(ce.weights[name], value, rtol=0, atol=0)
+    assert [m[1] for m in stated.losses() if m[0] == "loss_ce"] == [
+        m[1] for m in ce.losses() if m[0] == "loss_ce"
+    ]

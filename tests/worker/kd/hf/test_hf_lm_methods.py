@@ -4,10 +4,11 @@ teacher, generalized JSD), their resume and cancel; the generalized JSD's refere
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,44 @@ def test_sequence_learns_the_teachers_generations(files: tuple[Path, Path], tmp_
     with zipfile.ZipFile(result.artifacts["student.zip"]) as archive:
         config = json.loads(archive.read("generation_config.json"))
     assert config["eos_token_id"] == tokenizer.eos_token_id
+
+
+@dataclass
+class TeacherPasses(MemoryReporter):
+    """The teacher's forward passes so far, noted at every poll (before each generation
+    chunk and each training step)."""
+
+    calls: int = 0
+    at_polls: list[int] = field(default_factory=list)
+
+    def should_stop(self) -> bool:
+        self.at_polls.append(self.calls)
+        return False
+
+
+@pytest.mark.parametrize(("alpha", "per_step"), [(0.0, 0), (0.5, 1)])
+def test_sequence_runs_the_teacher_on_its_texts_only_for_a_term_on_its_logits(
+    files: tuple[Path, Path], alpha: float, per_step: int
+) -> None:
+    """alpha 0 (ce on the generated tokens alone) reads no teacher logits: after generating,
+    the teacher runs on no training batch; alpha 0.5 runs it once per step."""
+    prepared = prepared_job(files, job("sequence", alpha=alpha))
+    reporter = TeacherPasses()
+
+    def count(*_: Any) -> None:
+        reporter.calls += 1
+
+    prepared.teacher.model.register_forward_pre_hook(count)
+    try:
+        teacher_val = predict(prepared, prepared.teacher.model)
+        train_student(prepared, teacher_val, RecordingReporter(reporter), None, None)
+    finally:
+        prepared.teacher.cleanup()
+    (steps,) = [d["steps"] for kind, _, d in reporter.events if kind == "training_started"]
+    polls = reporter.at_polls[-steps:]  # one before each training step
+    assert [b - a for a, b in itertools.pairwise(polls)] == [per_step] * (steps - 1)
+    assert reporter.calls - polls[-1] == per_step  # the last step's
+    assert polls[0] > 0  # the teacher generated the texts before
 
 
 def test_sequence_loss_reads_generated_tokens_only(files: tuple[Path, Path]) -> None:

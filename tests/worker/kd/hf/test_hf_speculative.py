@@ -3,6 +3,8 @@ uploaded `hf_file` students and the tokenizer check."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import torch
 
 from tests.worker.kd.hf.factories import gpt2_dir, sentences, write_jsonl, zip_dir
 from worker.kd.engine import prepare
-from worker.kd.errors import IncompatibleModels
+from worker.kd.errors import IncompatibleModels, InvalidTeacher
+from worker.kd.hf import models
 from worker.kd.hf.generate import split_prompt
 from worker.kd.hf.models import from_teacher, load_model, load_tokenizer
 from worker.kd.hf.speculative import generation_speed, speculative
@@ -120,3 +123,40 @@ def test_hf_file_student_with_another_vocabulary_is_refused(
     other = other_tokenizer_model(tmp_path / "other", 300, [t.upper() for t in texts])
     with pytest.raises(IncompatibleModels, match=r"token .* has id \d+ in the teacher and"):
         hf_file_job(files, zip_dir(other, tmp_path / "other.zip"))
+
+
+def test_teacher_and_student_zips_are_extracted_to_scratch_removed_when_done(
+    teacher_dir: Path, files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both loaders extract through one helper: the teacher's scratch lives until
+    `cleanup()`, the student's goes as soon as its weights are loaded, and a ZIP that does
+    not load leaves no scratch behind for either."""
+    scratch_root = tmp_path / "scratch"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))  # where mkdtemp puts them
+
+    teacher = models.load_teacher(files[0], None)
+    assert list(scratch_root.iterdir()) == [teacher.scratch]
+    assert teacher.scratch.name.startswith("distillery-hf-") and teacher.task == "causal_lm"
+    assert (teacher.directory / "config.json").is_file()
+    student_dir = gpt2_dir(tmp_path / "s", layers=2, seed=1)
+    student = models.load_file_student(
+        zip_dir(student_dir, tmp_path / "s.zip"), "causal_lm", teacher.tokenizer
+    )
+    assert list(scratch_root.iterdir()) == [teacher.scratch]  # the student's is gone
+    expected = models.load_model(student_dir, "causal_lm").state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in student.state_dict().items())
+    assert student.training and all(p.requires_grad for p in student.parameters())
+
+    broken = tmp_path / "broken"  # passes the layout check, fails to load once extracted
+    shutil.copytree(student_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # the header reads, the tensors do not
+    broken_zip = zip_dir(broken, tmp_path / "broken.zip")
+    with pytest.raises(InvalidTeacher, match="cannot load the causal_lm model"):
+        models.load_file_student(broken_zip, "causal_lm", teacher.tokenizer)
+    with pytest.raises(InvalidTeacher, match="cannot load the causal_lm model"):
+        models.load_teacher(broken_zip, None)
+    assert list(scratch_root.iterdir()) == [teacher.scratch]
+    teacher.cleanup()
+    assert list(scratch_root.iterdir()) == []
