@@ -455,27 +455,35 @@ def section_lines(result: dict[str, Any]) -> list[str]:
 
 def hf_lines(hf: dict[str, Any]) -> list[str]:
     """The transformer tasks (`python -m bench.suite_hf`)."""
+    by_kind = hf.get("chosen_by_kind") or {"sequence_classification": hf["chosen"]}
+    chosen = "; ".join(f"{kind}: {name}" for kind, name in by_kind.items())
     lines = [
         "", "### Transformer tasks (`python -m bench.suite_hf`)", "",
-        "A Hugging Face teacher, text data; the job names teacher, student and dataset only "
-        "(the default transformer recipe), its training section planned by each candidate "
-        "rule. Classifiers: `baseline: true`, the same student without the teacher at the "
-        "same budget and seed is the scratch column. Sentence embeddings have no "
-        "teacher-free target: the scratch column is the same student untrained, and the "
-        "quality is nearest-neighbour agreement with the teacher (mean cosine beside it). "
-        f"{hf['samples']} texts per task, {hf['val_fraction']:.0%} carved for evaluation "
-        "(text jobs have no separate test split, so the same carved half also picks the "
-        f"best epoch, for student and scratch alike). The run took {hf['seconds'] / 60:.0f} "
-        "min. " + hf.get("note", ""), "",
-        f"**Chosen transformer rule: {hf['chosen']}** (`worker/kd/budget.py: "
-        "TRANSFORMER_RULE`; a test keeps it in step with `bench/results/suite_hf.json`).", "",
+        "A Hugging Face teacher, text data; each candidate is a budget rule with a recipe "
+        "(the recipe of before, soft targets at T=1 with alpha 0.9, or the same with "
+        "`augment.tokens`: that share of each text's tokens replaced at random, teacher and "
+        "student seeing the same corrupted text), chosen per task kind on that kind's tuning "
+        "task. Classifiers: `baseline: true`, the same student without the teacher at the "
+        "same budget and seed (its texts not corrupted: nothing labels a corrupted text "
+        "without a teacher) is the scratch column. Sentence embeddings have no teacher-free "
+        "target: the scratch column is the same student untrained, and the quality is "
+        "nearest-neighbour agreement with the teacher (mean cosine beside it). "
+        f"{hf['samples']} texts per task: the job's three-way split carves "
+        f"{hf['val_fraction']:.0%} for evaluation (the columns here; no choice reads it), "
+        "then the same share of the rest to select the best epoch; the student trains on "
+        f"the remaining {hf['samples'] // 4}. The run took {hf['seconds'] / 60:.0f} min. "
+        + hf.get("note", ""), "",
+        f"**Chosen transformer defaults, per task kind: {chosen}** (`worker/kd/budget.py: "
+        "transformer_rule`, `worker/kd/spec.py: AugmentSpec.token_share`; a test keeps them "
+        "in step with `bench/results/suite_hf.json`).", "",
         "| split | task | rule | teacher | scratch | student | gain | gain per seed | epochs "
         "| steps |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for split, rows in (("tuning", hf["tuning"]), ("held-out", hf["held_out"])):
         for r in rows:
-            mark = " **(chosen)**" if r["rule"] == hf["chosen"] else ""
+            mine = by_kind.get(r.get("kind", "sequence_classification"))
+            mark = " **(chosen)**" if r["rule"] == mine else ""
             cosine = (
                 f" (cosine {r['scratch_mean_cosine']:.3f} -> {r['mean_cosine']:.3f})"
                 if "mean_cosine" in r else ""

@@ -40,7 +40,13 @@ from app.queue import enqueue_job, queue_of
 from app.schemas import TERMINAL_STATUSES, JobStatus
 from app.storage import Storage, open_storage
 from worker.fence import Fence
-from worker.kd.spec import MAX_TRIALS, SEARCH_METRICS, JobSpec, with_training_defaults
+from worker.kd.spec import (
+    MAX_TRIALS,
+    SEARCH_METRICS,
+    JobSpec,
+    job_kind_of,
+    with_training_defaults,
+)
 from worker.pipeline import (
     add_event,
     announce_end,
@@ -196,7 +202,17 @@ def search_context(job: Job, spec: JobSpec, children: list[Job] | None = None) -
         epochs=epochs,
         learning_rate=learning_rate,
         pairable=teacher_pairable(teacher_format),
+        text_task=_teacher_task(spec),
     )
+
+
+def _teacher_task(spec: JobSpec) -> str | None:
+    """A Hugging Face teacher's task: the spec's, else the one its upload check read."""
+    if spec.teacher.task is not None or job_kind_of(spec.model_dump()) != "transformer":
+        return spec.teacher.task
+    with session_scope() as session:
+        file = session.get(File, spec.teacher.file_id)
+    return None if file is None else (file.details or {}).get("task")
 
 
 def reference_schedule(spec: JobSpec, children: list[Job]) -> tuple[int | None, float | None]:

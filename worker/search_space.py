@@ -16,12 +16,22 @@ from typing import Any
 
 import optuna
 
-from worker.kd.spec import PAIRABLE_TEACHER_FORMATS, SearchSpec
+from worker.kd.spec import (
+    DEFAULT_TOKEN_SHARE,
+    PAIRABLE_TEACHER_FORMATS,
+    TOKEN_NOISE_TASKS,
+    AugmentSpec,
+    SearchSpec,
+    job_kind_of,
+)
 
 # The augmentation a trial with `augment` on gets: the default recipe's consistent teaching
-# (mixup needs soft targets, so families that need hard labels get the noise alone).
+# (mixup needs soft targets, so families that need hard labels get the noise alone); texts
+# get their default share of replaced tokens, and `augment` off states none replaced.
 AUGMENT_ON = {"mixup": 0.4, "noise": 0.05}
 AUGMENT_HARD_LABELS = {"noise": 0.05}
+AUGMENT_TEXTS_ON = {"tokens": DEFAULT_TOKEN_SHARE}
+AUGMENT_TEXTS_OFF = {"tokens": 0.0}
 # Families whose loss needs a hard label per sample (no mixup for them).
 HARD_LABEL_FAMILIES = ("dkd",)
 
@@ -63,6 +73,13 @@ class SearchContext:
     epochs: int | None
     learning_rate: float | None
     pairable: bool = False  # the teacher's head can be found (`teacher_pairable`)
+    # A Hugging Face teacher's task (None: a tensor job, or not known).
+    text_task: str | None = None
+
+    @property
+    def texts(self) -> bool:
+        """Texts to classify or embed, so `distillation.augment.tokens` applies."""
+        return self.text_task in TOKEN_NOISE_TASKS
 
     @property
     def planned(self) -> bool:
@@ -109,7 +126,9 @@ def suggest(trial: optuna.Trial, context: SearchContext) -> dict[str, Any]:
         params["learning_rate"] = trial.suggest_float("learning_rate", low, high, log=True)
         params["epochs"] = trial.suggest_int("epochs", context.shortest, context.epochs)
     params["augment"] = (
-        trial.suggest_categorical("augment", [False, True]) if context.arrays else False
+        trial.suggest_categorical("augment", [False, True])
+        if context.arrays or context.texts
+        else False
     )
     if family in MIXED_FAMILIES:
         low, high = MIXED_FAMILIES[family].weights
@@ -138,8 +157,15 @@ def own_params(distillation: dict[str, Any], context: SearchContext) -> dict[str
     search tries it too. None when the spec's distillation is not one the space can
     express (its own loss terms, another augmentation, a temperature outside the space)."""
     temperature = float(distillation.get("temperature", 4.0))
-    augment = {k: v for k, v in (distillation.get("augment") or {}).items() if v}
-    if augment not in ({}, AUGMENT_ON) or (augment and not context.arrays):
+    stated = distillation.get("augment") or {}
+    augment = {k: v for k, v in stated.items() if v}
+    if context.texts:  # unstated tokens: the task's default share
+        assert context.text_task is not None
+        share = AugmentSpec(tokens=stated.get("tokens")).token_share(context.text_task)
+        augment = {} if share == 0.0 else {"tokens": share}
+        if augment not in ({}, AUGMENT_TEXTS_ON):
+            return None
+    elif augment not in ({}, AUGMENT_ON) or (augment and not context.arrays):
         return None
     if distillation.get("losses") or not 1.0 <= temperature <= 8.0:
         return None
@@ -176,7 +202,9 @@ def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     family, alpha = params.get("family", "kd"), params["alpha"]
     temperature = params.get("temperature", distillation.get("temperature"))
     augment: dict[str, Any] = {}
-    if params["augment"]:
+    if job_kind_of(spec) == "transformer":
+        augment = AUGMENT_TEXTS_ON if params["augment"] else AUGMENT_TEXTS_OFF
+    elif params["augment"]:
         augment = AUGMENT_HARD_LABELS if family in HARD_LABEL_FAMILIES else AUGMENT_ON
     distillation.update(temperature=temperature, alpha=alpha, augment=augment, losses=None)
     if is_scratch(params):  # cross-entropy alone: the teacher is never run

@@ -9,11 +9,12 @@ from typing import Any
 import optuna
 import pytest
 
-from worker.kd.spec import JobSpec
+from worker.kd.spec import DEFAULT_TOKEN_SHARE, JobSpec
 from worker.search_space import (
     MIXED_FAMILIES,
     SearchContext,
     apply,
+    own_params,
     suggest,
     teacher_pairable,
 )
@@ -127,3 +128,51 @@ def test_trials_are_drawn_around_the_reference_schedule() -> None:
     for _ in range(20):
         params = suggest(study.ask(), planned)
         assert 27 <= params["epochs"] <= 108 and 1e-3 <= params["learning_rate"] <= 1e-1
+
+
+def text_spec(distillation: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "teacher": {"file_id": "file_teacher"},
+        "student": {"arch": "from_teacher", "num_layers": 1},
+        "dataset": {"file_id": "file_dataset"},
+        "baseline": True,
+        "search": {"budget_seconds": 600},
+    }
+    if distillation is not None:
+        body["distillation"] = distillation
+    return JobSpec.model_validate(body).model_dump(mode="json", exclude_unset=True)
+
+
+def test_a_text_search_draws_the_texts_augmentation_on_and_off() -> None:
+    texts = SearchContext(True, False, 8, 3e-3, text_task="sequence_classification")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(12):
+        params = suggest(study.ask(), texts)
+        child = JobSpec.model_validate(apply(text_spec(), params))
+        drawn.add(params["augment"])
+        share = child.distillation.augment.tokens
+        assert share == (DEFAULT_TOKEN_SHARE if params["augment"] else 0.0)
+        assert not child.distillation.augment.active  # no tensor augmentation for texts
+    assert drawn == {False, True}
+    # Without texts to corrupt (a causal LM, whose texts are its targets) it is never drawn.
+    lm = SearchContext(True, False, epochs=8, learning_rate=3e-3, text_task="causal_lm")
+    assert not any(suggest(study.ask(), lm)["augment"] for _ in range(6))
+
+
+@pytest.mark.parametrize(
+    ("augment", "own"),
+    [(None, True), ({"tokens": 0.3}, True), ({"tokens": 0.0}, False), ({"tokens": 0.1}, None)],
+)  # unstated: a text classifier's default share, which the space draws
+def test_a_text_specs_own_recipe_is_a_candidate_with_its_augmentation(
+    augment: dict[str, Any] | None, own: bool | None
+) -> None:
+    texts = SearchContext(True, False, 8, 3e-3, text_task="sequence_classification")
+    distillation: dict[str, Any] = {"temperature": 1.0, "alpha": 0.9}
+    if augment is not None:
+        distillation["augment"] = augment
+    params = own_params(text_spec(distillation)["distillation"], texts)
+    if own is None:  # a share the space does not draw: not expressible as a trial
+        assert params is None
+    else:
+        assert params is not None and params["augment"] is own

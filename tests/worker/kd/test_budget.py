@@ -14,6 +14,7 @@ from worker.kd.budget import (
     DEFAULT_RULE,
     PLANNED_FIELDS,
     TRANSFORMER_RULE,
+    UNTUNED_TRANSFORMER_RULE,
     BudgetRule,
     apply_plan,
     capacity_factor,
@@ -21,8 +22,9 @@ from worker.kd.budget import (
     plan_training,
     steps_per_epoch,
     target_steps,
+    transformer_rule,
 )
-from worker.kd.spec import TRAINING_DEFAULTS, JobSpec, TrainingSpec
+from worker.kd.spec import TRAINING_DEFAULTS, AugmentSpec, JobSpec, TrainingSpec
 
 DEFAULTS = {**TrainingSpec().model_dump(), **TRAINING_DEFAULTS}
 SUITE_RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "suite.json"
@@ -124,13 +126,14 @@ def test_transformer_jobs_are_planned_by_their_rule_within_the_time_budget() -> 
     result = plan(1000, task_kind="transformer")
     assert result.planned == PLANNED_FIELDS and not result.capped_by_time
     rule = TRANSFORMER_RULE
-    assert result.training["epochs"] == rule.fixed_epochs
+    # 3,000 steps for 1,000 texts, 32 steps a pass at batch 32: 94 passes.
+    assert result.training["epochs"] == 94 and result.steps == 94 * 32
     assert result.training["batch_size"] == rule.batch_size
     assert result.training["learning_rate"] == rule.learning_rate
     assert result.training["schedule"] == rule.schedule
     assert "transformer rule" in result.explanation
     capped = plan(1000, task_kind="transformer", budget_seconds=2.0, seconds_per_step=0.01)
-    assert capped.capped_by_time and capped.training["epochs"] == 12  # 16 steps a pass
+    assert capped.capped_by_time and capped.training["epochs"] == 6  # 32 steps a pass
     # A stated field is kept, and stated epochs are never capped.
     stated = plan_training(
         {"epochs": 3, "learning_rate": 5e-5}, DEFAULTS, n_train=1000, n_params=1,
@@ -151,10 +154,17 @@ def test_plan_job_gives_transformer_students_the_transformer_rule() -> None:
     job = JobSpec.model_validate(body)
     free = plan_job(job, 640, 100_000, None)
     assert free.training["batch_size"] == TRANSFORMER_RULE.batch_size
-    assert free.training["epochs"] == TRANSFORMER_RULE.fixed_epochs
-    # 10 steps a pass at 0.05 s, shared with the baseline: 10 / (0.05 * 10 * 2) = 10 epochs.
+    # 3,000 * sqrt(0.64) = 2,400 steps at 20 a pass; no capacity factor for transformers.
+    assert free.training["epochs"] == 120
+    # 20 steps a pass at 0.05 s, shared with the baseline: 10 / (0.05 * 20 * 2) = 5 epochs.
     capped = plan_job(job, 640, 100_000, 0.05)
-    assert capped.capped_by_time and capped.training["epochs"] == 10
+    assert capped.capped_by_time and capped.training["epochs"] == 5
+    # Embeddings and causal LMs keep the rule of before (no tuning task of theirs chose).
+    lm = plan_job(job, 640, 100_000, None, transformer_rule("causal_lm"))
+    assert lm.training["epochs"] == UNTUNED_TRANSFORMER_RULE.fixed_epochs == 20
+    assert lm.training["batch_size"] == 64 and lm.training["learning_rate"] == 1e-3
+    assert transformer_rule("sentence_embedding") == UNTUNED_TRANSFORMER_RULE
+    assert transformer_rule("sequence_classification") == TRANSFORMER_RULE
 
 
 def test_apply_plan_plans_an_empty_training_section() -> None:
@@ -200,12 +210,21 @@ def test_default_rule_is_the_suites_choice() -> None:
     assert measured["chosen"]["budget_rule"] == dataclasses.asdict(DEFAULT_RULE)
 
 
-def test_transformer_rule_is_the_transformer_suites_choice() -> None:
-    """TRANSFORMER_RULE is the rule `python -m bench.suite_hf` chose on its tuning task."""
+def test_transformer_defaults_are_the_transformer_suites_choice() -> None:
+    """Each transformer task kind's budget rule and texts' augmentation are what `python -m
+    bench.suite_hf` chose on that kind's tuning task (the kinds it has no tuning task for,
+    causal LMs, keep the candidate of before)."""
     if not SUITE_HF_RESULTS.exists():
         pytest.skip("bench/results/suite_hf.json is written by `python -m bench.suite_hf`")
     measured = json.loads(SUITE_HF_RESULTS.read_text())
     assert measured["chosen_rule"] == dataclasses.asdict(TRANSFORMER_RULE)
+    before = dataclasses.asdict(UNTUNED_TRANSFORMER_RULE)
+    for kind in ("sequence_classification", "sentence_embedding", "causal_lm"):
+        rule = measured["chosen_rules"].get(kind, before)
+        assert dataclasses.asdict(transformer_rule(kind)) == rule, kind
+        recipe = measured["chosen_recipes"].get(kind, {})
+        share = recipe.get("augment", {}).get("tokens", 0.0)
+        assert AugmentSpec().token_share(kind) == share, kind
 
 
 def bare_tensor_spec(training: dict[str, Any] | None = None) -> JobSpec:

@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from worker.kd.budget import Plan, plan_job
+from worker.kd.budget import Plan, plan_job, transformer_rule
 from worker.kd.hf.data import Encoded
 from worker.kd.hf.models import LoadedTeacher, forward
 from worker.kd.hf.objective import TransformerObjective
@@ -39,12 +39,13 @@ def plan_transformer(
 ) -> Plan:
     """The plan for a transformer job whose training section leaves fields to the planner."""
     n_train, n_params = len(train), count_parameters(student)
-    first = plan_job(spec, n_train, n_params, None)
+    rule = transformer_rule(teacher.task)
+    first = plan_job(spec, n_train, n_params, None, rule)
     rows = list(range(min(first.training["batch_size"], n_train)))
     seconds = None
     if rows:
         seconds = time_transformer_steps(teacher, student, objective, train, rows, device, steps)
-    return plan_job(spec, n_train, n_params, seconds)
+    return plan_job(spec, n_train, n_params, seconds, rule)
 
 
 def time_transformer_steps(

@@ -77,7 +77,7 @@ def test_noise_draws_are_seeded_and_resume_from_their_state(tokenizer: Any) -> N
 
 
 def test_noise_share_out_of_range_is_refused(tokenizer: Any) -> None:
-    with pytest.raises(ValueError, match="augment.tokens"):
+    with pytest.raises(ValueError, match=r"augment\.tokens"):
         TokenNoise(0.0, tokenizer, len(tokenizer), 0)
 
 
@@ -85,7 +85,7 @@ def test_noise_share_out_of_range_is_refused(tokenizer: Any) -> None:
 
 
 def test_a_tensor_job_with_token_noise_is_refused() -> None:
-    with pytest.raises(ValidationError, match="augment.tokens applies to transformer jobs"):
+    with pytest.raises(ValidationError, match=r"augment\.tokens applies to transformer jobs"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "mlp", "hidden": [8]},
             "dataset": {"file_id": "d"}, "distillation": {"augment": {"tokens": 0.2}},
@@ -93,7 +93,7 @@ def test_a_tensor_job_with_token_noise_is_refused() -> None:
 
 
 def test_a_transformer_job_with_mixup_is_refused_and_pointed_at_tokens() -> None:
-    with pytest.raises(ValidationError, match="take distillation.augment.tokens"):
+    with pytest.raises(ValidationError, match=r"take distillation\.augment\.tokens"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "from_teacher", "num_layers": 1},
             "dataset": {"file_id": "d"}, "distillation": {"augment": {"mixup": 0.4}},

@@ -4,6 +4,7 @@ planned section is stored and not planned again, and timing changes no initialis
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 import torch
 
 from tests.worker.kd.hf.factories import bert_dir, gpt2_dir, write_jsonl, zip_dir
-from worker.kd.budget import PLANNED_FIELDS, TRANSFORMER_RULE, steps_per_epoch
+from worker.kd.budget import PLANNED_FIELDS, TRANSFORMER_RULE, steps_per_epoch, target_steps
 from worker.kd.engine import prepare
 from worker.kd.jobs import HFPrepared
 from worker.kd.spec import JobSpec
+from worker.kd.training.evaluate import count_parameters
 
 
 def bare(student: dict[str, Any], **training: Any) -> JobSpec:
@@ -43,8 +45,10 @@ def test_a_bare_transformer_spec_is_planned_by_the_rule_with_a_timed_step(
     n_train = len(prepared.train)
     assert training.batch_size == min(TRANSFORMER_RULE.batch_size, n_train)
     assert training.learning_rate == TRANSFORMER_RULE.learning_rate
-    assert training.epochs == TRANSFORMER_RULE.fixed_epochs
     assert training.epochs is not None and training.batch_size is not None
+    steps = target_steps(n_train, count_parameters(prepared.student), TRANSFORMER_RULE)
+    per_epoch = steps_per_epoch(n_train, training.batch_size)
+    assert training.epochs == min(max(math.ceil(steps / per_epoch), 5), 500)
     assert plan.steps == training.epochs * steps_per_epoch(n_train, training.batch_size)
     assert "transformer rule" in plan.explanation
     # What the pipeline stores is planned: a resume plans nothing and changes nothing.

@@ -45,6 +45,9 @@ ALL_OUTPUTS = [
 
 
 def spec(student: dict[str, Any], **sections: Any) -> JobSpec:
+    # Texts not augmented (augment.tokens 0): a text's teacher outputs are then fixed, so
+    # they can be cached; augmented texts run the teacher online (test_hf_augment.py).
+    sections["distillation"] = {"augment": {"tokens": 0.0}, **sections.get("distillation", {})}
     return JobSpec.model_validate({
         "teacher": {"file_id": "t"}, "student": student,
         "dataset": {"file_id": "d", "max_length": sections.pop("max_length", 24)},

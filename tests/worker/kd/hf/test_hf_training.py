@@ -16,7 +16,7 @@ from torch import nn
 from tests.worker.kd.hf.factories import bert_dir, write_jsonl, zip_dir
 from worker.kd.engine import distill, prepare
 from worker.kd.jobs import HFPrepared
-from worker.kd.spec import DEFAULT_RECIPES, JobSpec
+from worker.kd.spec import DEFAULT_RECIPES, DEFAULT_TOKEN_SHARE, JobSpec
 from worker.kd.training.reporting import MemoryReporter
 from worker.kd.training.trainer import make_scheduler, steps_per_epoch
 
@@ -106,7 +106,7 @@ def test_every_schedule_drives_the_learning_rate(
 
 
 def test_augmentation_is_refused_for_transformer_jobs() -> None:
-    with pytest.raises(ValidationError, match="augment applies to tensor_classification"):
+    with pytest.raises(ValidationError, match="flip apply to tensor_classification jobs only"):
         JobSpec.model_validate({
             "teacher": {"file_id": "t"}, "student": {"arch": "hf"}, "dataset": {"file_id": "d"},
             "distillation": {"augment": {"mixup": 0.2}},
@@ -115,9 +115,16 @@ def test_augmentation_is_refused_for_transformer_jobs() -> None:
 
 def test_each_kind_of_job_gets_its_default_recipe() -> None:
     hf = spec()
-    assert not hf.distillation.augment.active
+    assert not hf.distillation.augment.active  # no mixup, noise, crop or flip for texts
     assert (hf.distillation.temperature, hf.distillation.alpha) == (1.0, 0.9)
     assert DEFAULT_RECIPES["transformer"] == {"temperature": 1.0, "alpha": 0.9}
+    # The texts' augmentation is the task's: classified texts get the measured share;
+    # embeddings (not tuned on) and a causal LM's texts (its targets) none.
+    augment = hf.distillation.augment
+    assert augment.tokens is None
+    assert augment.token_share("sequence_classification") == DEFAULT_TOKEN_SHARE == 0.3
+    assert augment.token_share("sentence_embedding") == 0.0  # stated: {"tokens": 0.3}
+    assert augment.token_share("causal_lm") == 0.0
     tensor = JobSpec.model_validate({
         "teacher": {"file_id": "t"}, "student": {"arch": "mlp"}, "dataset": {"file_id": "d"},
     })  # fmt: skip
