@@ -70,7 +70,9 @@ from worker.kd.training.reporting import MemoryReporter
 
 BEFORE = BudgetRule(learning_rate=1e-3, batch_size=64, fixed_epochs=20)  # TRAINING_DEFAULTS
 PATIENT = BudgetRule(learning_rate=3e-3, batch_size=32, capacity_exponent=0.0, max_epochs=500)
-RECIPE_BEFORE: dict[str, Any] = {"temperature": 1.0, "alpha": 0.9}  # texts not augmented
+# Texts not augmented: `augment.tokens` stated 0 (left out, a classifier now gets the
+# default share).
+RECIPE_BEFORE: dict[str, Any] = {"temperature": 1.0, "alpha": 0.9, "augment": {"tokens": 0.0}}
 
 
 @dataclass(frozen=True)

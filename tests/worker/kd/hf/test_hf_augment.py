@@ -17,7 +17,7 @@ from tests.worker.kd.hf.test_hf_resume import StopAt
 from worker.kd.engine import DistillResult, distill, prepare
 from worker.kd.errors import Cancelled, InvalidSpec
 from worker.kd.hf.augment import TokenNoise
-from worker.kd.spec import JobSpec
+from worker.kd.spec import DEFAULT_TOKEN_SHARE, AugmentSpec, JobSpec
 from worker.kd.tasks.transformer_job import HFPrepared
 from worker.kd.training.checkpoint import Checkpointing
 from worker.kd.training.reporting import MemoryReporter
@@ -170,3 +170,26 @@ def test_a_noised_job_resumes_to_the_same_weights(
     assert "resumed" in [kind for kind, _, _ in reporter.events]
     _, unbroken, _ = noised
     assert all(torch.equal(weights[k], v) for k, v in unbroken.items())
+
+
+@pytest.mark.parametrize("task", ["sequence_classification", "sentence_embedding"])
+def test_a_spec_that_states_no_augmentation_gets_its_tasks_default(
+    tmp_path: Path, task: str
+) -> None:
+    share = AugmentSpec().token_share(task)  # the measured default of the task's kind
+    assert task != "sequence_classification" or share == DEFAULT_TOKEN_SHARE > 0
+    teacher = zip_dir(bert_dir(tmp_path / "m", task), tmp_path / "t.zip")
+    texts = write_jsonl(tmp_path / "d.jsonl", 30, labeled=task == "sequence_classification")
+    bare = JobSpec.model_validate({
+        "teacher": {"file_id": "t"}, "student": {"arch": "from_teacher", "num_layers": 1},
+        "dataset": {"file_id": "d", "max_length": 24}, "training": {**TRAINING, "epochs": 1},
+    })  # fmt: skip
+    reporter = MemoryReporter()
+    prepared = prepare(bare, teacher, texts)
+    distill(prepared, tmp_path / "out", reporter)
+    started = next(data for kind, _, data in reporter.events if kind == "training_started")
+    assert started["augment_tokens"] == share
+    message = next(m for kind, m, _ in reporter.events if kind == "training_started")
+    assert (f"texts augmented: {share:.0%} of their tokens replaced" in message) is (share > 0)
+    source = next(data for kind, _, data in reporter.events if kind == "teacher_cache")
+    assert (source["source"] == "online") is (share > 0)
