@@ -497,6 +497,9 @@ def hf_lines(hf: dict[str, Any]) -> list[str]:
     return lines
 
 
+SHOWN_TRIALS = 12
+
+
 def search_lines(found: dict[str, Any]) -> list[str]:
     """The kept-aside kind of task through the service (`python -m bench.suite_search`)."""
     lines = [
@@ -523,12 +526,21 @@ def search_lines(found: dict[str, Any]) -> list[str]:
         )
     trials = found["search"].get("trials") or []
     if trials:
+        # The first two (scratch, the spec's own recipe) and the best by value; all of them
+        # are in the result's JSON.
+        ranked = sorted(trials[2:], key=lambda t: -(t.get("value") or 0.0))[: SHOWN_TRIALS - 2]
+        shown = sorted(trials[:2] + ranked, key=lambda t: t["number"])
+        left = len(trials) - len(shown)
         lines += [
+            "",
+            f"{len(trials)} trials; shown: trials 0-1 and the best {len(ranked)} by value"
+            + (f" ({left} more in `bench/results/suite_search.json`)" if left else "")
+            + ".",
             "",
             "| trial | status | value | epochs | params |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for t in trials:
+        for t in shown:
             value = "-" if t.get("value") is None else f"{t['value']:.4f}"
             params = ", ".join(f"{k}={v}" for k, v in sorted((t.get("params") or {}).items()))
             lines.append(

@@ -17,7 +17,6 @@ from typing import Any
 import optuna
 
 from worker.kd.spec import (
-    DEFAULT_TOKEN_SHARE,
     PAIRABLE_TEACHER_FORMATS,
     TOKEN_NOISE_TASKS,
     AugmentSpec,
@@ -30,7 +29,7 @@ from worker.kd.spec import (
 # get their default share of replaced tokens, and `augment` off states none replaced.
 AUGMENT_ON = {"mixup": 0.4, "noise": 0.05}
 AUGMENT_HARD_LABELS = {"noise": 0.05}
-AUGMENT_TEXTS_ON = {"tokens": DEFAULT_TOKEN_SHARE}
+AUGMENT_TEXTS_ON: dict[str, Any] = {"tokens": None}  # the task's default share
 AUGMENT_TEXTS_OFF = {"tokens": 0.0}
 # Families whose loss needs a hard label per sample (no mixup for them).
 HARD_LABEL_FAMILIES = ("dkd",)
@@ -162,9 +161,9 @@ def own_params(distillation: dict[str, Any], context: SearchContext) -> dict[str
     if context.texts:  # unstated tokens: the task's default share
         assert context.text_task is not None
         share = AugmentSpec(tokens=stated.get("tokens")).token_share(context.text_task)
-        augment = {} if share == 0.0 else {"tokens": share}
-        if augment not in ({}, AUGMENT_TEXTS_ON):
-            return None
+        if share not in (0.0, AugmentSpec().token_share(context.text_task)):
+            return None  # a share the space does not draw
+        augment = {"tokens": share} if share else {}
     elif augment not in ({}, AUGMENT_ON) or (augment and not context.arrays):
         return None
     if distillation.get("losses") or not 1.0 <= temperature <= 8.0:

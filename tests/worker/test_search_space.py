@@ -151,7 +151,7 @@ def test_a_text_search_draws_the_texts_augmentation_on_and_off() -> None:
         params = suggest(study.ask(), texts)
         child = JobSpec.model_validate(apply(text_spec(), params))
         drawn.add(params["augment"])
-        share = child.distillation.augment.tokens
+        share = child.distillation.augment.token_share("sequence_classification")
         assert share == (DEFAULT_TOKEN_SHARE if params["augment"] else 0.0)
         assert not child.distillation.augment.active  # no tensor augmentation for texts
     assert drawn == {False, True}

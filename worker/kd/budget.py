@@ -71,19 +71,19 @@ class BudgetRule:
 
 
 DEFAULT_RULE = BudgetRule()
-# Transformer jobs that classify texts (Hugging Face teacher): the tensor rule's steps
-# (3k*sqrt(n/1k), no capacity factor), batch 32, lr 3e-3, warm-up + cosine, chosen together
-# with the texts' augmentation (worker.kd.spec.DEFAULT_TOKEN_SHARE) on the suite's
-# transformer tuning task (`python -m bench.suite_hf`; BENCHMARKS.md, "Transformer tasks"),
+# Transformer jobs that classify or embed texts (Hugging Face teacher): the tensor rule's
+# steps (3k*sqrt(n/1k), no capacity factor), batch 32, lr 3e-3, warm-up + cosine, chosen
+# together with the texts' augmentation (worker.kd.spec.DEFAULT_TOKEN_SHARES) on each
+# kind's tuning task (`python -m bench.suite_hf`; BENCHMARKS.md, "Transformer tasks"),
 # capped by budget_seconds at a measured step.
 TRANSFORMER_RULE = BudgetRule(
     learning_rate=3e-3, batch_size=32, capacity_exponent=0.0, max_epochs=500,
     schedule="warmup_cosine", warmup_fraction=0.05, weight_decay=0.01,
 )  # fmt: skip
-# The task kinds the suite tuned TRANSFORMER_RULE on. Sentence embeddings and causal LMs
-# keep the rule of before (a fixed 20 passes at batch 64, lr 1e-3, the values
-# TRAINING_DEFAULTS held before planning): no tuning task of theirs chose another.
-TUNED_TRANSFORMER_TASKS = ("sequence_classification",)
+# The task kinds the suite tuned TRANSFORMER_RULE on. Causal LMs keep the rule of before (a
+# fixed 20 passes at batch 64, lr 1e-3, the values TRAINING_DEFAULTS held before
+# planning): no tuning task of theirs chose another.
+TUNED_TRANSFORMER_TASKS = ("sequence_classification", "sentence_embedding")
 UNTUNED_TRANSFORMER_RULE = BudgetRule(
     learning_rate=1e-3, batch_size=64, fixed_epochs=20, schedule="warmup_cosine",
     warmup_fraction=0.05, weight_decay=0.01,

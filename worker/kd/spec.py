@@ -265,13 +265,16 @@ class LossTerm(_Strict):
         return self
 
 
-# Consistent teaching for texts, chosen with TRANSFORMER_RULE by measurement
-# (`python -m bench.suite_hf`; BENCHMARKS.md, "Transformer tasks"; a test keeps the two in
-# step): the share of a text's tokens replaced when the spec states none, for the task kinds
-# the suite tuned on (text classification; an embedding job states it to have it).
-DEFAULT_TOKEN_SHARE = 0.3
-TOKEN_NOISE_DEFAULT_TASKS = ("sequence_classification",)
-TOKEN_NOISE_TASKS = ("sequence_classification", "sentence_embedding")
+# Consistent teaching for texts, chosen per task kind with its budget rule by measurement
+# on that kind's tuning task (`python -m bench.suite_hf`; BENCHMARKS.md, "Transformer
+# tasks"; a test keeps them in step): the share of a text's tokens replaced when the spec
+# states none. Causal LMs: none (their texts are their targets).
+DEFAULT_TOKEN_SHARES: dict[str, float] = {
+    "sequence_classification": 0.3,
+    "sentence_embedding": 0.15,
+}
+DEFAULT_TOKEN_SHARE = DEFAULT_TOKEN_SHARES["sequence_classification"]
+TOKEN_NOISE_TASKS = tuple(DEFAULT_TOKEN_SHARES)
 
 
 class AugmentSpec(_Strict):
@@ -286,15 +289,15 @@ class AugmentSpec(_Strict):
         None, ge=0.0, le=0.5,
         description="Texts (sequence classification, sentence embedding): share of each "
         "text's tokens replaced by random vocabulary tokens, the same corrupted text for "
-        "teacher and student; 0: off; null: the task's default (0.3 for sequence "
-        "classification, measured; off otherwise).",
+        "teacher and student; 0: off; null: the task's measured default (0.3 for sequence "
+        "classification, 0.15 for sentence embedding, off for causal LMs).",
     )  # fmt: skip
 
     def token_share(self, task: str) -> float:
         """The share of tokens a job of `task` corrupts: the stated one, else the default."""
         if self.tokens is not None:
             return self.tokens
-        return DEFAULT_TOKEN_SHARE if task in TOKEN_NOISE_DEFAULT_TASKS else 0.0
+        return DEFAULT_TOKEN_SHARES.get(task, 0.0)
 
     @property
     def active(self) -> bool:

@@ -159,11 +159,11 @@ def test_plan_job_gives_transformer_students_the_transformer_rule() -> None:
     # 20 steps a pass at 0.05 s, shared with the baseline: 10 / (0.05 * 20 * 2) = 5 epochs.
     capped = plan_job(job, 640, 100_000, 0.05)
     assert capped.capped_by_time and capped.training["epochs"] == 5
-    # Embeddings and causal LMs keep the rule of before (no tuning task of theirs chose).
+    # Causal LMs keep the rule of before (no tuning task of theirs chose another).
     lm = plan_job(job, 640, 100_000, None, transformer_rule("causal_lm"))
     assert lm.training["epochs"] == UNTUNED_TRANSFORMER_RULE.fixed_epochs == 20
     assert lm.training["batch_size"] == 64 and lm.training["learning_rate"] == 1e-3
-    assert transformer_rule("sentence_embedding") == UNTUNED_TRANSFORMER_RULE
+    assert transformer_rule("sentence_embedding") == TRANSFORMER_RULE
     assert transformer_rule("sequence_classification") == TRANSFORMER_RULE
 
 

@@ -118,12 +118,12 @@ def test_each_kind_of_job_gets_its_default_recipe() -> None:
     assert not hf.distillation.augment.active  # no mixup, noise, crop or flip for texts
     assert (hf.distillation.temperature, hf.distillation.alpha) == (1.0, 0.9)
     assert DEFAULT_RECIPES["transformer"] == {"temperature": 1.0, "alpha": 0.9}
-    # The texts' augmentation is the task's: classified texts get the measured share;
-    # embeddings (not tuned on) and a causal LM's texts (its targets) none.
+    # The texts' augmentation is the task's measured share; a causal LM's texts (its
+    # targets) get none.
     augment = hf.distillation.augment
     assert augment.tokens is None
     assert augment.token_share("sequence_classification") == DEFAULT_TOKEN_SHARE == 0.3
-    assert augment.token_share("sentence_embedding") == 0.0  # stated: {"tokens": 0.3}
+    assert augment.token_share("sentence_embedding") == 0.15
     assert augment.token_share("causal_lm") == 0.0
     tensor = JobSpec.model_validate({
         "teacher": {"file_id": "t"}, "student": {"arch": "mlp"}, "dataset": {"file_id": "d"},
