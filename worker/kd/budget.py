@@ -185,8 +185,8 @@ def plan_training(
         f"Planned for {n_train:,} training samples and a {n_params:,}-parameter student: "
         f"batch {training['batch_size']}, learning rate {training['learning_rate']:g}, "
         f"{training['schedule']}, weight decay {training['weight_decay']:g}, "
-        f"{training['epochs']} epochs ({steps:,} steps); "
-        + "; ".join(reasons)
+        f"{training['epochs']} epochs ({steps:,} steps)"
+        + "".join(f"; {reason}" for reason in reasons)
         + f". Fields you stated and kept: {stated}."
     )
     return Plan(training, planned, steps, capped, explanation)

@@ -285,3 +285,10 @@ def nn_student(prepared: Any) -> Any:
     from worker.kd.tasks.tensor_job import _new_student
 
     return _new_student(prepared).parameters()
+
+
+def test_a_section_with_every_schedule_field_stated_explains_without_a_gap() -> None:
+    stated = {"epochs": 6, "batch_size": 32, "learning_rate": 5e-4, "weight_decay": 0.01,
+              "schedule": "warmup_cosine", "warmup_fraction": 0.05}  # fmt: skip
+    result = plan_training(stated, DEFAULTS, n_train=2560, n_params=10)
+    assert result.planned == () and "(480 steps). Fields you stated" in result.explanation
