@@ -330,6 +330,10 @@ def _run(job: Job, fence: Fence, settings: Settings) -> None:
     planned: dict[str, Any] = {}
     if prepared.plan is not None:  # first claim: the chosen budget is stored with the job
         planned["spec"] = {**job.spec, "training": prepared.spec.training.model_dump(mode="json")}
+        if prepared.spec.kind == "transformer":  # and the texts' augmentation decided with it
+            augment = prepared.spec.distillation.augment.model_dump(mode="json")
+            distillation = {**(job.spec.get("distillation") or {}), "augment": augment}
+            planned["spec"]["distillation"] = distillation
     with session_scope() as session:
         if not transition(
             session,

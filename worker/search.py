@@ -280,7 +280,7 @@ def _top_up(
             tenant_id=parent.tenant_id,
             kind=TRIAL,
             status=JobStatus.queued,
-            spec=apply(parent.spec, params),
+            spec=apply(parent.spec, params, context),
             parent_id=parent.id,
             trial_number=trial.number,
             trial={"trial_id": trial._trial_id, "params": params},

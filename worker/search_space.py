@@ -29,7 +29,6 @@ from worker.kd.spec import (
 # get their default share of replaced tokens, and `augment` off states none replaced.
 AUGMENT_ON = {"mixup": 0.4, "noise": 0.05}
 AUGMENT_HARD_LABELS = {"noise": 0.05}
-AUGMENT_TEXTS_ON: dict[str, Any] = {"tokens": None}  # the task's default share
 AUGMENT_TEXTS_OFF = {"tokens": 0.0}
 # Families whose loss needs a hard label per sample (no mixup for them).
 HARD_LABEL_FAMILIES = ("dkd",)
@@ -180,7 +179,9 @@ def is_scratch(params: dict[str, Any]) -> bool:
     return float(params.get("alpha", 1.0)) == 0.0
 
 
-def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def apply(
+    spec: dict[str, Any], params: dict[str, Any], context: SearchContext | None = None
+) -> dict[str, Any]:
     """The trial's job spec: the search's spec with the params in it, no search, no baseline.
 
     Epochs and learning rate absent from the params stay as the spec has them (None:
@@ -201,8 +202,11 @@ def apply(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     family, alpha = params.get("family", "kd"), params["alpha"]
     temperature = params.get("temperature", distillation.get("temperature"))
     augment: dict[str, Any] = {}
-    if job_kind_of(spec) == "transformer":
-        augment = AUGMENT_TEXTS_ON if params["augment"] else AUGMENT_TEXTS_OFF
+    if job_kind_of(spec) == "transformer":  # texts: the task's measured share, stated
+        task = context.text_task if context is not None else None
+        on = params["augment"] and task is not None
+        share = AugmentSpec().token_share(task) if task is not None else 0.0
+        augment = {"tokens": share} if on else AUGMENT_TEXTS_OFF
     elif params["augment"]:
         augment = AUGMENT_HARD_LABELS if family in HARD_LABEL_FAMILIES else AUGMENT_ON
     distillation.update(temperature=temperature, alpha=alpha, augment=augment, losses=None)

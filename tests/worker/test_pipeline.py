@@ -25,7 +25,7 @@ from app.storage import open_storage
 from app.uploads import ReceivedFile
 from worker.fence import Fence
 from worker.kd.budget import PLANNED_FIELDS
-from worker.kd.spec import JobSpec
+from worker.kd.spec import DEFAULT_TOKEN_SHARE, JobSpec
 from worker.lifecycle import SHUTTING_DOWN
 from worker.pipeline import claim, inputs_dir, remove_local_dirs, run_job, work_dir
 from worker.reporter import DatabaseReporter
@@ -263,3 +263,43 @@ def test_a_handed_back_job_leaves_no_local_directories_and_resumes_from_its_chec
     kinds = events_of(job_id)
     assert "requeued" in kinds and "resumed" in kinds[kinds.index("requeued") :]
     assert not list(settings.work_dir.glob(f"{job_id}*"))
+
+
+def test_a_transformer_jobs_planned_augmentation_is_stored_with_its_plan(tmp_path: Path) -> None:
+    """A text classifier's unstated `augment.tokens` is decided with its planned schedule at
+    the first claim and stored with it; the resumed attempt reads the stored share."""
+    from tests.worker.kd.hf.factories import bert_dir, write_jsonl, zip_dir
+
+    teacher_zip = zip_dir(bert_dir(tmp_path / "m", "sequence_classification"), tmp_path / "t.zip")
+    texts = write_jsonl(tmp_path / "texts.jsonl", 30)
+    storage = open_storage(get_settings())
+    with session_scope() as session:
+        tenant = get_or_create_tenant(session, f"plan-{uuid.uuid4().hex[:8]}")
+        teacher, _ = create_file(session, storage, tenant.id, "teacher", _received(teacher_zip))
+        dataset, _ = create_file(session, storage, tenant.id, "dataset", _received(texts))
+        bare = JobSpec.model_validate({
+            "teacher": {"file_id": teacher.id},
+            "dataset": {"file_id": dataset.id, "max_length": 24},
+            "student": {"arch": "from_teacher", "num_layers": 1},
+            "training": {"budget_seconds": 0.001, "device": "cpu"},  # one planned epoch
+        })  # fmt: skip
+        assert bare.distillation.augment.tokens is None
+        job = Job(id=new_id("job"), tenant_id=tenant.id, status=JobStatus.queued,
+                  spec=bare.model_dump(mode="json"))  # fmt: skip
+        session.add(job)
+        job_id = job.id
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == JobStatus.succeeded, job.error
+        stored = dict(job.spec)
+    assert stored["distillation"]["augment"]["tokens"] == DEFAULT_TOKEN_SHARE
+    assert stored["distillation"]["temperature"] == 1.0  # the rest of the section kept
+    assert stored["training"]["epochs"] == 1
+    with session_scope() as session:  # as the lease sweep does: back to the queue
+        session.get_one(Job, job_id).status = JobStatus.queued
+    run_job(job_id)
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert job.status == JobStatus.succeeded and job.attempt == 2
+        assert job.spec == stored

@@ -149,9 +149,9 @@ def test_a_text_search_draws_the_texts_augmentation_on_and_off() -> None:
     drawn = set()
     for _ in range(12):
         params = suggest(study.ask(), texts)
-        child = JobSpec.model_validate(apply(text_spec(), params))
+        child = JobSpec.model_validate(apply(text_spec(), params, texts))
         drawn.add(params["augment"])
-        share = child.distillation.augment.token_share("sequence_classification")
+        share = child.distillation.augment.tokens  # stated: trials state every choice
         assert share == (DEFAULT_TOKEN_SHARE if params["augment"] else 0.0)
         assert not child.distillation.augment.active  # no tensor augmentation for texts
     assert drawn == {False, True}

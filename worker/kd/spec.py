@@ -289,12 +289,14 @@ class AugmentSpec(_Strict):
         None, ge=0.0, le=0.5,
         description="Texts (sequence classification, sentence embedding): share of each "
         "text's tokens replaced by random vocabulary tokens, the same corrupted text for "
-        "teacher and student; 0: off; null: the task's measured default (0.3 for sequence "
-        "classification, 0.15 for sentence embedding, off for causal LMs).",
+        "teacher and student; 0: off; null: decided at the first claim, the task's measured "
+        "default (0.3 for sequence classification, 0.15 for sentence embedding) when the "
+        "epochs are planned, else off; never for causal LMs.",
     )  # fmt: skip
 
     def token_share(self, task: str) -> float:
-        """The share of tokens a job of `task` corrupts: the stated one, else the default."""
+        """The stated share, else the task's measured default (which the worker applies
+        only with a planned schedule: worker.kd.tasks.transformer_job)."""
         if self.tokens is not None:
             return self.tokens
         return DEFAULT_TOKEN_SHARES.get(task, 0.0)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.kd.budget import with_plan
+from worker.kd.budget import Plan, with_plan
 from worker.kd.errors import IncompatibleModels, InvalidSpec
 from worker.kd.exports.transformer import export_onnx, export_with_past
 from worker.kd.formats import is_model_zip
@@ -128,6 +128,7 @@ def prepare_hf(
         if not is_planned(spec.training):
             plan = plan_transformer(spec, teacher, student, objective, train, device)
             spec = with_plan(spec, plan)
+        spec = _with_token_share(spec, teacher.task, plan)
     except BaseException:
         teacher.cleanup()
         raise
@@ -260,6 +261,21 @@ def _student_adapter(
         vocab = _shared_vocabulary(t.tokenizer, prepared.student, t.model)
         adapter.noise = TokenNoise(share, t.tokenizer, vocab, spec.training.seed)
     return adapter
+
+
+def _with_token_share(spec: JobSpec, task: str, plan: Plan | None) -> JobSpec:
+    """The spec with `augment.tokens` decided: as stated, else the task's measured default
+    when the planner chose the epochs (the two were chosen together, and consistent
+    teaching needs the patient schedule: on a stated short one it measured worse, README
+    "Transformer distillation"), else none. Decided at the first claim and stored with the
+    planned training section (worker.pipeline), so a resume decides nothing."""
+    augment = spec.distillation.augment
+    if augment.tokens is not None:
+        return spec
+    share = augment.token_share(task) if plan is not None and "epochs" in plan.planned else 0.0
+    decided = augment.model_copy(update={"tokens": share})
+    distillation = spec.distillation.model_copy(update={"augment": decided})
+    return spec.model_copy(update={"distillation": distillation})
 
 
 def _shared_vocabulary(tokenizer: Any, *models: nn.Module) -> int:

@@ -173,19 +173,28 @@ def test_a_noised_job_resumes_to_the_same_weights(
 
 
 @pytest.mark.parametrize("task", ["sequence_classification", "sentence_embedding"])
-def test_a_spec_that_states_no_augmentation_gets_its_tasks_default(
-    tmp_path: Path, task: str
+@pytest.mark.parametrize("planned", [True, False])
+def test_unstated_augmentation_is_the_tasks_default_with_a_planned_schedule(
+    tmp_path: Path, task: str, planned: bool
 ) -> None:
-    share = AugmentSpec().token_share(task)  # the measured default of the task's kind
-    assert task != "sequence_classification" or share == DEFAULT_TOKEN_SHARE > 0
+    """The default share comes with the planned (patient) schedule it was chosen with; a
+    job that states its own epochs keeps its texts as they are."""
+    default = AugmentSpec().token_share(task)  # the measured default of the task's kind
+    assert default > 0 and (task != "sequence_classification" or default == DEFAULT_TOKEN_SHARE)
+    share = default if planned else 0.0
     teacher = zip_dir(bert_dir(tmp_path / "m", task), tmp_path / "t.zip")
     texts = write_jsonl(tmp_path / "d.jsonl", 30, labeled=task == "sequence_classification")
+    # Planned: a 1 s budget caps the planned epochs (the share still comes with the plan).
+    training = {"budget_seconds": 1.0, "device": "cpu"} if planned else {**TRAINING, "epochs": 1}
     bare = JobSpec.model_validate({
         "teacher": {"file_id": "t"}, "student": {"arch": "from_teacher", "num_layers": 1},
-        "dataset": {"file_id": "d", "max_length": 24}, "training": {**TRAINING, "epochs": 1},
+        "dataset": {"file_id": "d", "max_length": 24}, "training": training,
     })  # fmt: skip
+    assert bare.distillation.augment.tokens is None
     reporter = MemoryReporter()
     prepared = prepare(bare, teacher, texts)
+    assert prepared.spec.distillation.augment.tokens == share  # decided, stored with the plan
+    assert (prepared.plan is not None) is planned
     distill(prepared, tmp_path / "out", reporter)
     started = next(data for kind, _, data in reporter.events if kind == "training_started")
     assert started["augment_tokens"] == share
@@ -193,3 +202,7 @@ def test_a_spec_that_states_no_augmentation_gets_its_tasks_default(
     assert (f"texts augmented: {share:.0%} of their tokens replaced" in message) is (share > 0)
     source = next(data for kind, _, data in reporter.events if kind == "teacher_cache")
     assert (source["source"] == "online") is (share > 0)
+    # A resume (the stored spec) decides the same.
+    again = prepare(JobSpec.model_validate(prepared.spec.model_dump(mode="json")), teacher, texts)
+    assert again.plan is None and again.spec.distillation.augment.tokens == share
+    again.teacher.cleanup()
