@@ -127,6 +127,13 @@ def test_a_stored_spec_that_no_longer_validates_fails_readably() -> None:
     assert "student: Field required" in error["message"]
 
 
+def requeue_and_run(job_id: str) -> None:
+    """Back to the queue, as the lease sweep does, and run again (a second attempt)."""
+    with session_scope() as session:
+        session.get_one(Job, job_id).status = JobStatus.queued
+    run_job(job_id)
+
+
 def _received(path: Path) -> ReceivedFile:
     data = path.read_bytes()
     return ReceivedFile(path.name, path, len(data), hashlib.sha256(data).hexdigest(), data[:512])
@@ -189,9 +196,7 @@ def test_the_planned_budget_is_stored_at_the_first_claim_and_not_planned_again(
     assert event.data["epochs"] == 1 and event.data["capped_by_time"] is True
     assert "budget_seconds" in event.message
 
-    with session_scope() as session:  # as the lease sweep does: back to the queue
-        session.get_one(Job, job_id).status = JobStatus.queued
-    run_job(job_id)
+    requeue_and_run(job_id)
     with session_scope() as session:
         job = session.get_one(Job, job_id)
         assert job.status == JobStatus.succeeded and job.attempt == 2
@@ -296,9 +301,7 @@ def test_a_transformer_jobs_planned_augmentation_is_stored_with_its_plan(tmp_pat
     assert stored["distillation"]["augment"]["tokens"] == DEFAULT_TOKEN_SHARE
     assert stored["distillation"]["temperature"] == 1.0  # the rest of the section kept
     assert stored["training"]["epochs"] == 1
-    with session_scope() as session:  # as the lease sweep does: back to the queue
-        session.get_one(Job, job_id).status = JobStatus.queued
-    run_job(job_id)
+    requeue_and_run(job_id)
     with session_scope() as session:
         job = session.get_one(Job, job_id)
         assert job.status == JobStatus.succeeded and job.attempt == 2

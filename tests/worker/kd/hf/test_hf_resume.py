@@ -26,6 +26,8 @@ SPEC = JobSpec.model_validate({
     # The whole schedule stated, so SPEC is the planned spec the checkpoint is keyed on.
     "training": {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "device": "cpu",
                  "weight_decay": 0.01, "schedule": "warmup_cosine", "warmup_fraction": 0.05},
+    # ... and the texts' augmentation (a stated schedule decides none), for the same reason.
+    "distillation": {"augment": {"tokens": 0.0}},
     "baseline": True,
 })  # fmt: skip
 
