@@ -100,6 +100,10 @@ def main(run_dir: str) -> int:
     finally:
         if isinstance(reporter, FileReporter):
             reporter.close()
+    # The ranks leave together: a rank that tore gloo down while the leader was still
+    # saving and measuring aborted once ("terminate called without an active exception"),
+    # and torchrun then stopped the leader before it wrote the outcome.
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
